@@ -1,0 +1,29 @@
+"""The sans-IO Gearman protocol: bytes in, messages out; messages in, bytes out.
+
+Nothing in this package performs I/O or reads a clock; a test enforces it.
+"""
+
+from ._codec import (
+    DEFAULT_MAX_LINE_LENGTH as DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_PACKET_SIZE as DEFAULT_MAX_PACKET_SIZE,
+    Decoder as Decoder,
+    Event as Event,
+    TextLine as TextLine,
+    UnexpectedMagic as UnexpectedMagic,
+    encode as encode,
+    encode_into as encode_into,
+)
+from ._packets import *  # noqa: F403
+from ._packets import __all__ as _packet_names
+
+__all__ = [
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_PACKET_SIZE",
+    "Decoder",
+    "Event",
+    "TextLine",
+    "UnexpectedMagic",
+    "encode",
+    "encode_into",
+    *_packet_names,
+]

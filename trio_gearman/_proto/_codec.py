@@ -1,0 +1,457 @@
+"""Incremental decoder and encoder of the Gearman binary protocol.
+
+The decoder takes bytes in any split (``feed``) and yields complete events when
+iterated: packet messages, admin :class:`TextLine` s (when text is allowed, as on a
+server's port) and :class:`UnexpectedMagic` for a well-formed packet that came with
+the other direction's magic. It parses strictly by each packet's declared size,
+refuses an oversized packet from its 12-byte header before buffering the body,
+and raises a :class:`~trio_gearman.ProtocolError` subclass that names what was
+wrong and where.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import attrs
+
+from .._exceptions import (
+    AdminLineTooLong,
+    BadArgumentCount,
+    BadMagic,
+    PacketTooLarge,
+    ProtocolError,
+    UnknownPacketType,
+)
+from ._packets import (
+    AllYours,
+    CanDo,
+    CanDoTimeout,
+    CantDo,
+    EchoReq,
+    EchoRes,
+    Error,
+    GetStatus,
+    GetStatusUnique,
+    GrabJob,
+    GrabJobAll,
+    GrabJobUniq,
+    JobAssign,
+    JobAssignAll,
+    JobAssignUniq,
+    JobCreated,
+    Magic,
+    Message,
+    NoJob,
+    Noop,
+    OptionReq,
+    OptionRes,
+    PacketType,
+    PreSleep,
+    Priority,
+    ResetAbilities,
+    SetClientId,
+    StatusRes,
+    StatusResUnique,
+    SubmitJob,
+    SubmitJobEpoch,
+    SubmitJobSched,
+    SubmitReduceJob,
+    Unused,
+    WorkComplete,
+    WorkData,
+    WorkException,
+    WorkFail,
+    WorkStatus,
+    WorkWarning,
+)
+
+__all__ = [
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_PACKET_SIZE",
+    "HEADER_SIZE",
+    "Decoder",
+    "Event",
+    "TextLine",
+    "UnexpectedMagic",
+    "encode",
+    "encode_into",
+]
+
+HEADER_SIZE: Final = 12
+DEFAULT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
+"""Largest packet body accepted by default (64 MiB)."""
+DEFAULT_MAX_LINE_LENGTH: Final = 8192
+"""Longest admin text line accepted by default, as in gearmand (8 KiB)."""
+
+_HEADER: Final = struct.Struct(">4sII")
+_REQ: Final = Magic.REQ.value
+_RES: Final = Magic.RES.value
+
+
+@attrs.frozen
+class TextLine:
+    """An admin text line, without its ``\\n`` or ``\\r\\n`` terminator."""
+
+    line: bytes
+
+
+@attrs.frozen
+class UnexpectedMagic:
+    """A well-formed packet that came with the other direction's magic.
+
+    gearmand answers such a request with ``ERROR INVALID_MAGIC`` and keeps the
+    connection open; the packet's body has been skipped.
+    """
+
+    packet_type: PacketType
+    magic: Magic
+
+
+Event = Message | TextLine | UnexpectedMagic
+"""What the decoder yields."""
+
+
+# --- argument parsing -----------------------------------------------------------------
+
+_ATOI: Final = re.compile(rb"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+def _atoi(value: bytes) -> int:
+    """Parse a decimal number the way C's ``atoi``/``strtol`` do (garbage gives 0)."""
+    if value.isdigit():
+        return int(value)
+    match = _ATOI.match(value)
+    return int(match.group(1)) if match else 0
+
+
+def _work_status(handle: bytes, num: bytes, den: bytes) -> WorkStatus:
+    return WorkStatus(handle, _atoi(num), _atoi(den))
+
+
+def _status_res(handle: bytes, known: bytes, running: bytes, num: bytes, den: bytes) -> StatusRes:
+    return StatusRes(handle, _atoi(known) != 0, _atoi(running) != 0, _atoi(num), _atoi(den))
+
+
+def _status_res_unique(
+    unique: bytes, known: bytes, running: bytes, num: bytes, den: bytes, clients: bytes
+) -> StatusResUnique:
+    return StatusResUnique(
+        unique, _atoi(known) != 0, _atoi(running) != 0, _atoi(num), _atoi(den), _atoi(clients)
+    )
+
+
+def _submit(priority: Priority, background: bool) -> Callable[[bytes, bytes, bytes], SubmitJob]:
+    def make(function: bytes, unique: bytes, data: bytes) -> SubmitJob:
+        return SubmitJob(function, unique, data, priority, background)
+
+    return make
+
+
+def _reduce(background: bool) -> Callable[[bytes, bytes, bytes, bytes, bytes], SubmitReduceJob]:
+    def make(
+        function: bytes, unique: bytes, reducer: bytes, aggregator: bytes, data: bytes
+    ) -> SubmitReduceJob:
+        return SubmitReduceJob(function, unique, reducer, aggregator, data, background)
+
+    return make
+
+
+def _epoch(function: bytes, unique: bytes, epoch: bytes, data: bytes) -> SubmitJobEpoch:
+    return SubmitJobEpoch(function, unique, _atoi(epoch), data)
+
+
+def _can_do_timeout(function: bytes, timeout: bytes) -> CanDoTimeout:
+    return CanDoTimeout(function, _atoi(timeout))
+
+
+def _const(message: Message) -> Callable[[], Message]:
+    def make() -> Message:
+        return message
+
+    return make
+
+
+# type number -> (number of NUL-separated parts in the body, factory taking the parts).
+# "parts" counts the trailing opaque data argument where the packet has one.
+_Factory = Callable[..., Message]
+_TABLE: Final[dict[int, tuple[int, _Factory]]] = {
+    PacketType.CAN_DO: (1, CanDo),
+    PacketType.CANT_DO: (1, CantDo),
+    PacketType.RESET_ABILITIES: (0, _const(ResetAbilities())),
+    PacketType.PRE_SLEEP: (0, _const(PreSleep())),
+    PacketType.UNUSED: (0, _const(Unused())),
+    PacketType.NOOP: (0, _const(Noop())),
+    PacketType.SUBMIT_JOB: (3, _submit(Priority.NORMAL, False)),
+    PacketType.JOB_CREATED: (1, JobCreated),
+    PacketType.GRAB_JOB: (0, _const(GrabJob())),
+    PacketType.NO_JOB: (0, _const(NoJob())),
+    PacketType.JOB_ASSIGN: (3, JobAssign),
+    PacketType.WORK_STATUS: (3, _work_status),
+    PacketType.WORK_COMPLETE: (2, WorkComplete),
+    PacketType.WORK_FAIL: (1, WorkFail),
+    PacketType.GET_STATUS: (1, GetStatus),
+    PacketType.ECHO_REQ: (1, EchoReq),
+    PacketType.ECHO_RES: (1, EchoRes),
+    PacketType.SUBMIT_JOB_BG: (3, _submit(Priority.NORMAL, True)),
+    PacketType.ERROR: (2, Error),
+    PacketType.STATUS_RES: (5, _status_res),
+    PacketType.SUBMIT_JOB_HIGH: (3, _submit(Priority.HIGH, False)),
+    PacketType.SET_CLIENT_ID: (1, SetClientId),
+    PacketType.CAN_DO_TIMEOUT: (2, _can_do_timeout),
+    PacketType.ALL_YOURS: (0, _const(AllYours())),
+    PacketType.WORK_EXCEPTION: (2, WorkException),
+    PacketType.OPTION_REQ: (1, OptionReq),
+    PacketType.OPTION_RES: (1, OptionRes),
+    PacketType.WORK_DATA: (2, WorkData),
+    PacketType.WORK_WARNING: (2, WorkWarning),
+    PacketType.GRAB_JOB_UNIQ: (0, _const(GrabJobUniq())),
+    PacketType.JOB_ASSIGN_UNIQ: (4, JobAssignUniq),
+    PacketType.SUBMIT_JOB_HIGH_BG: (3, _submit(Priority.HIGH, True)),
+    PacketType.SUBMIT_JOB_LOW: (3, _submit(Priority.LOW, False)),
+    PacketType.SUBMIT_JOB_LOW_BG: (3, _submit(Priority.LOW, True)),
+    PacketType.SUBMIT_JOB_SCHED: (8, SubmitJobSched),
+    PacketType.SUBMIT_JOB_EPOCH: (4, _epoch),
+    PacketType.SUBMIT_REDUCE_JOB: (5, _reduce(False)),
+    PacketType.SUBMIT_REDUCE_JOB_BACKGROUND: (5, _reduce(True)),
+    PacketType.GRAB_JOB_ALL: (0, _const(GrabJobAll())),
+    PacketType.JOB_ASSIGN_ALL: (5, JobAssignAll),
+    PacketType.GET_STATUS_UNIQUE: (1, GetStatusUnique),
+    PacketType.STATUS_RES_UNIQUE: (6, _status_res_unique),
+}
+# A list indexed by type number is faster than a dict lookup on the hot path.
+_BY_TYPE: Final[list[tuple[int, _Factory] | None]] = [_TABLE.get(i) for i in range(43)]
+_TYPE_NAMES: Final = {int(t): t.name for t in PacketType}
+
+
+def _describe(ptype: int) -> str:
+    name = _TYPE_NAMES.get(ptype)
+    return f"{name} (type {ptype})" if name else f"type {ptype}"
+
+
+def _arity_error(ptype: int, nparts: int, body: bytes, offset: int) -> BadArgumentCount:
+    if nparts == 0:
+        return BadArgumentCount(
+            f"{_describe(ptype)} takes no arguments, but its body has {len(body)} bytes",
+            offset=offset,
+        )
+    return BadArgumentCount(
+        f"{_describe(ptype)} needs {nparts} NUL-separated arguments "
+        f"({nparts - 1} NUL bytes), but its {len(body)}-byte body has "
+        f"{body.count(0)} NUL bytes",
+        offset=offset,
+    )
+
+
+# --- the decoder --------------------------------------------------------------------------
+
+
+class Decoder:
+    """Turns a byte stream into Gearman events, whatever the split of the input.
+
+    Args:
+        expect: the magic this side receives: ``Magic.REQ`` on a server,
+            ``Magic.RES`` on a client or worker.
+        allow_text: recognise admin text lines (a packet start whose first byte is
+            not NUL), as a server does on its port.
+        max_packet_size: the largest packet body accepted, checked on the header.
+        max_line_length: the longest admin text line accepted, without its newline.
+
+    Example:
+        >>> decoder = Decoder(expect=Magic.REQ)
+        >>> decoder.feed(b"\\0REQ\\x00\\x00\\x00\\x10\\x00\\x00\\x00\\x02hi")
+        >>> list(decoder)
+        [EchoReq(data=b'hi')]
+    """
+
+    __slots__ = (
+        "_allow_text",
+        "_chunks",
+        "_error",
+        "_expect",
+        "_have",
+        "_max_line",
+        "_max_size",
+        "_need",
+        "_offset",
+        "_other",
+        "_pending",
+    )
+
+    def __init__(
+        self,
+        *,
+        expect: Magic,
+        allow_text: bool = False,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self._expect = expect.value
+        self._other = _RES if expect is Magic.REQ else _REQ
+        self._allow_text = allow_text
+        self._max_size = max_packet_size
+        self._max_line = max_line_length
+        # Bytes received but not yet decoded: ``_pending`` plus the list ``_chunks``,
+        # which only grows while a packet of known total size ``_need`` is incomplete
+        # (so a large body arriving in many reads is joined once, not once per read).
+        self._pending = b""
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self._offset = 0  # stream offset of the first pending byte
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait for the rest of their packet or line."""
+        return self._have if self._need else len(self._pending)
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes. Complete events come out when the decoder is iterated."""
+        if not data:
+            return
+        if self._need:
+            self._chunks.append(data)
+            self._have += len(data)
+        elif self._pending:
+            self._pending += data
+        else:
+            self._pending = data
+
+    def __iter__(self) -> Iterator[Event]:
+        """Yield every complete event, then raise the first protocol error, if any.
+
+        Raises:
+            ProtocolError: the stream broke the protocol. Every event before the
+                offending packet has been yielded first; the decoder stays broken.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._need:
+            if self._have < self._need:
+                return
+            self._pending = b"".join([self._pending, *self._chunks])
+            self._chunks.clear()
+            self._have = self._need = 0
+        if not self._pending:
+            return
+        events: list[Event] = []
+        try:
+            self._decode(self._pending, events)
+        except ProtocolError as exc:
+            self._error = exc
+            self._pending = b""
+            self._chunks.clear()
+        yield from events
+        if self._error is not None:
+            raise self._error
+
+    def _decode(self, src: bytes, out: list[Event]) -> None:
+        """Decode every complete event in ``src`` into ``out``; keep the remainder."""
+        pos = 0
+        end = len(src)
+        unpack = _HEADER.unpack_from
+        by_type = _BY_TYPE
+        append = out.append
+        expect = self._expect
+        try:
+            while pos < end:
+                if src[pos] != 0:
+                    if not self._allow_text:
+                        raise BadMagic(
+                            f"expected {expect!r} magic, got {src[pos : pos + 4]!r}",
+                            offset=self._offset + pos,
+                        )
+                    newline = src.find(b"\n", pos, pos + self._max_line + 2)
+                    if newline < 0:
+                        if end - pos > self._max_line + 1:
+                            raise AdminLineTooLong(
+                                f"admin text line longer than {self._max_line} bytes "
+                                "without a newline",
+                                offset=self._offset + pos,
+                            )
+                        break
+                    stop = newline - 1 if newline > pos and src[newline - 1] == 13 else newline
+                    if stop - pos > self._max_line:
+                        raise AdminLineTooLong(
+                            f"admin text line of {stop - pos} bytes, longer than {self._max_line}",
+                            offset=self._offset + pos,
+                        )
+                    append(TextLine(src[pos:stop]))
+                    pos = newline + 1
+                    continue
+                if end - pos < HEADER_SIZE:
+                    if end - pos >= 4 and src[pos : pos + 4] not in (_REQ, _RES):
+                        raise BadMagic(
+                            f"expected {expect!r} magic, got {src[pos : pos + 4]!r}",
+                            offset=self._offset + pos,
+                        )
+                    break
+                magic, ptype, size = unpack(src, pos)
+                if magic != expect and magic != self._other:
+                    raise BadMagic(
+                        f"expected {expect!r} magic, got {magic!r}", offset=self._offset + pos
+                    )
+                entry = by_type[ptype] if ptype < 43 else None
+                if entry is None:
+                    raise UnknownPacketType(
+                        f"unknown packet type {ptype} (size {size})", offset=self._offset + pos
+                    )
+                if size > self._max_size:
+                    raise PacketTooLarge(
+                        f"{_describe(ptype)} declares a {size}-byte body, over the "
+                        f"{self._max_size}-byte maximum",
+                        offset=self._offset + pos,
+                    )
+                start = pos + HEADER_SIZE
+                stop = start + size
+                if stop > end:
+                    self._need = stop - pos
+                    self._have = end - pos
+                    break
+                if magic != expect:
+                    append(UnexpectedMagic(PacketType(ptype), Magic(magic)))
+                    pos = stop
+                    continue
+                nparts, factory = entry
+                if nparts == 1:
+                    append(factory(src[start:stop]))
+                elif nparts == 0:
+                    if size:
+                        raise _arity_error(ptype, 0, src[start:stop], self._offset + pos)
+                    append(factory())
+                else:
+                    parts = src[start:stop].split(b"\0", nparts - 1)
+                    if len(parts) != nparts:
+                        raise _arity_error(ptype, nparts, src[start:stop], self._offset + pos)
+                    append(factory(*parts))
+                pos = stop
+        finally:
+            self._offset += pos
+            self._pending = src[pos:] if pos < end else b""
+
+
+# --- the encoder --------------------------------------------------------------------------
+
+
+def encode(message: Message, magic: Magic | None = None) -> bytes:
+    """The wire bytes of one packet.
+
+    Args:
+        message: the packet.
+        magic: ``Magic.REQ`` or ``Magic.RES``; by default the direction the
+            packet normally travels (WORK_* packets default to REQ, as a worker
+            sends them; a server forwarding them to clients passes ``Magic.RES``).
+    """
+    body = b"\0".join(message._wire_parts())
+    return _HEADER.pack((magic or message.MAGIC).value, message.packet_type, len(body)) + body
+
+
+def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None) -> None:
+    """Append the wire bytes of one packet to ``buffer`` (for batching many sends)."""
+    body = b"\0".join(message._wire_parts())
+    buffer += _HEADER.pack((magic or message.MAGIC).value, message.packet_type, len(body))
+    buffer += body
