@@ -87,6 +87,7 @@ def run_gearmand(
             process.kill()
             process.wait()
             drain.wait()
+            process.stderr.close()
     finally:
         if process.poll() is None:
             process.kill()

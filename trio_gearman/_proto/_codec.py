@@ -11,8 +11,10 @@ wrong and where.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -117,15 +119,28 @@ Event = Message | TextLine | UnexpectedMagic
 
 # --- argument parsing -----------------------------------------------------------------
 
-_ATOI: Final = re.compile(rb"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_ATOI: Final = re.compile(rb"[ \t\n\v\f\r]*([+-]?)0*([0-9]+)")
+_LONG_MAX: Final = 2**63 - 1
+_LONG_MIN: Final = -(2**63)
 
 
 def _atoi(value: bytes) -> int:
-    """Parse a decimal number the way C's ``atoi``/``strtol`` do (garbage gives 0)."""
-    if value.isdigit():
+    """Parse a decimal number the way C's ``strtol`` does.
+
+    Leading whitespace and a sign are skipped, parsing stops at the first other
+    byte, no digits give 0, and a value outside the signed 64-bit range saturates
+    (so a peer cannot make the decoder convert a number of thousands of digits).
+    """
+    if value.isdigit() and len(value) < 19:
         return int(value)
     match = _ATOI.match(value)
-    return int(match.group(1)) if match else 0
+    if match is None:
+        return 0
+    sign, digits = match.groups()
+    if len(digits) > 19:
+        return _LONG_MIN if sign == b"-" else _LONG_MAX
+    number = -int(digits) if sign == b"-" else int(digits)
+    return min(max(number, _LONG_MIN), _LONG_MAX)
 
 
 def _work_status(handle: bytes, num: bytes, den: bytes) -> WorkStatus:
@@ -169,10 +184,8 @@ def _can_do_timeout(function: bytes, timeout: bytes) -> CanDoTimeout:
 
 
 def _const(message: Message) -> Callable[[], Message]:
-    def make() -> Message:
-        return message
-
-    return make
+    # A C-level callable returning the shared instance: no Python frame per packet.
+    return itertools.repeat(message).__next__
 
 
 # type number -> (number of NUL-separated parts in the body, factory taking the parts).
@@ -185,7 +198,7 @@ _TABLE: Final[dict[int, tuple[int, _Factory]]] = {
     PacketType.PRE_SLEEP: (0, _const(PreSleep())),
     PacketType.UNUSED: (0, _const(Unused())),
     PacketType.NOOP: (0, _const(Noop())),
-    PacketType.SUBMIT_JOB: (3, _submit(Priority.NORMAL, False)),
+    PacketType.SUBMIT_JOB: (3, SubmitJob),  # the defaults: NORMAL, foreground
     PacketType.JOB_CREATED: (1, JobCreated),
     PacketType.GRAB_JOB: (0, _const(GrabJob())),
     PacketType.NO_JOB: (0, _const(NoJob())),
@@ -215,15 +228,19 @@ _TABLE: Final[dict[int, tuple[int, _Factory]]] = {
     PacketType.SUBMIT_JOB_LOW_BG: (3, _submit(Priority.LOW, True)),
     PacketType.SUBMIT_JOB_SCHED: (8, SubmitJobSched),
     PacketType.SUBMIT_JOB_EPOCH: (4, _epoch),
-    PacketType.SUBMIT_REDUCE_JOB: (5, _reduce(False)),
+    PacketType.SUBMIT_REDUCE_JOB: (5, SubmitReduceJob),  # the default: foreground
     PacketType.SUBMIT_REDUCE_JOB_BACKGROUND: (5, _reduce(True)),
     PacketType.GRAB_JOB_ALL: (0, _const(GrabJobAll())),
     PacketType.JOB_ASSIGN_ALL: (5, JobAssignAll),
     PacketType.GET_STATUS_UNIQUE: (1, GetStatusUnique),
     PacketType.STATUS_RES_UNIQUE: (6, _status_res_unique),
 }
-# A list indexed by type number is faster than a dict lookup on the hot path.
-_BY_TYPE: Final[list[tuple[int, _Factory] | None]] = [_TABLE.get(i) for i in range(43)]
+# The hot path's form of the table: a list indexed by type number (faster than a dict),
+# holding (maxsplit for bytes.split, factory); maxsplit is -1 for packets without
+# arguments and 0 for a single argument (the whole body).
+_BY_TYPE: Final[list[tuple[int, _Factory] | None]] = [
+    (entry[0] - 1, entry[1]) if (entry := _TABLE.get(i)) else None for i in range(43)
+]
 _TYPE_NAMES: Final = {int(t): t.name for t in PacketType}
 
 
@@ -279,6 +296,7 @@ class Decoder:
         "_offset",
         "_other",
         "_pending",
+        "_ready",
     )
 
     def __init__(
@@ -302,6 +320,9 @@ class Decoder:
         self._have = 0
         self._need = 0
         self._offset = 0  # stream offset of the first pending byte
+        # Decoded events not yet handed out: a consumer that stops iterating early
+        # finds the rest here on its next iteration.
+        self._ready: deque[Event] = deque()
         self._error: ProtocolError | None = None
 
     @property
@@ -310,9 +331,18 @@ class Decoder:
         return self._have if self._need else len(self._pending)
 
     def feed(self, data: bytes) -> None:
-        """Add received bytes. Complete events come out when the decoder is iterated."""
-        if not data:
+        """Add received bytes. Complete events come out when the decoder is iterated.
+
+        Once the decoder has raised a protocol error, fed bytes are dropped: the
+        stream cannot be resynchronised.
+
+        Args:
+            data: bytes received from the peer, split anywhere.
+        """
+        if not data or self._error is not None:
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray or memoryview the caller may reuse
         if self._need:
             self._chunks.append(data)
             self._have += len(data)
@@ -324,32 +354,33 @@ class Decoder:
     def __iter__(self) -> Iterator[Event]:
         """Yield every complete event, then raise the first protocol error, if any.
 
+        An event leaves the decoder when it is yielded: a consumer that stops early
+        gets the remaining events from its next iteration.
+
         Raises:
             ProtocolError: the stream broke the protocol. Every event before the
                 offending packet has been yielded first; the decoder stays broken.
         """
-        if self._error is not None:
-            raise self._error
-        if self._need:
-            if self._have < self._need:
-                return
-            self._pending = b"".join([self._pending, *self._chunks])
-            self._chunks.clear()
-            self._have = self._need = 0
-        if not self._pending:
-            return
-        events: list[Event] = []
-        try:
-            self._decode(self._pending, events)
-        except ProtocolError as exc:
-            self._error = exc
-            self._pending = b""
-            self._chunks.clear()
-        yield from events
+        ready = self._ready
+        if self._error is None:
+            if self._need and self._have >= self._need:
+                self._pending = b"".join([self._pending, *self._chunks])
+                self._chunks.clear()
+                self._have = self._need = 0
+            if self._pending and not self._need:
+                try:
+                    self._decode(self._pending, ready)
+                except ProtocolError as exc:
+                    self._error = exc
+                    self._pending = b""
+                    self._chunks.clear()
+                    self._have = self._need = 0
+        while ready:
+            yield ready.popleft()
         if self._error is not None:
             raise self._error
 
-    def _decode(self, src: bytes, out: list[Event]) -> None:
+    def _decode(self, src: bytes, out: deque[Event]) -> None:
         """Decode every complete event in ``src`` into ``out``; keep the remainder."""
         pos = 0
         end = len(src)
@@ -357,9 +388,10 @@ class Decoder:
         by_type = _BY_TYPE
         append = out.append
         expect = self._expect
+        max_size = self._max_size
         try:
             while pos < end:
-                if src[pos] != 0:
+                if src[pos]:
                     if not self._allow_text:
                         raise BadMagic(
                             f"expected {expect!r} magic, got {src[pos : pos + 4]!r}",
@@ -384,10 +416,11 @@ class Decoder:
                     pos = newline + 1
                     continue
                 if end - pos < HEADER_SIZE:
-                    if end - pos >= 4 and src[pos : pos + 4] not in (_REQ, _RES):
+                    # An incomplete header: refuse a wrong magic as soon as it shows.
+                    head = src[pos : pos + 4]
+                    if head != _REQ[: len(head)] and head != _RES[: len(head)]:
                         raise BadMagic(
-                            f"expected {expect!r} magic, got {src[pos : pos + 4]!r}",
-                            offset=self._offset + pos,
+                            f"expected {expect!r} magic, got {head!r}", offset=self._offset + pos
                         )
                     break
                 magic, ptype, size = unpack(src, pos)
@@ -395,15 +428,18 @@ class Decoder:
                     raise BadMagic(
                         f"expected {expect!r} magic, got {magic!r}", offset=self._offset + pos
                     )
-                entry = by_type[ptype] if ptype < 43 else None
+                try:
+                    entry = by_type[ptype]
+                except IndexError:
+                    entry = None
                 if entry is None:
                     raise UnknownPacketType(
                         f"unknown packet type {ptype} (size {size})", offset=self._offset + pos
                     )
-                if size > self._max_size:
+                if size > max_size:
                     raise PacketTooLarge(
                         f"{_describe(ptype)} declares a {size}-byte body, over the "
-                        f"{self._max_size}-byte maximum",
+                        f"{max_size}-byte maximum",
                         offset=self._offset + pos,
                     )
                 start = pos + HEADER_SIZE
@@ -416,18 +452,18 @@ class Decoder:
                     append(UnexpectedMagic(PacketType(ptype), Magic(magic)))
                     pos = stop
                     continue
-                nparts, factory = entry
-                if nparts == 1:
+                maxsplit, factory = entry
+                if maxsplit > 0:
+                    parts = src[start:stop].split(b"\0", maxsplit)
+                    if len(parts) <= maxsplit:
+                        raise _arity_error(ptype, maxsplit + 1, src[start:stop], self._offset + pos)
+                    append(factory(*parts))
+                elif maxsplit == 0:
                     append(factory(src[start:stop]))
-                elif nparts == 0:
+                else:
                     if size:
                         raise _arity_error(ptype, 0, src[start:stop], self._offset + pos)
                     append(factory())
-                else:
-                    parts = src[start:stop].split(b"\0", nparts - 1)
-                    if len(parts) != nparts:
-                        raise _arity_error(ptype, nparts, src[start:stop], self._offset + pos)
-                    append(factory(*parts))
                 pos = stop
         finally:
             self._offset += pos
@@ -445,13 +481,23 @@ def encode(message: Message, magic: Magic | None = None) -> bytes:
         magic: ``Magic.REQ`` or ``Magic.RES``; by default the direction the
             packet normally travels (WORK_* packets default to REQ, as a worker
             sends them; a server forwarding them to clients passes ``Magic.RES``).
+
+    Returns:
+        The 12-byte header followed by the body.
     """
     body = b"\0".join(message._wire_parts())
-    return _HEADER.pack((magic or message.MAGIC).value, message.packet_type, len(body)) + body
+    # A Magic member is itself the bytes: reading ``.value`` would cost more than packing.
+    return _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body)) + body
 
 
 def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None) -> None:
-    """Append the wire bytes of one packet to ``buffer`` (for batching many sends)."""
+    """Append the wire bytes of one packet to ``buffer`` (for batching many sends).
+
+    Args:
+        buffer: the outgoing bytes, extended in place.
+        message: the packet.
+        magic: as for :func:`encode`.
+    """
     body = b"\0".join(message._wire_parts())
-    buffer += _HEADER.pack((magic or message.MAGIC).value, message.packet_type, len(body))
+    buffer += _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body))
     buffer += body
