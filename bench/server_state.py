@@ -1,0 +1,74 @@
+"""Micro-benchmark of the job server state machine, no I/O: ``python bench/server_state.py``."""
+
+import gc
+import os
+import time
+import tracemalloc
+
+from trio_gearman._proto import CanDo, GrabJobUniq, PreSleep, Priority, SubmitJob, WorkComplete
+from trio_gearman._proto._server_state import ServerConfig, ServerState
+
+
+def cycles(n: int, functions: int = 1, wakeup: int = 0, sleepers: int = 0) -> float:
+    s = ServerState(ServerConfig(job_handle_prefix=b"H:bench", worker_wakeup=wakeup))
+    c = s.connect(b"127.0.0.1", 5)
+    w = s.connect(b"127.0.0.1", 6)
+    names = [b"fn-%d" % i for i in range(functions)]
+    for name in names:
+        s.receive(w, CanDo(name), 0.0)
+    idle = [s.connect(b"127.0.0.1", 7 + i) for i in range(sleepers)]
+    for conn in idle:
+        s.receive(conn, CanDo(names[-1]), 0.0)
+        s.receive(conn, PreSleep(), 0.0)
+    idle_set = set(idle)
+    subs = [SubmitJob(names[-1], b"%036d" % i, b"x" * 16, Priority.NORMAL, True) for i in range(n)]
+    done = [WorkComplete(b"H:bench:%d" % (i + 1), b"") for i in range(n)]
+    grab, sleep, rcv = GrabJobUniq(), PreSleep(), s.receive
+    t = time.perf_counter()
+    for i in range(n):
+        rcv(c, subs[i], 0.0)
+        for conn in idle_set & s.dirty:  # woken sleepers grab (NO_JOB) and sleep again
+            s.dirty.discard(conn)
+            conn.outgoing.clear()
+            rcv(conn, grab, 0.0)
+            rcv(conn, sleep, 0.0)
+            s.dirty.discard(conn)
+            conn.outgoing.clear()
+        rcv(w, grab, 0.0)
+        rcv(w, done[i], 0.0)
+        if i % 256 == 0:
+            for conn in s.connections:
+                conn.outgoing.clear()
+            s.dirty.clear()
+    return n / (time.perf_counter() - t)
+
+
+def memory(n: int) -> float:
+    s = ServerState(ServerConfig(job_handle_prefix=b"H:bench"))
+    c = s.connect(b"127.0.0.1", 5)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        unique = os.urandom(18).hex().encode()  # 36 bytes
+        s.receive(c, SubmitJob(b"f", unique, os.urandom(16), Priority.NORMAL, True), 0.0)
+        if i % 1024 == 0:
+            c.outgoing.clear()
+    c.outgoing.clear()
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert s.jobs_queued == n
+    return used / n
+
+
+if __name__ == "__main__":
+    print(f"SUBMIT_JOB_BG+GRAB_JOB_UNIQ+WORK_COMPLETE, 100k: {cycles(100_000):,.0f} jobs/s")
+    print(f"same, worker with 3,000 functions: {cycles(100_000, functions=3000):,.0f} jobs/s")
+    print(
+        f"same, 1,000 sleeping workers, -w 1: {cycles(50_000, wakeup=1, sleepers=1000):,.0f} jobs/s"
+    )
+    print(
+        f"same, 1,000 sleeping workers, -w 0: {cycles(5_000, wakeup=0, sleepers=1000):,.0f} jobs/s"
+    )
+    print(f"1,000,000 queued jobs: {memory(1_000_000):.0f} bytes/job (tracemalloc)")
