@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -58,13 +59,15 @@ def run_gearmand(
     """Run gearmand on 127.0.0.1 until the block exits; wait until it listens."""
     binary = require_tool("gearmand")
     port = port or free_port()
+    # Never /dev/null: gearmand replaces its pid file with a regular file.
+    pid_dir = tempfile.TemporaryDirectory(prefix="gearmand-")
     args = [
         binary,
         "--listen=127.0.0.1",
         f"--port={port}",
         "--log-file=stderr",
         "--verbose=INFO",
-        "--pid-file=/dev/null",
+        f"--pid-file={pid_dir.name}/gearmand.pid",
         "--threads=1",
         *extra_args,
     ]
@@ -92,3 +95,4 @@ def run_gearmand(
         if process.poll() is None:
             process.kill()
             process.wait()
+        pid_dir.cleanup()

@@ -1,27 +1,90 @@
-"""Gearman for Python on structured concurrency: job server, client, worker, admin client."""
+"""Gearman for Python on structured concurrency: job server, client, worker, admin client.
 
+Everything public is re-exported here; the modules with a leading underscore are
+private.
+"""
+
+from ._admin_client import AdminClient as AdminClient
+from ._client import Client as Client
+from ._client_job import (
+    ForegroundJob as ForegroundJob,
+    JobHandle as JobHandle,
+    JobStatus as JobStatus,
+)
+from ._codecs import Codec as Codec, JsonCodec as JsonCodec
 from ._exceptions import (
+    AdminError as AdminError,
     AdminLineTooLong as AdminLineTooLong,
+    BadAdminReply as BadAdminReply,
     BadArgumentCount as BadArgumentCount,
     BadMagic as BadMagic,
+    ConnectFailed as ConnectFailed,
+    ConnectionLost as ConnectionLost,
     GearmanError as GearmanError,
+    InvalidArgument as InvalidArgument,
+    JobError as JobError,
+    JobException as JobException,
+    JobFailed as JobFailed,
+    NoServersAvailable as NoServersAvailable,
     PacketTooLarge as PacketTooLarge,
     ProtocolError as ProtocolError,
+    ServerConnectionError as ServerConnectionError,
     TooManyAdminArguments as TooManyAdminArguments,
+    UniqueTooLong as UniqueTooLong,
     UnknownPacketType as UnknownPacketType,
 )
-from ._proto._packets import Priority as Priority
+from ._job import Job as Job
+from ._proto._admin import (
+    FunctionPriorityStatus as FunctionPriorityStatus,
+    FunctionStatus as FunctionStatus,
+    JobInfo as JobInfo,
+    WorkerInfo as WorkerInfo,
+)
+from ._proto._packets import (
+    Priority as Priority,
+    WorkData as WorkData,
+    WorkStatus as WorkStatus,
+    WorkWarning as WorkWarning,
+)
 from ._version import __version__ as __version__
+from ._worker import Worker as Worker
 
 __all__ = [
+    "AdminClient",
+    "AdminError",
     "AdminLineTooLong",
+    "BadAdminReply",
     "BadArgumentCount",
     "BadMagic",
+    "Client",
+    "Codec",
+    "ConnectFailed",
+    "ConnectionLost",
+    "ForegroundJob",
+    "FunctionPriorityStatus",
+    "FunctionStatus",
     "GearmanError",
+    "InvalidArgument",
+    "Job",
+    "JobError",
+    "JobException",
+    "JobFailed",
+    "JobHandle",
+    "JobInfo",
+    "JobStatus",
+    "JsonCodec",
+    "NoServersAvailable",
     "PacketTooLarge",
     "Priority",
     "ProtocolError",
+    "ServerConnectionError",
     "TooManyAdminArguments",
+    "UniqueTooLong",
     "UnknownPacketType",
+    "WorkData",
+    "WorkStatus",
+    "WorkWarning",
+    "Worker",
+    "WorkerInfo",
     "__version__",
 ]

@@ -8,13 +8,24 @@ Errors raised by the sans-IO protocol layer describe what the *peer* did wrong
 from __future__ import annotations
 
 __all__ = [
+    "AdminError",
     "AdminLineTooLong",
+    "BadAdminReply",
     "BadArgumentCount",
     "BadMagic",
+    "ConnectFailed",
+    "ConnectionLost",
     "GearmanError",
+    "InvalidArgument",
+    "JobError",
+    "JobException",
+    "JobFailed",
+    "NoServersAvailable",
     "PacketTooLarge",
     "ProtocolError",
+    "ServerConnectionError",
     "TooManyAdminArguments",
+    "UniqueTooLong",
     "UnknownPacketType",
 ]
 
