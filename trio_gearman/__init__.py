@@ -46,6 +46,13 @@ from ._proto._packets import (
     WorkStatus as WorkStatus,
     WorkWarning as WorkWarning,
 )
+from ._proto._server_state import ServerConfig as ServerConfig
+from ._server import (
+    GearmanServer as GearmanServer,
+    ServerStatistics as ServerStatistics,
+    serve as serve,
+)
+from ._server_net import KeepAlive as KeepAlive
 from ._version import __version__ as __version__
 from ._worker import Worker as Worker
 
@@ -64,6 +71,7 @@ __all__ = [
     "FunctionPriorityStatus",
     "FunctionStatus",
     "GearmanError",
+    "GearmanServer",
     "InvalidArgument",
     "Job",
     "JobError",
@@ -73,11 +81,14 @@ __all__ = [
     "JobInfo",
     "JobStatus",
     "JsonCodec",
+    "KeepAlive",
     "NoServersAvailable",
     "PacketTooLarge",
     "Priority",
     "ProtocolError",
+    "ServerConfig",
     "ServerConnectionError",
+    "ServerStatistics",
     "TooManyAdminArguments",
     "UniqueTooLong",
     "UnknownPacketType",
@@ -87,4 +98,5 @@ __all__ = [
     "Worker",
     "WorkerInfo",
     "__version__",
+    "serve",
 ]

@@ -1,0 +1,212 @@
+"""The job server's sockets: listening addresses, accepted-socket options, the fd limit.
+
+The server works on plain non-blocking sockets and waits for them with AnyIO's
+``wait_readable``/``wait_writable``, so it decides itself when to call ``recv`` and
+``send``: no read is attempted that is known to find nothing, and replies go out
+with one ``send`` from the task that produced them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import anyio
+import attrs
+
+__all__ = [
+    "KeepAlive",
+    "ListenAddress",
+    "configure_accepted",
+    "format_address",
+    "notify_closing",
+    "open_listeners",
+    "raise_fd_limit",
+    "wait_readable",
+    "wait_writable",
+]
+
+logger = logging.getLogger("trio_gearman.server")
+
+ListenAddress = tuple[str | None, int]
+"""``(host, port)`` to listen on; a ``None`` host means every local address."""
+
+# AnyIO >= 4.7 names them wait_readable/wait_writable; older releases only have the
+# socket-specific functions that newer ones deprecate.
+_WaitFn = Callable[[socket.socket], Awaitable[None]]
+wait_readable: Final[_WaitFn] = getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
+wait_writable: Final[_WaitFn] = getattr(anyio, "wait_writable", None) or anyio.wait_socket_writable
+
+
+def notify_closing(sock: socket.socket) -> None:
+    """Wake any task waiting on ``sock`` (with ClosedResourceError) before it is closed."""
+    notify = getattr(anyio, "notify_closing", None)
+    if notify is not None and sock.fileno() >= 0:
+        notify(sock)
+
+
+# Errors that say "this address family is not available here": skipped for a
+# ``None`` host (an IPv4-only machine still serves on 0.0.0.0), fatal otherwise.
+_FAMILY_MISSING = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+
+
+@attrs.frozen
+class KeepAlive:
+    """TCP keepalive on accepted connections (``--keepalive`` and its tuning).
+
+    Attributes:
+        idle: seconds of silence before the first probe (TCP_KEEPIDLE), or ``None``
+            for the system default.
+        interval: seconds between probes (TCP_KEEPINTVL), or ``None``.
+        count: unanswered probes before the connection is dropped (TCP_KEEPCNT), or
+            ``None``.
+    """
+
+    idle: int | None = None
+    interval: int | None = None
+    count: int | None = None
+
+
+def configure_accepted(sock: socket.socket, keepalive: KeepAlive | None) -> None:
+    """Make a new connection non-blocking, set TCP_NODELAY and, if asked, keepalive."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", keepalive.idle),
+        ("TCP_KEEPINTVL", keepalive.interval),
+        ("TCP_KEEPCNT", keepalive.count),
+    ):
+        option = getattr(socket, name, None)
+        if value is not None and value > 0 and option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _resolve(host: str | None, port: int) -> list[tuple[socket.AddressFamily, str]]:
+    """The numeric addresses to bind for one ``(host, port)``, IPv4 first."""
+    flags = socket.AI_PASSIVE | (socket.AI_ADDRCONFIG if host is None else 0)
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    found: list[tuple[socket.AddressFamily, str]] = []
+    for family, *_, sockaddr in sorted(infos, key=lambda info: info[0]):
+        entry = (family, str(sockaddr[0]))
+        if family in (socket.AF_INET, socket.AF_INET6) and entry not in found:
+            found.append(entry)
+    return found
+
+
+def _bind(family: socket.AddressFamily, host: str, port: int, backlog: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _listen_one(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+    """Bind every address of ``host``; a port of 0 becomes one free port for all of them."""
+    addresses = await _resolve(host, port)
+    if not addresses:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
+    for attempt in range(10):
+        bound_port = port
+        opened: list[socket.socket] = []
+        try:
+            for family, ip in addresses:
+                try:
+                    sock = _bind(family, ip, bound_port, backlog)
+                except OSError as exc:
+                    if host is None and exc.errno in _FAMILY_MISSING and len(addresses) > 1:
+                        logger.warning("Cannot listen on %s: %s", ip, exc.strerror)
+                        continue
+                    raise
+                opened.append(sock)
+                if bound_port == 0:
+                    bound_port = sock.getsockname()[1]
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            # An ephemeral port taken on another family: try another one.
+            if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 9:
+                continue
+            raise
+        if not opened:  # pragma: no cover (every family was missing)
+            raise OSError(errno.EADDRNOTAVAIL, f"could not listen on any address of {host!r}")
+        return opened
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def open_listeners(listen: Sequence[ListenAddress], backlog: int = 32) -> list[socket.socket]:
+    """Open a non-blocking listening socket for every address of every ``(host, port)``.
+
+    Args:
+        listen: the addresses. A ``None`` host binds every local address (0.0.0.0 and
+            ``::``, the latter IPv6-only), as gearmand does without ``-L``; a host name
+            binds each address it resolves to. Port 0 picks a free port, the same one
+            for every address of that host.
+        backlog: the ``listen()`` backlog.
+
+    Returns:
+        The listening sockets, in order.
+
+    Raises:
+        OSError: an address could not be bound; nothing is left open.
+    """
+    listeners: list[socket.socket] = []
+    try:
+        for host, port in listen:
+            listeners += await _listen_one(host, port, backlog)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def raise_fd_limit(target: int | None = None) -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) where the system allows it.
+
+    Args:
+        target: the wanted limit; ``None`` means the hard limit. Going past the hard
+            limit needs privileges; without them the soft limit stops at the hard one.
+
+    Returns:
+        The soft limit now in force (``-1`` where the platform has no such limit).
+    """
+    if sys.platform == "win32":  # pragma: no cover
+        return -1
+    import resource
+
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if target is None:
+        target = hard if hard != infinity else 1 << 20
+    attempts = [(target, hard)] if hard == infinity or target <= hard else [(target, target)]
+    if hard != infinity and target > hard:
+        attempts.append((hard, hard))
+    for limits in attempts:
+        if limits == (soft, hard):
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError) as exc:
+            logger.debug("Cannot set the open-file limit to %s: %s", limits, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
