@@ -15,6 +15,11 @@ Costs, for many functions and workers (gearmand issue #393):
   functions per priority: thousands of empty functions cost nothing;
 * a timer that is no longer needed stays in the heap until it surfaces, and the
   heap is compacted when stale entries outnumber live ones.
+
+Two seams serve test tools (:mod:`trio_gearman.testing`) and cost one attribute
+check each while unused: :attr:`JobTable.observer` is told of every job's start
+and end, and :meth:`JobTable.set_hold` keeps the jobs of chosen functions away
+from workers.
 """
 
 from __future__ import annotations
@@ -22,18 +27,21 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from ._packets import Error, Magic, Message, PacketType, WorkFail
 from ._server_model import (
     FUTURE,
     GONE,
+    HELD,
     QUEUED,
     RUNNING,
     ConnectionState,
     Function,
     Job,
+    JobObserver,
+    JobOutcome,
     ServerConfig,
 )
 
@@ -56,11 +64,17 @@ class JobTable:
         config: the settings given.
         dirty: connections whose ``outgoing`` buffer gained bytes. The I/O layer
             takes them out and sends.
+        observer: told of every job's start and end (a test hook), or ``None``.
     """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.dirty: set[ConnectionState] = set()
+        self.observer: JobObserver | None = None
+        # The test hook of set_hold(): which functions are held, and their jobs (in
+        # the order they were held; entries no longer HELD are skipped).
+        self._hold: Callable[[bytes], bool] | None = None
+        self._held: list[Job] = []
         self._retries = max(config.job_retries, 0)
         self._wakeup = max(config.worker_wakeup, 0)
         self._store = config.store
@@ -147,6 +161,71 @@ class JobTable:
         """The job with this handle, or ``None``."""
         return self._jobs.get(handle)
 
+    def get_function(self, name: bytes) -> Function | None:
+        """The function with this name, or ``None``."""
+        return self._functions.get(name)
+
+    def scheduled_jobs(self) -> list[tuple[Job, float]]:
+        """The epoch jobs that are not due yet, with the loop time each is due at."""
+        return [
+            (job, when)
+            for when, seq, job in sorted(self._timers)
+            if job.timer == seq and job.state == FUTURE
+        ]
+
+    # --- test hooks -----------------------------------------------------------------------
+
+    def set_hold(self, held: Callable[[bytes], bool] | None) -> None:
+        """Keep the jobs of some functions away from workers (a test hook).
+
+        A job of a held function that is queued now, or would be queued later
+        (submitted, re-queued after its worker left, or an epoch job coming due),
+        waits apart instead (:data:`HELD`): it counts as queued (``status``,
+        :attr:`jobs_queued`), GET_STATUS knows it, ``cancel job`` removes it, but no
+        worker is given it or woken for it. Held jobs of functions that are no
+        longer held go back to the tail of their queues, in the order they were
+        held, and sleeping workers are woken for them.
+
+        Args:
+            held: tells from a function name whether its jobs are held; ``None``
+                holds nothing.
+        """
+        self._hold = held
+        if self._held:
+            still: list[Job] = []
+            for job in self._held:
+                if job.state != HELD:
+                    continue
+                if held is not None and held(job.function.name):
+                    still.append(job)
+                    continue
+                job.function.future -= 1
+                self._future -= 1
+                self._enqueue(job)
+            self._held = still
+        if held is None:
+            return
+        for function in self._functions.values():
+            if not any(function.counts) or not held(function.name):
+                continue
+            for queue in function.queues:
+                if queue:
+                    for job in [job for job in queue if job.state == QUEUED]:
+                        self._unqueue(job)
+                        self._park(job)
+
+    def _park(self, job: Job) -> None:
+        """Hold ``job`` apart from its queue (its function is held)."""
+        job.state = HELD
+        job.function.future += 1
+        self._future += 1
+        self._held.append(job)
+
+    def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.job_ended(job, outcome, result)
+
     # --- admin operations -----------------------------------------------------------------
 
     def cancel_job(self, handle: bytes) -> bool:
@@ -173,13 +252,14 @@ class JobTable:
                 self._unindex(job)
                 if job.background and self._store is not None:
                     self._store.done(job)
-        elif job.state == FUTURE:
+            return True
+        if job.state == QUEUED:
+            self._unqueue(job)
+        else:  # FUTURE or HELD
             job.function.future -= 1
             self._future -= 1
-            self._forget(job)
-        else:
-            self._unqueue(job)
-            self._forget(job)
+        self._forget(job)
+        self._ended(job, JobOutcome.CANCELLED)
         return True
 
     def create_function(self, name: bytes) -> Function:
@@ -248,6 +328,9 @@ class JobTable:
     def _enqueue(self, job: Job) -> None:
         """Put a job at the tail of its queue and wake sleepers that can run it."""
         function = job.function
+        if self._hold is not None and self._hold(function.name):
+            self._park(job)
+            return
         priority = job.priority
         queue = function.queues[priority]
         if queue is None:
@@ -344,6 +427,7 @@ class JobTable:
         job.numerator = job.denominator = 0
         if job.cancelled or (not job.background and job.clients is None):
             self._forget(job)
+            self._ended(job, JobOutcome.CANCELLED if job.cancelled else JobOutcome.LOST)
             return
         job.retries += 1
         if self._retries and job.retries >= self._retries:
@@ -352,6 +436,7 @@ class JobTable:
                 for client in job.clients:
                     self._send(client, fail)
             self._forget(job)
+            self._ended(job, JobOutcome.LOST)
             return
         self._enqueue(job)
 
@@ -393,9 +478,17 @@ class JobTable:
         left = [client for client in clients if client is not conn]
         job.clients = left or None
         # A running job keeps running; its result goes nowhere.
-        if not left and not job.background and job.state == QUEUED:
+        if left or job.background:
+            return
+        if job.state == QUEUED:
             self._unqueue(job)
-            self._forget(job)
+        elif job.state == HELD:
+            job.function.future -= 1
+            self._future -= 1
+        else:
+            return
+        self._forget(job)
+        self._ended(job, JobOutcome.LOST)
 
     # --- timer heap ---------------------------------------------------------------------------
 

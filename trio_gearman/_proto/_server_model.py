@@ -3,7 +3,8 @@
 These are plain slotted records, shared by the job table (:mod:`._server_jobs`),
 the state machine (:mod:`._server_state`) and its admin commands
 (:mod:`._server_admin`). They hold data and do no bookkeeping of their own; every
-rule lives in the state machine. :class:`JobStore` is the seam for persistence.
+rule lives in the state machine. :class:`JobStore` is the seam for persistence;
+:class:`JobObserver` the seam for test tools (every job's start and end).
 
 A million queued jobs must fit in memory, so :class:`Job` carries only what the
 protocol needs and no ``__weakref__`` slot, and a function's three priority queues
@@ -12,6 +13,7 @@ are created on first use.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from typing import Final, Protocol
 
@@ -22,11 +24,14 @@ from .._version import __version__
 __all__ = [
     "FUTURE",
     "GONE",
+    "HELD",
     "QUEUED",
     "RUNNING",
     "ConnectionState",
     "Function",
     "Job",
+    "JobObserver",
+    "JobOutcome",
     "JobStore",
     "ServerConfig",
 ]
@@ -39,6 +44,8 @@ FUTURE: Final = 2
 """A SUBMIT_JOB_EPOCH job waits in the timer heap for its time."""
 GONE: Final = 3
 """The job is finished, cancelled or dropped. A queue may still hold it as a tombstone."""
+HELD: Final = 4
+"""The job's function is held (a test hook): the job waits apart, away from workers."""
 
 
 @attrs.define(slots=True, eq=False, weakref_slot=False)
@@ -56,7 +63,8 @@ class Job:
         priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
         background: no client waits for the result; never dropped because a client left.
         reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        state: :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE` or :data:`GONE`.
+        state: :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`, :data:`HELD` or
+            :data:`GONE`.
         retries: how many times the job was re-queued after losing its worker.
         numerator: the last WORK_STATUS numerator (reset on re-queue).
         denominator: the last WORK_STATUS denominator (reset on re-queue).
@@ -94,7 +102,8 @@ class Function:
             queue may hold tombstones (jobs whose state is no longer QUEUED); they
             are skipped when popped.
         counts: the number of live QUEUED jobs per priority.
-        future: the number of epoch jobs of this function that are not due yet.
+        future: the number of epoch jobs of this function that are not due yet,
+            plus its held jobs (:data:`HELD`).
         running: the number of jobs of this function that workers hold.
         workers: the connections registered for this function, in order.
         sleepers: connections that slept (PRE_SLEEP) while able to run this
@@ -132,7 +141,7 @@ class Function:
 
     @property
     def queued(self) -> int:
-        """Jobs waiting to run: queued at any priority, plus epoch jobs not due yet."""
+        """Jobs waiting to run: queued at any priority, epoch jobs not due yet, held jobs."""
         counts = self.counts
         return counts[0] + counts[1] + counts[2] + self.future
 
@@ -228,6 +237,47 @@ class JobStore(Protocol):
 
     def done(self, job: Job) -> None:
         """Forget ``job``: it is finished. Must not raise."""
+
+
+class JobOutcome(str, enum.Enum):
+    """How a job ended, as a :class:`JobObserver` is told."""
+
+    COMPLETED = "completed"
+    """The worker sent WORK_COMPLETE."""
+    FAILED = "failed"
+    """The worker sent WORK_FAIL."""
+    EXCEPTION = "exception"
+    """The worker sent WORK_EXCEPTION."""
+    CANCELLED = "cancelled"
+    """The admin ``cancel job`` command removed it."""
+    LOST = "lost"
+    """The server gave up on it: its workers went away once too often (the retry
+    limit), or nobody waited for a foreground job any more."""
+
+
+class JobObserver(Protocol):
+    """Told of every job's start and end: the seam for test tools.
+
+    The state machine calls it synchronously, after the move is complete (the
+    tables are consistent). While :attr:`JobTable.observer` is ``None`` it costs
+    one attribute check per submission and per result.
+    """
+
+    def job_created(self, job: Job) -> None:
+        """A submission created ``job`` (not called when it coalesced onto one)."""
+
+    def job_ended(self, job: Job, outcome: JobOutcome, result: bytes) -> None:
+        """``job`` left the server (its state is :data:`GONE`); called once per job.
+
+        A job cancelled while it runs leaves when its worker finishes or goes
+        away; its outcome is then :attr:`JobOutcome.CANCELLED` whatever the
+        worker reported.
+
+        Args:
+            job: the job.
+            outcome: how it ended.
+            result: the WORK_COMPLETE data or the WORK_EXCEPTION text, else empty.
+        """
 
 
 @attrs.define

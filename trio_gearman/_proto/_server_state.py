@@ -92,7 +92,15 @@ from ._packets import (
 )
 from ._server_admin import AdminHandler
 from ._server_jobs import JobTable
-from ._server_model import FUTURE, RUNNING, ConnectionState, Function, Job, ServerConfig
+from ._server_model import (
+    FUTURE,
+    RUNNING,
+    ConnectionState,
+    Function,
+    Job,
+    JobOutcome,
+    ServerConfig,
+)
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
@@ -286,6 +294,19 @@ class ServerState(JobTable):
         """Every open connection, oldest first."""
         return self._connections.values()
 
+    @property
+    def handles_issued(self) -> int:
+        """How many handle numbers this server has used (or reserved)."""
+        return self._next_handle - 1
+
+    def reserve_handles(self, count: int) -> None:
+        """Never issue the handle numbers up to ``count``.
+
+        A server that takes over from an earlier one (a restart) keeps its
+        handles unique with ``reserve_handles(earlier.handles_issued)``.
+        """
+        self._next_handle = max(self._next_handle, count + 1)
+
     # --- requests that concern no job -----------------------------------------------------
 
     def _invalid_command(self, conn: ConnectionState, event: Message, now: float) -> None:
@@ -371,6 +392,62 @@ class ServerState(JobTable):
             self._arm(job, due)
         else:
             self._enqueue(job)
+        observer = self.observer
+        if observer is not None:
+            observer.job_created(job)
+
+    def restore_job(
+        self,
+        handle: bytes,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int = 1,
+        reducer: bytes = b"",
+        due: float | None = None,
+    ) -> Job:
+        """Take back a background job that an earlier server accepted.
+
+        For a restart that keeps its jobs (a store's replay, the test server's
+        ``restart(keep_jobs=True)``): the job keeps its handle, which no later job
+        of this server reuses, and goes to the tail of its queue (or waits for
+        ``due``). The store is not told (it has the job already), nor the
+        :attr:`observer`.
+
+        Args:
+            handle: the job's handle.
+            function: the function name.
+            unique: the unique key (empty: none; ``-``: coalesced by data).
+            data: the payload.
+            priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+            reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+            due: for an epoch job not due yet, the loop time it is due at.
+
+        Returns:
+            The job, queued (or waiting for its time).
+
+        Raises:
+            ValueError: a job with this handle exists.
+        """
+        if handle in self._jobs:
+            raise ValueError(f"a job with the handle {handle!r} exists")
+        prefix = self._prefix
+        if handle.startswith(prefix) and handle[len(prefix) :].isdigit():
+            self._next_handle = max(self._next_handle, int(handle[len(prefix) :]) + 1)
+        owner = self.create_function(function)
+        job = Job(handle, owner, unique, data, priority, True, reducer)
+        self._jobs[handle] = job
+        if unique:
+            index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
+            index.setdefault(key, job)
+        if due is not None:
+            job.state = FUTURE
+            owner.future += 1
+            self._future += 1
+            self._arm(job, due)
+        else:
+            self._enqueue(job)
+        return job
 
     def _coalesce(self, conn: ConnectionState, job: Job, background: bool) -> None:
         if not background:
@@ -537,6 +614,10 @@ class ServerState(JobTable):
         if job.clients is not None:
             self._forward(job, msg)
         self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.COMPLETED
+            observer.job_ended(job, outcome, msg.data)
 
     def _work_fail(self, conn: ConnectionState, msg: WorkFail, now: float) -> None:
         handle = msg.handle
@@ -549,6 +630,10 @@ class ServerState(JobTable):
             return
         self._forward(job, msg)
         self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.FAILED
+            observer.job_ended(job, outcome, b"")
 
     def _work_exception(self, conn: ConnectionState, msg: WorkException, now: float) -> None:
         job = conn.running.get(msg.handle)
@@ -560,6 +645,10 @@ class ServerState(JobTable):
             for client in job.clients:
                 self._send(client, msg if client.exceptions else fail)
         self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
+            observer.job_ended(job, outcome, msg.data)
 
     # --- status and connection options ----------------------------------------------------------
 
