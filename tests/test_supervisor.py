@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 from collections.abc import Callable
 
 import anyio
@@ -12,7 +14,18 @@ import trio.testing
 from hypothesis import given, strategies as st
 
 from trio_gearman import GearmanError
-from trio_gearman._supervisor import Backoff, Link, LinkState, rendezvous_order
+from trio_gearman._exceptions import ConnectionLost, NoServersAvailable
+from trio_gearman._supervisor import (
+    Backoff,
+    Heartbeat,
+    Link,
+    LinkSet,
+    LinkState,
+    rendezvous_order,
+)
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 
 @pytest.fixture
@@ -161,6 +174,35 @@ async def test_link_reconnects_after_loss_and_resets_when_healthy(
         nursery.cancel_scope.cancel()
 
 
+async def test_transitions_are_logged_once_per_outage(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "trio_gearman.supervisor")
+    server = FakeServer(refusals=0)
+    policy = Backoff(1.0, 8.0, jitter=0.0)
+    link = Link("s1:4730", server.connect, server.serve, backoff=policy, role="client")
+
+    def up_after(attempts: int) -> Callable[[], bool]:
+        return lambda: link.state is LinkState.UP and len(server.attempts) == attempts
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link.run)
+        for attempts in (2, 3, 4):  # a link that flaps: up, lost at once, up again...
+            await _wait_for(link, lambda: link.state is LinkState.UP)
+            server.breaks[-1].set()
+            await _wait_for(link, up_after(attempts))
+        nursery.cancel_scope.cancel()
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [m for m in logged if m[0] != "DEBUG"] == [
+        ("WARNING", "client link to s1:4730 down: connection 1 lost"),
+        ("INFO", "client link to s1:4730 up again after 1 failed attempts"),
+    ]
+    assert [m for m in logged if m[0] == "DEBUG"] == [
+        ("DEBUG", "client link to s1:4730: attempt 2 failed: connection 2 lost"),
+        ("DEBUG", "client link to s1:4730: attempt 3 failed: connection 3 lost"),
+    ]
+
+
 async def test_link_lets_bugs_propagate(autojump_clock: trio.testing.MockClock) -> None:
     async def connect(address: str) -> int:
         raise KeyError("a bug, not a connection failure")
@@ -173,3 +215,199 @@ async def test_link_lets_bugs_propagate(autojump_clock: trio.testing.MockClock) 
         async with anyio.create_task_group() as tg:
             await tg.start(link.run)
     assert link.state is LinkState.STOPPED
+
+
+# --- LinkSet ----------------------------------------------------------------------------
+
+
+class FakeConn:
+    """A connection as LinkSet sees it: usable until broken, verified once heard from."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.broken = False
+        self.heard = 0
+        self.done = trio.Event()
+
+
+class FakeCluster:
+    """Servers that are up or down on command; each link serves until its server dies."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.up = dict.fromkeys(addresses, True)
+        self.conns: dict[str, FakeConn] = {}
+
+    async def connect(self, address: str) -> FakeConn:
+        if not self.up[address]:
+            raise ConnectionRefusedError(f"{address}: refused")
+        conn = self.conns[address] = FakeConn(address)
+        conn.heard = 1
+        return conn
+
+    async def serve(self, conn: FakeConn) -> None:
+        await conn.done.wait()
+        raise GearmanError(f"{conn.address}: lost")
+
+    def kill(self, address: str) -> None:
+        self.up[address] = False
+        conn = self.conns[address]
+        conn.broken = True
+        conn.done.set()
+
+    def link_set(self, backoff: Backoff | None = None) -> LinkSet[FakeConn]:
+        return LinkSet(
+            [
+                Link(address, self.connect, self.serve, backoff=backoff or Backoff(1.0, 1.0))
+                for address in self.up
+            ],
+            usable=lambda conn: not conn.broken,
+            verified=lambda conn: conn.heard > 0,
+        )
+
+
+async def test_link_set_picks_in_order_round_robin_and_prefers_verified(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cluster = FakeCluster(["a", "b", "c"])
+    links = cluster.link_set()
+    async with trio.open_nursery() as nursery:
+        for link in links.links:
+            await nursery.start(link.run)
+        await links.wait_settled()
+        assert [conn.address for conn in links.live()] == ["a", "b", "c"]
+        assert links.pick(["c", "a"]).address == "c"  # type: ignore[union-attr]
+        turns = [links.pick(["a", "b", "c"], turn).address for turn in range(6)]  # type: ignore[union-attr]
+        assert turns == ["a", "b", "c", "a", "b", "c"]
+        # a server that has not answered yet is used only when no other one is live
+        cluster.conns["a"].heard = 0
+        assert links.pick(["a", "b"]).address == "b"  # type: ignore[union-attr]
+        assert links.pick(["a"]).address == "a"  # type: ignore[union-attr]
+        # a dead server drops out of the rotation at once
+        cluster.kill("b")
+        turns = [links.pick(["a", "b", "c"], turn).address for turn in range(4)]  # type: ignore[union-attr]
+        assert turns == ["c", "c", "c", "c"]  # "a" is unverified: "c" is preferred
+        cluster.conns["a"].heard = 1
+        turns = [links.pick(["a", "b", "c"], turn).address for turn in range(4)]  # type: ignore[union-attr]
+        assert turns == ["a", "c", "a", "c"]
+        assert links.pick(["b"]) is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_link_set_waits_for_a_server_then_gives_every_servers_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cluster = FakeCluster(["a", "b"])
+    links = cluster.link_set(Backoff(1.0, 1.0, jitter=0.0))
+    async with trio.open_nursery() as nursery:
+        for link in links.links:
+            await nursery.start(link.run)
+        await links.wait_settled()
+        cluster.kill("a")
+        cluster.kill("b")
+        start = trio.current_time()
+        with pytest.raises(NoServersAvailable) as info:
+            await links.acquire(
+                ["a", "b"], within=5.0, errors={"b": ConnectionLost("x", server="b")}
+            )
+        assert trio.current_time() - start == pytest.approx(5.0)
+        group = info.value.__cause__
+        assert isinstance(group, ExceptionGroup)
+        assert [type(e) for e in group.exceptions] == [ConnectionRefusedError, ConnectionLost]
+        # a server that comes back within the wait is taken
+        cluster.up["b"] = True
+        start = trio.current_time()
+        conn = await links.acquire(["a", "b"], within=5.0)
+        assert conn.address == "b"
+        assert trio.current_time() - start <= 1.0  # the next attempt, after the back-off
+        nursery.cancel_scope.cancel()
+
+
+def test_link_set_refuses_a_server_listed_twice() -> None:
+    async def never(address: str) -> int:
+        raise AssertionError
+
+    async def serve(conn: int) -> None:
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="twice"):
+        LinkSet(
+            [Link("a", never, serve), Link("a", never, serve)],
+            usable=lambda conn: True,
+            verified=lambda conn: True,
+        )
+
+
+# --- Heartbeat ----------------------------------------------------------------------------
+
+
+class Silent:
+    """A connection whose server answers probes only while ``answers`` is set."""
+
+    def __init__(self, *, answers: bool, heard: int = 0) -> None:
+        self.answers = answers
+        self.heard = heard
+        self.waiting = True
+        self.probes: list[float] = []
+
+    def probe(self) -> None:
+        self.probes.append(trio.current_time())
+        if self.answers:
+            self.heard += 1
+
+
+async def test_a_silent_new_connection_is_given_up_after_the_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn = Silent(answers=False)
+    reason = await Heartbeat(first_check=4.0, interval=10.0, timeout=5.0).watch(conn)
+    assert reason == "no answer within 9 s of connecting"
+    assert conn.probes == [4.0]
+    assert trio.current_time() == 9.0
+
+
+async def test_a_server_that_stops_answering_is_probed_then_given_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn = Silent(answers=True, heard=1)
+    heartbeat = Heartbeat(first_check=4.0, interval=10.0, timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        reasons: list[tuple[str, float]] = []
+
+        async def watch() -> None:
+            reasons.append((await heartbeat.watch(conn), trio.current_time()))
+
+        nursery.start_soon(watch)
+        await trio.sleep(30)
+        # a live server answers every probe: never given up
+        assert conn.probes == [4.0, 19.0]
+        assert reasons == []
+        conn.answers = False
+        await trio.sleep(30)
+    assert reasons == [("no answer to ECHO within 5 s", 39.0)]
+    assert conn.probes == [4.0, 19.0, 34.0]
+
+
+async def test_an_idle_or_chatty_connection_is_never_probed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    idle = Silent(answers=False, heard=1)
+    idle.waiting = False
+    chatty = Silent(answers=False, heard=1)
+    heartbeat = Heartbeat(first_check=1.0, interval=1.0, timeout=1.0)
+
+    async def talk() -> None:
+        while True:
+            chatty.heard += 1
+            await trio.sleep(0.5)
+
+    with trio.move_on_after(100):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat.watch, idle)
+            nursery.start_soon(heartbeat.watch, chatty)
+            nursery.start_soon(talk)
+    assert idle.probes == chatty.probes == []
+
+
+def test_heartbeat_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Heartbeat(interval=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import anyio
@@ -10,8 +11,9 @@ import trio
 import trio.testing
 
 from trio_gearman._client import Client
-from trio_gearman._exceptions import ConnectionLost, JobException, JobFailed, NoServersAvailable
+from trio_gearman._exceptions import JobException, JobFailed, NoServersAvailable
 from trio_gearman._job import Job
+from trio_gearman._supervisor import Backoff, LinkState
 from trio_gearman._worker import Worker
 
 from .gearmand_peer import GearmandProcess, free_port, run_gearmand
@@ -239,32 +241,44 @@ async def test_an_exception_is_logged_and_the_worker_goes_on(
     assert "Traceback" in caplog.text
 
 
-async def test_a_lost_server_cancels_the_jobs_and_run_raises() -> None:
+async def test_a_lost_server_is_reconnected_and_its_running_job_finishes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "trio_gearman")
     started = trio.Event()
-    cancelled = trio.Event()
+    release = trio.Event()
 
     async def hang(job: Job) -> bytes:
         started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled.set()
-        raise AssertionError
+        await release.wait()
+        return b"late"
 
-    with run_gearmand() as server:
-        worker = Worker(server.address)
-        worker.register("hang", hang)
-
-        async def kill_when_running() -> None:
-            await started.wait()
-            server.process.kill()
-
-        async with Client(server.address) as client, trio.open_nursery() as nursery:
-            nursery.start_soon(kill_when_running)
-            await client.submit_background("hang", b"")
-            with trio.fail_after(10), pytest.raises(ConnectionLost, match=server.address):
-                await worker.run()
-            assert cancelled.is_set()
+    port = free_port()
+    worker = Worker(f"127.0.0.1:{port}", backoff=Backoff(initial=0.05, maximum=0.2))
+    worker.register("hang", hang)
+    worker.register("reverse", reverse)
+    async with trio.open_nursery() as nursery:
+        with run_gearmand(port=port) as server:
+            await nursery.start(worker.run)
+            async with Client(server.address) as client:
+                await client.submit_background("hang", b"")
+            with trio.fail_after(10):
+                await started.wait()
+        # gearmand was killed with the job running: the worker goes on; the job ends
+        # and its result is dropped
+        with trio.fail_after(10):
+            while worker.servers()[0].state is LinkState.UP:
+                await worker.wait_servers_changed()
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.running_jobs == 0
+        assert "dropping the WorkComplete of <Job H:" in caplog.text
+        # gearmand comes back on the same port: the worker registers there again
+        with run_gearmand(port=port) as server:
+            async with Client(server.address) as client:
+                with trio.fail_after(10):
+                    assert await client.submit("reverse", b"abc") == b"cba"
+        worker.stop(0)
 
 
 async def test_no_reachable_server() -> None:

@@ -6,6 +6,7 @@ re-grab costs nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._exceptions import ConnectionLost, JobException, JobFailed, NoServersAvailable
+from trio_gearman._exceptions import JobException, JobFailed, NoServersAvailable
 from trio_gearman._job import Job
 from trio_gearman._proto import (
     CanDo,
@@ -486,33 +487,39 @@ async def test_cancelling_run_drains_for_drain_timeout(
         assert server.pending() == []
 
 
-async def test_a_lost_connection_cancels_the_jobs_and_run_raises() -> None:
-    cancelled = trio.Event()
+async def test_a_lost_connection_lets_the_job_finish_and_the_worker_reconnects(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trio_gearman")
+    release = trio.Event()
     worker = make_worker()
 
     @worker.function("f")
     async def f(job: Job) -> bytes:
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled.set()
-        raise AssertionError
+        await release.wait()
+        return b"late"
 
-    async with fake_servers() as servers:
-        worker._connector = servers
-        async with trio.open_nursery() as nursery:
-
-            async def run() -> None:
-                with pytest.raises(ConnectionLost, match="memory:1"):
-                    await worker.run()
-
-            nursery.start_soon(run)
-            server = await servers.next_server()
-            await server.receive_until(GrabJobUniq)
-            await server.send(JobAssignUniq(b"H:1", b"f", b"", b""))
-            await trio.testing.wait_all_tasks_blocked()
-            await server.close()
-        assert cancelled.is_set()
+    async with serving(worker) as servers:
+        server = await servers.next_server()
+        await server.receive_until(GrabJobUniq)
+        await server.send(JobAssignUniq(b"H:1", b"f", b"", b""))
+        await trio.testing.wait_all_tasks_blocked()
+        await server.close()
+        # the worker does not stop: its link reconnects after a back-off...
+        with trio.fail_after(60):
+            while len(servers.servers) < 2:
+                await worker.wait_servers_changed()
+        second = servers.servers[1]
+        # ...and registers again; the running job still holds the only slot
+        assert await second.receive() == [CanDo(b"f")]
+        await trio.testing.wait_all_tasks_blocked()
+        assert second.pending() == []
+        assert worker.running_jobs == 1
+        release.set()
+        # the job ends: its result has nowhere to go, and its slot grabs anew
+        assert await second.receive() == [GrabJobUniq()]
+        assert worker.running_jobs == 0
+    assert "dropping the WorkComplete of <Job H:1 of 'f'" in caplog.text
 
 
 async def test_run_raises_when_no_server_answers() -> None:

@@ -29,6 +29,7 @@ from ._exceptions import (
     PacketTooLarge as PacketTooLarge,
     ProtocolError as ProtocolError,
     ServerConnectionError as ServerConnectionError,
+    ServerLost as ServerLost,
     TooManyAdminArguments as TooManyAdminArguments,
     UniqueTooLong as UniqueTooLong,
     UnknownPacketType as UnknownPacketType,
@@ -53,6 +54,11 @@ from ._server import (
     serve as serve,
 )
 from ._server_net import KeepAlive as KeepAlive
+from ._supervisor import (
+    Backoff as Backoff,
+    LinkState as LinkState,
+    ServerHealth as ServerHealth,
+)
 from ._version import __version__ as __version__
 from ._worker import Worker as Worker
 
@@ -60,6 +66,7 @@ __all__ = [
     "AdminClient",
     "AdminError",
     "AdminLineTooLong",
+    "Backoff",
     "BadAdminReply",
     "BadArgumentCount",
     "BadMagic",
@@ -82,12 +89,15 @@ __all__ = [
     "JobStatus",
     "JsonCodec",
     "KeepAlive",
+    "LinkState",
     "NoServersAvailable",
     "PacketTooLarge",
     "Priority",
     "ProtocolError",
     "ServerConfig",
     "ServerConnectionError",
+    "ServerHealth",
+    "ServerLost",
     "ServerStatistics",
     "TooManyAdminArguments",
     "UniqueTooLong",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -9,11 +12,18 @@ from typing import Any, Generic, TypeVar, overload
 
 import anyio
 import anyio.abc
+import attrs
 
 from ._client_conn import ClientConnection, Submission
 from ._client_job import ForegroundJob, JobHandle, JobStatus
 from ._codecs import Codec, function_name, payload, unique_key
-from ._exceptions import GearmanError, InvalidArgument
+from ._exceptions import (
+    ConnectionLost,
+    GearmanError,
+    InvalidArgument,
+    NoServersAvailable,
+    ServerLost,
+)
 from ._proto import (
     EchoReq,
     EchoRes,
@@ -24,10 +34,16 @@ from ._proto import (
     StatusRes,
     StatusResUnique,
 )
-from ._servers import Connector, open_first_reachable, server_list
-from ._stream import DEFAULT_CONNECT_TIMEOUT, Address
+from ._servers import Connector, server_list
+from ._stream import DEFAULT_CONNECT_TIMEOUT, Address, connect
+from ._supervisor import Backoff, Heartbeat, Link, LinkSet, ServerHealth, rendezvous_order
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["Client"]
+
+logger = logging.getLogger("trio_gearman.client")
 
 R = TypeVar("R")
 U = TypeVar("U")
@@ -39,14 +55,54 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-class Client(Generic[R]):
-    """A Gearman client: an async context manager owning one server connection.
+@attrs.define(slots=True)
+class _Request:
+    """One submission as the caller made it, and the servers it has been sent to."""
 
-    The client connects to the first reachable server of ``servers`` on entry
-    (and again on the next call after that connection is lost). Any number of
-    tasks may use it at once: requests share the connection and their replies
-    are matched in order, results by job handle. Cancelling a call (a cancel
-    scope, a timeout) detaches it cleanly; the connection stays usable.
+    function: bytes
+    unique: bytes
+    data: bytes
+    priority: Priority
+    background: bool = False
+    epoch: int | None = None
+    want_updates: bool = False
+    tried: dict[str, GearmanError] = attrs.Factory(dict)
+
+    @property
+    def routing_key(self) -> bytes:
+        """The key that picks the server: the unique key (the data for ``"-"``)."""
+        return self.data if self.unique == b"-" else self.unique
+
+
+class Client(Generic[R]):
+    """A Gearman client: an async context manager owning a link to every server.
+
+    Each configured server gets a supervised link in the client's task group: it
+    connects, reconnects with back-off when the connection breaks, and drops a
+    server that stops answering (see ``heartbeat_interval``). :meth:`servers`
+    reports each link's health.
+
+    Where jobs go:
+
+    * a job with a unique key goes to the server that rendezvous hashing of the
+      key prefers, or, while that one is down, the next live one in the key's
+      order, so that duplicates coalesce on one server;
+    * a job without one goes round-robin over the live servers;
+    * when the connection breaks before the server acknowledged the job
+      (JOB_CREATED), it is sent to the next live server it has not been sent
+      to: at-least-once, made idempotent by a unique key on servers that
+      coalesce;
+    * a foreground job whose server is lost after acknowledging it raises
+      :class:`~trio_gearman.ServerLost`, or, with ``retry_on_server_loss``, is
+      submitted again to another live server (at-least-once: it may run twice);
+    * when no server is live, a request waits up to ``wait_for_server`` seconds
+      for one, then raises :class:`~trio_gearman.NoServersAvailable` whose
+      ``__cause__`` groups every server's own error.
+
+    Any number of tasks may use the client at once: requests share the
+    connections and their replies are matched in order, results by job handle.
+    Cancelling a call (a cancel scope, a timeout) detaches it cleanly; the
+    connection stays usable.
 
     Args:
         servers: ``"host:port"``, a comma-separated list, or a sequence of
@@ -55,14 +111,27 @@ class Client(Generic[R]):
         codec: encodes job data and decodes results for every call that does not
             give its own; by default data is bytes (``str`` is sent as UTF-8) and
             results are bytes.
-        connect_timeout: seconds to wait for each server.
+        connect_timeout: seconds to wait for each connection attempt; also the
+            time a new connection's server has to answer its first request.
         exceptions: ask the server to forward WORK_EXCEPTION (raised as
             :class:`~trio_gearman.JobException` with the worker's text); without
             it a failing job raises :class:`~trio_gearman.JobFailed`.
+        retry_on_server_loss: resubmit a foreground job whose server was lost
+            after accepting it (each call can override it).
+        wait_for_server: seconds a request waits for a live server.
+        backoff: how long a broken link waits before reconnecting.
+        heartbeat_interval: while the server owes an answer and has been silent
+            this many seconds, send it an ECHO_REQ.
+        heartbeat_timeout: a server that leaves that ECHO_REQ unanswered this
+            many seconds is dropped (its link reconnects after back-off).
+
+    Raises:
+        NoServersAvailable: on entry, when no server could be reached at all.
 
     Example:
         >>> async def main():
-        ...     async with trio_gearman.Client(["127.0.0.1:4730"], client_id="web-1") as client:
+        ...     servers = ["10.0.0.1:4730", "10.0.0.2:4730", "10.0.0.3:4730"]
+        ...     async with trio_gearman.Client(servers, client_id="web-1") as client:
         ...         assert await client.submit("reverse", b"hello") == b"olleh"
         ...         handle = await client.submit_background("resize", b"img-42",
         ...                                                 priority=Priority.HIGH)
@@ -78,6 +147,11 @@ class Client(Generic[R]):
         codec: None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         exceptions: bool = True,
+        retry_on_server_loss: bool = False,
+        wait_for_server: float = DEFAULT_CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None: ...
 
     @overload
@@ -89,6 +163,11 @@ class Client(Generic[R]):
         codec: Codec[R],
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         exceptions: bool = True,
+        retry_on_server_loss: bool = False,
+        wait_for_server: float = DEFAULT_CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None: ...
 
     def __init__(
@@ -99,23 +178,63 @@ class Client(Generic[R]):
         codec: Codec[Any] | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         exceptions: bool = True,
+        retry_on_server_loss: bool = False,
+        wait_for_server: float = DEFAULT_CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None:
-        self.servers = server_list(servers)
+        self.addresses = server_list(servers)
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError(f"a server is listed twice: {', '.join(self.addresses)}")
+        if wait_for_server < 0:
+            raise ValueError(f"wait_for_server must not be negative, got {wait_for_server}")
+        self.retry_on_server_loss = retry_on_server_loss
+        self.wait_for_server = wait_for_server
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.heartbeat = Heartbeat(
+            min(connect_timeout, heartbeat_interval), heartbeat_interval, heartbeat_timeout
+        )
         self._client_id = client_id.encode() if isinstance(client_id, str) else client_id
         self._codec = codec
         self._connect_timeout = connect_timeout
         self._exceptions = exceptions
         self._tg: anyio.abc.TaskGroup | None = None
-        self._conn: ClientConnection | None = None
-        self._lock = anyio.Lock()
+        self._links: LinkSet[ClientConnection] | None = None
+        self._turn = itertools.count()
         self._closed = False
         self._connector: Connector | None = None  # tests: in-memory connections
 
     @property
     def server(self) -> str | None:
-        """The server of the current connection, or ``None`` when not connected."""
-        conn = self._conn
-        return conn.server if conn is not None and conn.error is None else None
+        """The first live server in the configured order, or ``None`` when none is."""
+        links = self._links
+        if links is None:
+            return None
+        live = links.live()
+        return live[0].server if live else None
+
+    def servers(self) -> list[ServerHealth]:
+        """The health of the link to each server, in the configured order.
+
+        ``jobs_in_flight`` counts the requests waiting for a reply and the
+        foreground jobs waiting for their end on that server's connection.
+        """
+        if self._links is None:
+            return []
+        return self._links.health(lambda conn: conn.in_flight)
+
+    async def wait_servers_changed(self) -> None:
+        """Wait for the next state transition of any server's link.
+
+        Example:
+            >>> async def report(client):
+            ...     while True:
+            ...         await client.wait_servers_changed()
+            ...         for health in client.servers():
+            ...             print(health)
+        """
+        await self._link_set().wait_changed()
 
     # --- lifetime -----------------------------------------------------------------------
 
@@ -126,7 +245,27 @@ class Client(Generic[R]):
         await tg.__aenter__()
         self._tg = tg
         try:
-            await self._connect()
+            links = LinkSet(
+                [
+                    Link(address, self._open, self._serve, backoff=self.backoff, role="client")
+                    for address in self.addresses
+                ],
+                usable=lambda conn: conn.usable,
+                verified=lambda conn: conn.heard > 0,
+            )
+            self._links = links
+            for link in links.links:
+                await tg.start(link.run)
+            # Every link gets its first attempt (each bounded by connect_timeout) and
+            # its server a chance to answer, so that keyed jobs go to their own
+            # server from the first one on.
+            await links.wait_settled()
+            if not links.live():
+                raise NoServersAvailable(tuple(self.addresses)) from links.errors()
+            if len(self.addresses) > 1:
+                with anyio.move_on_after(self._connect_timeout):
+                    for conn in links.live():
+                        await conn.wait_answered()
         except BaseException:
             await self._shutdown()
             raise
@@ -147,28 +286,119 @@ class Client(Generic[R]):
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
 
-    async def _connect(self) -> ClientConnection:
-        async with self._lock:
-            conn = self._conn
-            if conn is not None and conn.error is None:
-                return conn
-            if self._tg is None:
-                raise RuntimeError("use the client inside 'async with Client(...)'")
-            stream = await open_first_reachable(
-                self.servers, timeout=self._connect_timeout, connector=self._connector
-            )
-            conn = ClientConnection(stream, client_id=self._client_id, exceptions=self._exceptions)
-            await self._tg.start(conn.run)
-            self._conn = conn
-            return conn
+    async def _open(self, address: str) -> ClientConnection:
+        if self._connector is not None:
+            stream = await self._connector(address)
+        else:
+            stream = await connect(address, connect_timeout=self._connect_timeout)
+        return ClientConnection(
+            stream,
+            client_id=self._client_id,
+            exceptions=self._exceptions,
+            handshake=len(self.addresses) > 1,
+        )
 
-    async def _connection(self) -> ClientConnection:
-        conn = self._conn
-        if conn is not None and conn.error is None:
-            return conn
-        if self._closed:
-            raise RuntimeError("the client is closed")
-        return await self._connect()
+    async def _serve(self, conn: ClientConnection) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                reason = await self.heartbeat.watch(conn)
+                logger.debug("%s: %s; dropping the connection", conn.server, reason)
+                await conn.abort(reason)
+
+            tg.start_soon(watch)
+            await conn.run()
+            tg.cancel_scope.cancel()
+        assert conn.error is not None
+        raise conn.error
+
+    def _link_set(self) -> LinkSet[ClientConnection]:
+        links = self._links
+        if links is None or self._tg is None:
+            if self._closed:
+                raise RuntimeError("the client is closed")
+            raise RuntimeError("use the client inside 'async with Client(...)'")
+        return links
+
+    async def _place(
+        self, request: _Request, lost: tuple[ClientConnection, Submission] | None = None
+    ) -> tuple[ClientConnection, Submission]:
+        """Send ``request`` to a live server; return once it is accepted or refused.
+
+        A connection that breaks before the server acknowledged the job sends it
+        on to the next live server it has not been sent to.
+
+        Args:
+            request: the submission.
+            lost: the connection and submission of an earlier attempt whose server
+                was lost after accepting it (``retry_on_server_loss``).
+
+        Raises:
+            ConnectionLost: the connection broke before the acknowledgement and the
+                only configured server has been tried (or the client is closing).
+            NoServersAvailable: no untried server was live within
+                ``wait_for_server`` seconds, or every server has been tried.
+        """
+        tried = request.tried
+        if lost is not None:
+            conn, submission = lost
+            assert submission.error is not None
+            tried[conn.server] = submission.error
+            logger.info(
+                "%s: lost with job %s of %r; submitting it again elsewhere",
+                conn.server,
+                (submission.handle or b"").decode(errors="replace"),
+                request.function.decode(errors="replace"),
+            )
+        while True:
+            conn = await self._choose(request)
+            submission = conn.submit(
+                request.function,
+                request.unique,
+                request.data,
+                request.priority,
+                background=request.background,
+                epoch=request.epoch,
+                want_updates=request.want_updates,
+            )
+            try:
+                while submission.handle is None and not submission.done:
+                    await submission.next_change()
+            except BaseException:
+                conn.abandon(submission)
+                raise
+            error = submission.error
+            if submission.handle is not None or not isinstance(error, ConnectionLost):
+                return conn, submission
+            if self._closed:
+                raise error
+            tried[conn.server] = error
+            logger.debug(
+                "%s: connection lost before it accepted a %r job; trying the next server",
+                conn.server,
+                request.function.decode(errors="replace"),
+            )
+
+    async def _choose(self, request: _Request) -> ClientConnection:
+        links = self._link_set()
+        tried = request.tried
+        key = request.routing_key
+        order = rendezvous_order(key, self.addresses) if key else self.addresses
+        if tried:
+            order = [address for address in order if address not in tried]
+            if not order:
+                if len(tried) == 1:
+                    raise next(iter(tried.values()))
+                raise NoServersAvailable(tuple(self.addresses)) from ExceptionGroup(
+                    "the request failed on every server", list(tried.values())
+                )
+        turn = None if key else next(self._turn)
+        return await links.acquire(order, turn, within=self.wait_for_server, errors=tried)
+
+    def _retrying(self, retry_on_server_loss: bool | None) -> bool:
+        if retry_on_server_loss is None:
+            return self.retry_on_server_loss
+        return retry_on_server_loss
 
     def _encoder_decoder(self, codec: Codec[Any] | None) -> tuple[Any, Any]:
         codec = codec if codec is not None else self._codec
@@ -187,6 +417,7 @@ class Client(Generic[R]):
         priority: Priority = ...,
         unique: str | bytes | None = ...,
         codec: None = None,
+        retry_on_server_loss: bool | None = ...,
     ) -> R: ...
 
     @overload
@@ -198,6 +429,7 @@ class Client(Generic[R]):
         priority: Priority = ...,
         unique: str | bytes | None = ...,
         codec: Codec[U],
+        retry_on_server_loss: bool | None = ...,
     ) -> U: ...
 
     async def submit(
@@ -208,6 +440,7 @@ class Client(Generic[R]):
         priority: Priority = Priority.NORMAL,
         unique: str | bytes | None = None,
         codec: Codec[Any] | None = None,
+        retry_on_server_loss: bool | None = None,
     ) -> Any:
         """Run a foreground job and return its result.
 
@@ -218,8 +451,11 @@ class Client(Generic[R]):
             priority: HIGH, NORMAL or LOW.
             unique: a unique key (at most 64 bytes): jobs with the same function and
                 key run once and share the result; ``"-"`` asks the server to use
-                the payload as the key.
+                the payload as the key. The key also picks the server.
             codec: overrides the client's codec for this call.
+            retry_on_server_loss: overrides the client's setting for this call:
+                when the job's server is lost after accepting it, submit the job
+                again to another live server (it may then run twice).
 
         Returns:
             The WORK_COMPLETE data (decoded by the codec, if any).
@@ -228,26 +464,31 @@ class Client(Generic[R]):
             JobFailed: the worker failed the job (WORK_FAIL).
             JobException: the worker failed it with an error text (WORK_EXCEPTION).
             JobError: the server refused the submission (ERROR).
-            ConnectionLost: the connection ended before the job did.
+            ServerLost: the job's server was lost after accepting it (without
+                ``retry_on_server_loss``, or when every server has been tried).
+            ConnectionLost: the connection broke before the only configured
+                server accepted the job, or the client was closed.
+            NoServersAvailable: no live server within ``wait_for_server`` seconds.
             UniqueTooLong: ``unique`` is longer than 64 bytes (nothing was sent).
         """
         encode, decode = self._encoder_decoder(codec)
-        name = function_name(function)
-        key = unique_key(unique)
-        body = encode(data)
-        conn = self._conn
-        if conn is None or conn.error is not None:
-            conn = await self._connection()
-        submission = conn.submit(name, key, body, priority)
-        try:
-            while not submission.done:
-                await submission.next_change()
-        finally:
-            if not submission.done:
-                conn.abandon(submission)
-        if submission.error is not None:
-            raise submission.error
-        return decode(submission.result)
+        request = _Request(function_name(function), unique_key(unique), encode(data), priority)
+        retry = self._retrying(retry_on_server_loss)
+        lost: tuple[ClientConnection, Submission] | None = None
+        while True:
+            conn, submission = await self._place(request, lost)
+            try:
+                while not submission.done:
+                    await submission.next_change()
+            finally:
+                if not submission.done:
+                    conn.abandon(submission)
+            error = submission.error
+            if error is None:
+                return decode(submission.result)
+            if not (retry and isinstance(error, ServerLost) and not self._closed):
+                raise error
+            lost = conn, submission
 
     async def submit_background(
         self,
@@ -261,6 +502,11 @@ class Client(Generic[R]):
     ) -> JobHandle:
         """Queue a background job and return its handle once the server has it.
 
+        The job is done with once a server has acknowledged it: if that server is
+        lost later, the job is lost with it unless the server keeps its queue
+        (persistence) and comes back. :meth:`get_status` asks the very server
+        that acknowledged it.
+
         Args:
             function: the function name.
             data: the payload, as for :meth:`submit`.
@@ -271,25 +517,32 @@ class Client(Generic[R]):
             codec: overrides the client's codec for this call.
 
         Returns:
-            The job's handle, for :meth:`get_status`.
+            The job's handle (and server), for :meth:`get_status`.
 
         Raises:
             JobError: the server refused the submission (e.g. its queue is full).
-            ConnectionLost: the connection ended before the server answered.
+            ConnectionLost: the connection broke before the only configured
+                server acknowledged the job, or the client was closed.
+            NoServersAvailable: no live server within ``wait_for_server`` seconds.
             InvalidArgument: ``at`` was given with a priority other than NORMAL.
         """
         encode, _ = self._encoder_decoder(codec)
-        name = function_name(function)
-        key = unique_key(unique)
-        body = encode(data)
         epoch = None
         if at is not None:
             if priority is not Priority.NORMAL:
                 raise InvalidArgument("a job scheduled with at= always has NORMAL priority")
             epoch = int(at.timestamp())
-        conn = await self._connection()
-        submission = conn.submit(name, key, body, priority, background=True, epoch=epoch)
-        await self._settle(conn, submission)
+        request = _Request(
+            function_name(function),
+            unique_key(unique),
+            encode(data),
+            priority,
+            background=True,
+            epoch=epoch,
+        )
+        conn, submission = await self._place(request)
+        if submission.error is not None:
+            raise submission.error
         assert submission.handle is not None
         return JobHandle(submission.handle, conn.server)
 
@@ -302,6 +555,7 @@ class Client(Generic[R]):
         priority: Priority = ...,
         unique: str | bytes | None = ...,
         codec: None = None,
+        retry_on_server_loss: bool | None = ...,
     ) -> ForegroundJob[R]: ...
 
     @overload
@@ -313,6 +567,7 @@ class Client(Generic[R]):
         priority: Priority = ...,
         unique: str | bytes | None = ...,
         codec: Codec[U],
+        retry_on_server_loss: bool | None = ...,
     ) -> ForegroundJob[U]: ...
 
     def submit_job(
@@ -323,10 +578,14 @@ class Client(Generic[R]):
         priority: Priority = Priority.NORMAL,
         unique: str | bytes | None = None,
         codec: Codec[Any] | None = None,
+        retry_on_server_loss: bool | None = None,
     ) -> ForegroundJob[Any]:
         """A foreground job to follow: WORK_DATA, WORK_WARNING, WORK_STATUS, then its end.
 
         Entering the returned object submits the job and waits for its handle.
+        With ``retry_on_server_loss`` (see :meth:`submit`), a job whose server is
+        lost is submitted again and followed on its new server: its updates
+        start over, and its handle changes.
 
         Example:
             >>> async def count(client):
@@ -339,15 +598,21 @@ class Client(Generic[R]):
             UniqueTooLong: ``unique`` is longer than 64 bytes (nothing was sent).
         """
         encode, decode = self._encoder_decoder(codec)
-        name = function_name(function)
-        key = unique_key(unique)
-        body = encode(data)
+        request = _Request(
+            function_name(function), unique_key(unique), encode(data), priority, want_updates=True
+        )
 
-        async def start() -> tuple[ClientConnection, Submission]:
-            conn = await self._connection()
-            return conn, conn.submit(name, key, body, priority, want_updates=True)
+        async def place(
+            lost: tuple[ClientConnection, Submission] | None,
+        ) -> tuple[ClientConnection, Submission]:
+            return await self._place(request, lost)
 
-        return ForegroundJob(start, decode, name.decode(errors="replace"))
+        def may_retry() -> bool:
+            return self._retrying(retry_on_server_loss) and not self._closed
+
+        return ForegroundJob(
+            place, decode, request.function.decode(errors="replace"), may_retry=may_retry
+        )
 
     @overload
     async def map(
@@ -358,6 +623,7 @@ class Client(Generic[R]):
         concurrency: int = ...,
         priority: Priority = ...,
         codec: None = None,
+        retry_on_server_loss: bool | None = ...,
     ) -> list[R]: ...
 
     @overload
@@ -369,6 +635,7 @@ class Client(Generic[R]):
         concurrency: int = ...,
         priority: Priority = ...,
         codec: Codec[U],
+        retry_on_server_loss: bool | None = ...,
     ) -> list[U]: ...
 
     async def map(
@@ -379,6 +646,7 @@ class Client(Generic[R]):
         concurrency: int = 100,
         priority: Priority = Priority.NORMAL,
         codec: Codec[Any] | None = None,
+        retry_on_server_loss: bool | None = None,
     ) -> list[Any]:
         """Run one foreground job per item, at most ``concurrency`` at once.
 
@@ -400,7 +668,11 @@ class Client(Generic[R]):
             for index, item in pending:
                 try:
                     results[index] = await self.submit(
-                        function, item, priority=priority, codec=codec
+                        function,
+                        item,
+                        priority=priority,
+                        codec=codec,
+                        retry_on_server_loss=retry_on_server_loss,
                     )
                 except GearmanError as exc:
                     failure.append(exc)
@@ -419,24 +691,34 @@ class Client(Generic[R]):
     async def get_status(self, handle: JobHandle | bytes | str) -> JobStatus:
         """Ask the server about a job by handle (GET_STATUS).
 
+        A :class:`~trio_gearman.JobHandle` is asked of the server that gave it
+        (handles belong to one server); a bare handle of the first live server.
+
         Raises:
             InvalidArgument: the handle is longer than 63 bytes (gearmand would
                 drop the connection).
             ConnectionLost: the connection ended before the answer.
+            NoServersAvailable: the handle's server (or, for a bare handle, every
+                server) was not live within ``wait_for_server`` seconds.
         """
+        order = self.addresses
         if isinstance(handle, JobHandle):
             raw = handle.handle
+            if handle.server in self.addresses:
+                order = [handle.server]
         else:
             raw = handle.encode() if isinstance(handle, str) else bytes(handle)
         if len(raw) > _MAX_HANDLE_SIZE or b"\0" in raw:
             raise InvalidArgument(f"not a job handle: {raw[:80]!r}")
-        reply = await self._call(GetStatus(raw), StatusRes)
+        reply = await self._call(GetStatus(raw), StatusRes, order)
         return JobStatus(reply.known, reply.running, reply.numerator, reply.denominator)
 
     async def get_status_unique(self, unique: str | bytes) -> JobStatus:
         """Ask the server about a job by unique key (GET_STATUS_UNIQUE).
 
-        The answer also counts the foreground clients waiting for the job.
+        The question goes where a job with that key would go: the first live
+        server in the key's rendezvous order. The answer also counts the
+        foreground clients waiting for the job.
 
         Raises:
             InvalidArgument: the key is longer than 63 bytes (gearmand would drop
@@ -445,31 +727,23 @@ class Client(Generic[R]):
         key = unique_key(unique)
         if len(key) > _MAX_HANDLE_SIZE:
             raise InvalidArgument("status by unique key needs a key of at most 63 bytes")
-        reply = await self._call(GetStatusUnique(key), StatusResUnique)
+        order = rendezvous_order(key, self.addresses)
+        reply = await self._call(GetStatusUnique(key), StatusResUnique, order)
         return JobStatus(
             reply.known, reply.running, reply.numerator, reply.denominator, reply.clients
         )
 
     async def echo(self, data: bytes | str = b"") -> bytes:
-        """Send ECHO_REQ and return what the server echoes back."""
-        reply = await self._call(EchoReq(payload(data)), EchoRes)
+        """Send ECHO_REQ to the first live server and return what it echoes back."""
+        reply = await self._call(EchoReq(payload(data)), EchoRes, self.addresses)
         result: bytes = reply.data
         return result
 
-    async def _call(self, message: Message, reply_type: type[Message]) -> Any:
-        conn = await self._connection()
+    async def _call(self, message: Message, reply_type: type[Message], order: Sequence[str]) -> Any:
+        links = self._link_set()
+        conn = await links.acquire(order, within=self.wait_for_server)
         call = conn.call(message, reply_type)
         await call.wait()
         if call.error is not None:
             raise call.error
         return call.reply
-
-    async def _settle(self, conn: ClientConnection, submission: Submission) -> None:
-        try:
-            while not submission.done:
-                await submission.next_change()
-        finally:
-            if not submission.done:
-                conn.abandon(submission)
-        if submission.error is not None:
-            raise submission.error

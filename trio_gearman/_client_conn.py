@@ -21,8 +21,16 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._exceptions import ConnectionLost, GearmanError, JobError, JobException, JobFailed
+from ._exceptions import (
+    ConnectionLost,
+    GearmanError,
+    JobError,
+    JobException,
+    JobFailed,
+    ServerLost,
+)
 from ._proto import (
+    EchoReq,
     EchoRes,
     Error,
     Event,
@@ -178,10 +186,17 @@ class ClientConnection:
         stream: the connection.
         client_id: sent as SET_CLIENT_ID first, if given.
         exceptions: ask the server for WORK_EXCEPTION packets (OPTION_REQ).
+        handshake: open with a request the server must answer (the OPTION_REQ, or
+            else an ECHO_REQ), so that a silent server shows at once.
     """
 
     def __init__(
-        self, stream: PacketStream, *, client_id: bytes | None = None, exceptions: bool = True
+        self,
+        stream: PacketStream,
+        *,
+        client_id: bytes | None = None,
+        exceptions: bool = True,
+        handshake: bool = False,
     ) -> None:
         self._stream = stream
         self.server = stream.peer
@@ -203,8 +218,11 @@ class ClientConnection:
             self._dispatch[reply_type] = self._on_reply
         if client_id:
             self._send(SetClientId(client_id))
+        self._opening: Call | None = None
         if exceptions:
-            self.call(OptionReq(b"exceptions"), OptionRes)
+            self._opening = self.call(OptionReq(b"exceptions"), OptionRes)
+        elif handshake:
+            self._opening = self.call(EchoReq(b"handshake"), EchoRes)
 
     @property
     def error(self) -> ConnectionLost | None:
@@ -212,9 +230,37 @@ class ClientConnection:
         return self._error
 
     @property
+    def usable(self) -> bool:
+        """Whether requests can be sent: the connection has not ended."""
+        return self._error is None and self._stream.error is None
+
+    @property
     def in_flight(self) -> int:
         """Requests waiting for a reply plus foreground jobs waiting for their end."""
         return len(self._fifo) + len(self._jobs)
+
+    @property
+    def heard(self) -> int:
+        """How many chunks the server has sent on this connection."""
+        return self._stream.reads
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the server owes an answer: a reply, or the end of a job."""
+        return bool(self._fifo or self._jobs)
+
+    async def wait_answered(self) -> None:
+        """Wait for the answer to the request the connection opened with, if any.
+
+        Returns at once when there was none, and when the connection ends.
+        """
+        if self._opening is not None:
+            await self._opening.wait()
+
+    def probe(self) -> None:
+        """Send an ECHO_REQ (a heartbeat); its answer is matched like any reply."""
+        if self.usable:
+            self.call(EchoReq(b"heartbeat"), EchoRes)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -227,7 +273,7 @@ class ClientConnection:
         try:
             await self._stream.serve(self._on_event, task_status=task_status)
         except ConnectionLost as exc:
-            self._lost(exc)
+            self._lost(exc, server_lost=True)
         finally:
             if self._error is None:
                 self._lost(ConnectionLost("the client was closed", server=self.server))
@@ -237,6 +283,14 @@ class ClientConnection:
         await self._stream.aclose()
         if self._error is None:
             self._lost(ConnectionLost("the client was closed", server=self.server))
+
+    async def abort(self, reason: str) -> None:
+        """Drop the connection because the server is gone (e.g. it stopped answering).
+
+        Whatever is in flight fails as if the server had closed the connection:
+        accepted foreground jobs with :class:`~trio_gearman.ServerLost`.
+        """
+        await self._stream.aclose(reason)
 
     # --- requests ------------------------------------------------------------------------
 
@@ -395,10 +449,14 @@ class ClientConnection:
     # --- the end -------------------------------------------------------------------------
 
     def _lost_error(
-        self, cause: ConnectionLost, function: bytes, handle: bytes | None
+        self,
+        cause: ConnectionLost,
+        function: bytes,
+        handle: bytes | None,
+        kind: type[ConnectionLost] = ConnectionLost,
     ) -> ConnectionLost:
         reason = str(cause).removeprefix(f"{self.server}: ")
-        error = ConnectionLost(
+        error = kind(
             reason,
             server=self.server,
             function=_text(function),
@@ -407,8 +465,9 @@ class ClientConnection:
         error.__cause__ = cause
         return error
 
-    def _lost(self, error: ConnectionLost) -> None:
+    def _lost(self, error: ConnectionLost, *, server_lost: bool = False) -> None:
         self._error = error
+        kind = ServerLost if server_lost else ConnectionLost
         fifo, self._fifo = self._fifo, deque()
         jobs, self._jobs = self._jobs, {}
         for request in fifo:
@@ -418,4 +477,6 @@ class ClientConnection:
                 request.fail(error)
         for waiting in jobs.values():
             for submission in waiting:
-                submission.fail(self._lost_error(error, submission.function, submission.handle))
+                submission.fail(
+                    self._lost_error(error, submission.function, submission.handle, kind)
+                )

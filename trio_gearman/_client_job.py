@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from ._client_conn import ClientConnection, Submission, Update
+from ._exceptions import ServerLost
 
 __all__ = ["ForegroundJob", "JobHandle", "JobStatus"]
 
@@ -64,7 +65,9 @@ class ForegroundJob(Generic[R]):
     job (packets that still arrive for it are dropped). Iterate it for the
     job's WORK_DATA, WORK_WARNING and WORK_STATUS packets; iteration ends when
     the job completes, or raises :class:`~trio_gearman.JobFailed` /
-    :class:`~trio_gearman.JobException` when it fails.
+    :class:`~trio_gearman.JobException` when it fails, or
+    :class:`~trio_gearman.ServerLost` when its server is lost (unless the client
+    retries on server loss: then the job is submitted again and followed there).
 
     Example:
         >>> async def follow(client):
@@ -76,13 +79,19 @@ class ForegroundJob(Generic[R]):
 
     def __init__(
         self,
-        start: Callable[[], Awaitable[tuple[ClientConnection, Submission]]],
+        place: Callable[
+            [tuple[ClientConnection, Submission] | None],
+            Awaitable[tuple[ClientConnection, Submission]],
+        ],
         decode: Callable[[bytes], R],
         function: str,
+        *,
+        may_retry: Callable[[], bool] = lambda: False,
     ) -> None:
-        self._start = start
+        self._place = place
         self._decode = decode
         self._function = function
+        self._may_retry = may_retry
         self._conn: ClientConnection | None = None
         self._submission: Submission | None = None
 
@@ -132,11 +141,14 @@ class ForegroundJob(Generic[R]):
             JobFailed: the job failed (see :attr:`result`).
         """
         submission = self._started()
-        while not submission.done:
-            if submission.updates is not None:
-                submission.updates.clear()
-            await submission.next_change()
-        return self.result
+        while True:
+            while not submission.done:
+                if submission.updates is not None:
+                    submission.updates.clear()
+                await submission.next_change()
+            if not await self._resubmitted(submission):
+                return self.result
+            submission = self._started()
 
     def __aiter__(self) -> ForegroundJob[R]:
         return self
@@ -148,24 +160,31 @@ class ForegroundJob(Generic[R]):
             if updates:
                 return updates.popleft()
             if submission.done:
-                if submission.error is not None:
-                    raise submission.error
-                raise StopAsyncIteration
+                error = submission.error
+                if error is None:
+                    raise StopAsyncIteration
+                if not await self._resubmitted(submission):
+                    raise error
+                submission = self._started()
+                continue
             await submission.next_change()
+
+    async def _resubmitted(self, submission: Submission) -> bool:
+        """After the loss of the job's server, submit it again if the client retries."""
+        if not isinstance(submission.error, ServerLost) or not self._may_retry():
+            return False
+        assert self._conn is not None
+        self._conn, self._submission = await self._place((self._conn, submission))
+        return True
 
     async def __aenter__(self) -> ForegroundJob[R]:
         if self._submission is not None:
             raise RuntimeError("a ForegroundJob can be entered only once")
-        self._conn, submission = await self._start()
+        # Returns once the job has its handle, or was refused.
+        self._conn, submission = await self._place(None)
         self._submission = submission
-        try:
-            while submission.handle is None and not submission.done:
-                await submission.next_change()
-        except BaseException:
-            self._conn.abandon(submission)
-            raise
         if submission.handle is None and submission.error is not None:
-            raise submission.error  # refused (ERROR) or the connection ended
+            raise submission.error  # refused (ERROR), or the connection ended
         return self
 
     async def __aexit__(

@@ -24,6 +24,7 @@ __all__ = [
     "PacketTooLarge",
     "ProtocolError",
     "ServerConnectionError",
+    "ServerLost",
     "TooManyAdminArguments",
     "UniqueTooLong",
     "UnknownPacketType",
@@ -231,3 +232,12 @@ class JobError(GearmanError):
         self.text = text
         self.server = server
         self.function = function
+
+
+class ServerLost(ConnectionLost):
+    """The server of an accepted foreground job went away before the job ended.
+
+    The job may or may not have run (a server with persistence runs it again after
+    a restart). ``Client(retry_on_server_loss=True)`` resubmits such a job to
+    another live server instead of raising.
+    """

@@ -134,6 +134,11 @@ class PacketStream:
     with :meth:`send_nowait` (or :meth:`send`, which waits while too much is queued)
     from any task of the same event loop.
 
+    Attributes:
+        peer: how errors name the other end.
+        reads: how many chunks have arrived from the peer: 0 until it has said
+            anything (a heartbeat compares it over time).
+
     Args:
         stream: the transport.
         peer: how errors name the other end (``host:port`` for a server).
@@ -152,6 +157,7 @@ class PacketStream:
         "_stream",
         "_wakeup",
         "peer",
+        "reads",
     )
 
     def __init__(
@@ -172,6 +178,7 @@ class PacketStream:
         self._wakeup: anyio.Event | None = None
         self._drained: anyio.Event | None = None
         self._error: ConnectionLost | None = None
+        self.reads = 0
 
     @property
     def error(self) -> ConnectionLost | None:
@@ -269,10 +276,14 @@ class PacketStream:
         assert self._error is not None
         raise self._error
 
-    async def aclose(self) -> None:
-        """Close the transport now; queued packets are dropped."""
+    async def aclose(self, reason: str = "the connection was closed") -> None:
+        """Close the transport now; queued packets are dropped.
+
+        Args:
+            reason: why, as :attr:`error` will say (unless it had ended already).
+        """
         if self._error is None:
-            self._fail("the connection was closed")
+            self._fail(reason)
         await anyio.aclose_forcefully(self._stream)
 
     def _fail(self, reason: str, cause: BaseException | None = None) -> ConnectionLost:
@@ -300,6 +311,7 @@ class PacketStream:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 self._fail(f"the connection broke: {exc or type(exc).__name__}", exc)
                 return
+            self.reads += 1
             decoder.feed(data)
             try:
                 for event in decoder:

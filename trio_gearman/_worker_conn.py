@@ -12,8 +12,15 @@ The grab cycle, per connection:
   ``regrab_interval`` seconds (a lost NOOP never leaves work waiting).
 
 A worker whose functions have their own concurrency limits has one connection
-per limited function, so that the server hands each connection only the jobs it
-can take.
+per limited function (per server), so that the server hands each connection only
+the jobs it can take; a :class:`SharedLimit` holds such a function's limit across
+the connections of every server.
+
+A connection to a server that is one of several first asks for an ECHO and
+grabs only once the server has answered, so that a server that accepts
+connections but never answers holds no job slot. Jobs outlive their
+connection: a job whose connection is lost runs to its end, and its result is
+dropped (the server has re-queued the job).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from ._proto import (
     CanDo,
     CanDoTimeout,
     CantDo,
+    EchoReq,
     EchoRes,
     Error,
     Event,
@@ -55,12 +63,28 @@ from ._stream import PacketStream
 if TYPE_CHECKING:
     from ._worker import Worker
 
-__all__ = ["WorkerConnection"]
+__all__ = ["SharedLimit", "WorkerConnection"]
 
 logger = logging.getLogger("trio_gearman.worker")
 
 _GRAB = encode(GrabJobUniq())
 _PRE_SLEEP = encode(PreSleep())
+_ECHO = encode(EchoReq(b"heartbeat"))
+
+
+class SharedLimit:
+    """A function's own concurrency limit, shared by its connections to every server.
+
+    Attributes:
+        size: the most jobs of the function at once.
+        used: GRABs in flight plus jobs running, over every connection.
+    """
+
+    __slots__ = ("size", "used")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
 
 
 class WorkerConnection:
@@ -69,24 +93,33 @@ class WorkerConnection:
     Args:
         worker: the worker that owns the job slots and the job task group.
         functions: the functions this connection registers.
-        limit: the most jobs (running plus GRABs in flight) on this connection, or
-            ``None`` for only the worker's limit.
+        limit: the function's own limit (running plus GRABs in flight, shared with
+            its connections to other servers), or ``None`` for only the worker's.
+        handshake: send an ECHO_REQ after registering and grab only once the
+            server has answered.
     """
 
     def __init__(
-        self, worker: Worker, functions: list[FunctionSpec], limit: int | None = None
+        self,
+        worker: Worker,
+        functions: list[FunctionSpec],
+        limit: SharedLimit | int | None = None,
+        *,
+        handshake: bool = False,
     ) -> None:
         self._worker = worker
         self.functions: dict[bytes, FunctionSpec] = {spec.wire: spec for spec in functions}
         # Unregistered functions, for jobs that GRABs sent before the CANT_DO still bring.
         self._retired: dict[bytes, FunctionSpec] = {}
-        self.limit = limit
+        self.limit = SharedLimit(limit) if isinstance(limit, int) else limit
         self.stream: PacketStream | None = None
         self.grabs = 0
         self.running = 0
         self.sleeping = False
         self.drained = False
         self.closed = False
+        self._handshake = handshake
+        self._echoes = 0
         self._sleep_since = 0.0
         self._sleep_event: anyio.Event | None = None
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
@@ -97,7 +130,7 @@ class WorkerConnection:
             Noop: self._on_noop,
             Error: self._on_error,
             OptionRes: _ignore,
-            EchoRes: _ignore,
+            EchoRes: self._on_echo,
         }
 
     @property
@@ -105,13 +138,35 @@ class WorkerConnection:
         """The server's address, once connected."""
         return self.stream.peer if self.stream is not None else "(not connected)"
 
+    @property
+    def open(self) -> bool:
+        """Whether packets can be sent: connected, and the connection has not ended."""
+        stream = self.stream
+        return stream is not None and stream.error is None and not self.closed
+
+    @property
+    def heard(self) -> int:
+        """How many chunks the server has sent on this connection."""
+        return self.stream.reads if self.stream is not None else 0
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the server owes an answer (to a GRAB or an ECHO_REQ)."""
+        return self.grabs > 0 or self._echoes > 0
+
+    def probe(self) -> None:
+        """Send an ECHO_REQ (a heartbeat)."""
+        if self.stream is not None and self.open:
+            self.stream.send_encoded_nowait(_ECHO)
+            self._echoes += 1
+
     # --- abilities -----------------------------------------------------------------------
 
     def add(self, spec: FunctionSpec) -> None:
         """Register a function; CAN_DO (or CAN_DO_TIMEOUT) goes out at once."""
         self.functions[spec.wire] = spec
         self._retired.pop(spec.wire, None)
-        if self.stream is not None and not self.closed:
+        if self.open:
             self._send(self._can_do(spec))
             self.wake()
 
@@ -120,7 +175,7 @@ class WorkerConnection:
         removed = self.functions.pop(spec.wire, None)
         if removed is not None:
             self._retired[spec.wire] = removed
-            if self.stream is not None and not self.closed:
+            if self.open:
                 self._send(CantDo(spec.wire))
 
     def _can_do(self, spec: FunctionSpec) -> Message:
@@ -138,8 +193,8 @@ class WorkerConnection:
     ) -> None:
         """Register, grab and serve until the connection ends or the task is cancelled.
 
-        Returns when the connection is lost (after telling the worker); the jobs it
-        ran are left to the worker to cancel.
+        Returns when the connection is lost; either way the worker learns that it
+        ended. The jobs it started run on.
         """
         self.stream = stream
         client_id = self._worker.client_id
@@ -147,20 +202,27 @@ class WorkerConnection:
             self._send(SetClientId(client_id))
         for spec in self.functions.values():
             self._send(self._can_do(spec))
-        error: ConnectionLost | None = None
+        if self._handshake:
+            self.probe()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._regrab_timer)
+                tg.start_soon(self._watch)
                 self.pump()
                 try:
                     await stream.serve(self._on_event, task_status=task_status)
                 except ConnectionLost as exc:
-                    error = exc
+                    logger.debug("%s: %s", self.server, exc)
                 tg.cancel_scope.cancel()
         finally:
             self.closed = True
-        if error is not None:
-            self._worker._connection_lost(self, error)
+            self._worker._connection_ended(self)
+
+    async def _watch(self) -> None:
+        reason = await self._worker.heartbeat.watch(self)
+        logger.debug("%s: %s; dropping the connection", self.server, reason)
+        assert self.stream is not None
+        await self.stream.aclose(reason)
 
     def _send(self, message: Message) -> None:
         assert self.stream is not None
@@ -169,15 +231,18 @@ class WorkerConnection:
     def pump(self) -> None:
         """Send GRABs while this connection is awake and job slots are free."""
         worker = self._worker
-        if self.sleeping or self.drained or worker.stopping or self.closed:
+        if self.sleeping or self.drained or worker.stopping or not self.open:
             return
-        if not self.functions or self.stream is None:
+        if not self.functions or self._handshake:
             return
         limit = self.limit
+        assert self.stream is not None
         send = self.stream.send_encoded_nowait
         while worker.free > 0 and self.grabs < worker.max_grabs:
-            if limit is not None and self.grabs + self.running >= limit:
-                break
+            if limit is not None:
+                if limit.used >= limit.size:
+                    break
+                limit.used += 1
             send(_GRAB)
             self.grabs += 1
             worker.free -= 1
@@ -190,7 +255,7 @@ class WorkerConnection:
 
     async def drain(self) -> None:
         """Wait until every queued packet has been handed to the transport."""
-        if self.stream is not None and not self.closed:
+        if self.stream is not None and self.open:
             await self.stream.drain()
 
     async def _regrab_timer(self) -> None:
@@ -228,6 +293,8 @@ class WorkerConnection:
                 message.function,
             )
             self._send(WorkFail(message.handle))
+            if self.limit is not None:
+                self.limit.used -= 1
             worker._release(self)
             return
         stream = self.stream
@@ -241,12 +308,15 @@ class WorkerConnection:
                 stream, message.handle, spec.name, message.unique, message.data, message.reducer
             )
         self.running += 1
+        worker.jobs_running += 1
         worker._start_job(self, job, spec)
         self.drained = False  # the queue was not empty after all
         self.pump()
 
     def _on_no_job(self, message: NoJob) -> None:
         self.grabs -= 1
+        if self.limit is not None:
+            self.limit.used -= 1
         self.drained = True
         if self.grabs == 0 and not self.sleeping and not self._worker.stopping:
             assert self.stream is not None
@@ -261,6 +331,13 @@ class WorkerConnection:
 
     def _on_noop(self, message: Noop) -> None:
         self.wake()
+
+    def _on_echo(self, message: EchoRes) -> None:
+        if self._echoes:
+            self._echoes -= 1
+        if self._handshake:  # the server answers: grab from it
+            self._handshake = False
+            self.pump()
 
     def _on_error(self, message: Error) -> None:
         logger.warning(
@@ -300,7 +377,7 @@ class WorkerConnection:
                 final = self._failure(job, f"{type(exc).__name__}: {exc}")
         finally:
             job._finished = True
-            self._finish(final or (WorkFail(job.handle),))
+            self._finish(job, final or (WorkFail(job.handle),))
 
     def _failure(self, job: Job, text: bytes | str) -> tuple[Message, ...]:
         data = text.encode() if isinstance(text, str) else text
@@ -308,13 +385,25 @@ class WorkerConnection:
             return (WorkException(job.handle, data),)
         return (WorkWarning(job.handle, data), WorkFail(job.handle))
 
-    def _finish(self, packets: tuple[Message, ...]) -> None:
+    def _finish(self, job: Job, packets: tuple[Message, ...]) -> None:
         stream = self.stream
         if stream is not None and stream.error is None:
             for packet in packets:
                 stream.send_nowait(packet)
+        else:
+            logger.info(
+                "%s: connection lost; dropping the %s of %r (the server re-queues the job"
+                " if it still has it)",
+                self.server,
+                type(packets[-1]).__name__,
+                job,
+            )
         self.running -= 1
-        self._worker._release(self)
+        worker = self._worker
+        worker.jobs_running -= 1
+        if self.limit is not None:
+            self.limit.used -= 1
+        worker._release(self)
 
 
 def _ignore(message: Message) -> None:
