@@ -1,0 +1,309 @@
+"""The examples in ``examples/`` run as programs, against gearmand and trio-gearmand.
+
+Each example takes the job server's address as its first argument; the tests run
+it with a time limit and check what it prints. The production guide's list of
+``trio-gearmand`` options is checked against the command too.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import anyio
+import pytest
+import trio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import trio_gearman
+from trio_gearman._cli_server import main as trio_gearmand
+
+from .gearmand_peer import free_port, run_gearmand
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DOCS = EXAMPLES.parent / "docs"
+TIME_LIMIT = 30
+
+
+@contextmanager
+def run_trio_gearmand() -> Iterator[str]:
+    """Run ``trio-gearmand`` on 127.0.0.1 with an ephemeral port; yield its address."""
+    command = "import sys; from trio_gearman._cli_server import main; sys.exit(main())"
+    args = [sys.executable, "-c", command, "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO"]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        seen = []
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            seen.append(line)
+            found = re.search(r"Listening on (127\.0\.0\.1:\d+)", line)
+            if found:
+                break
+        else:
+            raise RuntimeError(f"trio-gearmand did not start: {''.join(seen)}")
+        # Keep draining its log so it never blocks on a full pipe.
+        drain = subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
+        try:
+            yield found.group(1)
+        finally:
+            process.kill()
+            process.wait()
+            drain.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@pytest.fixture(
+    params=[pytest.param("gearmand", marks=pytest.mark.gearmand), "trio-gearmand"],
+)
+def job_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The address of a fresh job server: gearmand 1.1.20, then ours."""
+    if request.param == "gearmand":
+        with run_gearmand() as gearmand:
+            yield gearmand.address
+    else:
+        with run_trio_gearmand() as address:
+            yield address
+
+
+def example(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(EXAMPLES / name), *args]
+
+
+async def run_example(name: str, *args: str) -> list[str]:
+    """Run an example to its end; return the lines it printed."""
+    with trio.fail_after(TIME_LIMIT):
+        result = await anyio.run_process(example(name, *args), check=False)
+    output = result.stdout.decode()
+    assert result.returncode == 0, f"{name} failed:\n{output}{result.stderr.decode()}"
+    assert not result.stderr, result.stderr.decode()
+    return output.splitlines()
+
+
+async def read_line(stdout: BufferedByteReceiveStream) -> str:
+    return (await stdout.receive_until(b"\n", 65536)).decode()
+
+
+async def test_tutorial_worker_and_client(job_server: str) -> None:
+    async with await anyio.open_process(example("reverse_worker.py", job_server)) as worker:
+        assert worker.stdout is not None
+        stdout = BufferedByteReceiveStream(worker.stdout)
+        with trio.fail_after(TIME_LIMIT):
+            assert await read_line(stdout) == f"serving 'reverse' on {job_server}"
+            lines = await run_example("tutorial_client.py", job_server, "Hello, Gearman")
+            assert lines == ["namraeG ,olleH"]
+            worker.send_signal(signal.SIGTERM)
+            assert await worker.wait() == 0
+            assert await read_line(stdout) == "stopped"
+
+
+async def test_background_jobs_with_status_polling(job_server: str) -> None:
+    lines = await run_example("background_status.py", job_server)
+    queued = [line.removeprefix("queued ") for line in lines[:2]]
+    assert all(line.startswith("queued ") for line in lines[:2]), lines
+    reports: dict[str, list[str]] = {handle: [] for handle in queued}
+    for line in lines[2:]:
+        handle, _, report = line.rpartition(": ")
+        reports[handle].append(report)
+    for handle, steps in zip(queued, (4, 8), strict=True):
+        states = reports[handle]
+        # Known (queued or running) until it is finished, then unknown: "done".
+        assert states[-1] == "done", (handle, states)
+        assert states.count("done") == 1
+        assert set(states[:-1]) <= {"queued", "running"} | {
+            f"running, {step}/{steps}" for step in range(1, steps + 1)
+        }, (handle, states)
+        progress = [int(s.split()[1].split("/")[0]) for s in states if s.startswith("running,")]
+        assert progress == sorted(progress), (handle, states)
+    # The long job is polled while it runs: the server passes on the worker's progress.
+    assert any(re.fullmatch(r"running, [1-8]/8", state) for state in reports[queued[1]]), reports
+
+
+async def test_streaming_updates(job_server: str) -> None:
+    lines = await run_example("streaming.py", job_server, "hello 4 streaming world")
+    assert re.fullmatch(r"submitted \S+", lines[0]), lines
+    assert lines[1:] == [
+        "data: HELLO",
+        "progress: 1/4",
+        "warning: not a word: 4",
+        "data: 4",
+        "progress: 2/4",
+        "data: STREAMING",
+        "progress: 3/4",
+        "data: WORLD",
+        "progress: 4/4",
+        "result: 4 words",
+    ]
+
+
+async def test_map_returns_results_in_order_and_raises_the_failure(job_server: str) -> None:
+    lines = await run_example("map.py", job_server)
+    assert lines == [
+        f"squares: {[n * n for n in range(10)]}",
+        "failed: -3 is negative",
+    ]
+
+
+async def test_blocking_function_runs_in_a_thread(job_server: str) -> None:
+    lines = await run_example("blocking_worker.py", job_server)
+    assert "ping: pong" in lines
+    progress = [line for line in lines if line.startswith("compressed ")]
+    chunks = len(progress)
+    assert chunks > 1
+    assert progress == [f"compressed {n}/{chunks} MiB" for n in range(1, chunks + 1)]
+    found = re.fullmatch(r"([\d,]+) bytes -> ([\d,]+) bytes", lines[-1])
+    assert found, lines
+    original, compressed = (int(group.replace(",", "")) for group in found.groups())
+    assert -(-original // (1 << 20)) == chunks
+    assert compressed < original // 10
+
+
+async def test_tutorial_test_passes_with_the_fixtures() -> None:
+    registered = any(
+        entry.value == "trio_gearman.pytest_plugin" for entry in entry_points(group="pytest11")
+    )
+    plugin = [] if registered else ["-p", "trio_gearman.pytest_plugin"]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin]
+    with trio.fail_after(TIME_LIMIT):
+        result = await anyio.run_process(
+            [*argv, str(EXAMPLES / "test_tutorial.py")], cwd=EXAMPLES.parent, check=False
+        )
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, output
+    assert "1 passed" in output, output
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+async def test_embedded_test_server(backend: str) -> None:
+    lines = await run_example("embedded_server.py", backend)
+    assert lines == [
+        "reverse b'queued first' -> b'tsrif deueuq'",
+        "reverse b'hello' -> b'olleh'",
+    ]
+
+
+def parse_metrics(lines: list[str]) -> dict[str, float]:
+    """Prometheus text lines as ``{'name{labels}': value}``, checking HELP/TYPE lines."""
+    samples: dict[str, float] = {}
+    typed: set[str] = set()
+    for line in lines:
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:]
+            assert kind == "gauge"
+            typed.add(name)
+        elif not line.startswith("# HELP "):
+            key, value = line.rsplit(" ", 1)
+            assert key.partition("{")[0] in typed, line
+            samples[key] = float(value)
+    return samples
+
+
+async def queue_resize_jobs(server: str) -> None:
+    async with trio_gearman.Client([server]) as client:
+        await client.submit_background("resize", b"img-1")
+        await client.submit_background("resize", b"img-2")
+        await client.submit_background("resize", b"img-3", priority=trio_gearman.Priority.HIGH)
+
+
+async def test_admin_exporter_prints_the_counts(job_server: str) -> None:
+    with trio.fail_after(TIME_LIMIT):
+        await queue_resize_jobs(job_server)
+    metrics = parse_metrics(await run_example("admin_exporter.py", job_server, "--once"))
+    assert metrics["gearman_up"] == 1
+    assert metrics["gearman_connections"] >= 1  # the exporter's own admin connection
+    assert metrics['gearman_function_jobs{function="resize"}'] == 3
+    assert metrics['gearman_function_jobs_running{function="resize"}'] == 0
+    assert metrics['gearman_function_workers{function="resize"}'] == 0
+    assert metrics['gearman_function_jobs_waiting{function="resize",priority="high"}'] == 1
+    assert metrics['gearman_function_jobs_waiting{function="resize",priority="normal"}'] == 2
+    assert metrics['gearman_function_jobs_waiting{function="resize",priority="low"}'] == 0
+    [info] = [key for key in metrics if key.startswith("gearman_info{")]
+    assert re.fullmatch(r'gearman_info\{version="[^"]+"\}', info)
+
+
+async def test_admin_report_and_maxqueue(job_server: str) -> None:
+    with trio.fail_after(TIME_LIMIT):
+        await queue_resize_jobs(job_server)
+    lines = await run_example("admin_report.py", job_server, "--maxqueue", "resize=3")
+    assert lines[0] == "maxqueue resize 3: OK"
+    assert re.fullmatch(rf"server {job_server}, version \S+", lines[1]), lines
+    assert lines[2].split() == ["function", "jobs", "running", "high/normal/low", "workers"]
+    assert lines[3].split() == ["resize", "3", "0", "1/2/0", "0"]
+    assert "connection 127.0.0.1 -: -" in lines[4:]  # the report's own admin connection
+    with trio.fail_after(TIME_LIMIT):
+        async with trio_gearman.Client([job_server]) as client:
+            with pytest.raises(trio_gearman.JobError) as refused:
+                await client.submit_background("resize", b"img-4")
+    assert refused.value.code == "QUEUE_ERROR"
+
+
+async def test_admin_exporter_reports_a_server_that_is_down() -> None:
+    lines = await run_example("admin_exporter.py", f"127.0.0.1:{free_port()}", "--once")
+    assert parse_metrics(lines) == {"gearman_up": 0}
+
+
+async def http_get(url: str, path: str) -> bytes:
+    host, port = url.removeprefix("http://").partition("/")[0].split(":")
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        response = b""
+        with anyio.fail_after(TIME_LIMIT):
+            async for chunk in stream:
+                response += chunk
+    return response
+
+
+async def test_admin_exporter_serves_http(job_server: str) -> None:
+    argv = example("admin_exporter.py", job_server, "--port", "0")
+    async with await anyio.open_process(argv) as exporter:
+        assert exporter.stdout is not None
+        stdout = BufferedByteReceiveStream(exporter.stdout)
+        with trio.fail_after(TIME_LIMIT):
+            line = await read_line(stdout)
+            found = re.fullmatch(rf"serving the metrics of {job_server} on (http://\S+)", line)
+            assert found, line
+            url = found.group(1)
+            await queue_resize_jobs(job_server)
+            head, _, body = (await http_get(url, "/metrics")).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+            assert b"Content-Type: text/plain; version=0.0.4" in head
+            metrics = parse_metrics(body.decode().splitlines())
+            assert metrics["gearman_up"] == 1
+            assert metrics['gearman_function_jobs{function="resize"}'] == 3
+            missing = await http_get(url, "/")
+            assert missing.startswith(b"HTTP/1.0 404 Not Found\r\n")
+            exporter.send_signal(signal.SIGTERM)
+            assert await exporter.wait() == 0
+            assert await read_line(stdout) == "stopped"
+
+
+def test_production_guide_lists_every_server_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert trio_gearmand(["--help"]) == 0
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", capsys.readouterr().out))
+    assert "--job-retries" in options
+    guide = (DOCS / "howto" / "production.rst").read_text()
+    assert {option for option in options if f"``{option}" not in guide} == set()
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--daemon", "--user=gearman", "--syslog", "--coredump", "--protocol=http", "--ssl",
+     "--hashtable-buckets=10", "--libsqlite3-db=/tmp/q.db", "--store-queue-on-shutdown",
+     "--queue-type=libsqlite3"],
+)  # fmt: skip
+def test_gearmand_options_the_guides_say_are_refused(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trio_gearmand([option]) == 2
+    assert "error" in capsys.readouterr().err
