@@ -1,0 +1,180 @@
+"""The servers under test, started fresh on free loopback ports, and what /proc says of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+HOST: Final = "127.0.0.1"
+GEARMAND: Final = "/usr/sbin/gearmand"
+SERVERS: Final = ("ours", "gearmand-t4", "gearmand-t1")
+"""Every server the benchmark knows, the first is the one compared with the others."""
+START_TIMEOUT: Final = 20.0
+BACKLOG: Final = "1024"
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+class ServerFailed(RuntimeError):
+    """A server did not start, or died during a measurement."""
+
+
+@attrs.frozen
+class RunningServer:
+    """A server process under test.
+
+    Attributes:
+        name: one of :data:`SERVERS`.
+        pid: its process id (for /proc).
+        port: the loopback port it listens on.
+        argv: how it was started.
+    """
+
+    name: str
+    pid: int
+    port: int
+    argv: tuple[str, ...]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ours_command() -> list[str]:
+    """The ``trio-gearmand`` console script next to this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / "trio-gearmand"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("trio-gearmand")
+    if found is None:
+        raise ServerFailed("trio-gearmand is not installed (pip install -e .)")
+    return [found]
+
+
+def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The command line that starts server ``name`` on ``port``.
+
+    Every server gets the same listen backlog, :data:`BACKLOG`: with the default of
+    32, a burst of thousands of connections waits for SYN retransmissions (seconds).
+    """
+    if name == "ours":
+        return [*ours_command(), "-L", HOST, "-p", str(port), "-b", BACKLOG, "-l", "none", *extra]
+    if name.startswith("gearmand-t"):
+        threads = name.removeprefix("gearmand-t")
+        pid_file = workdir / "gearmand.pid"
+        return [
+            GEARMAND,
+            "-L",
+            HOST,
+            "-p",
+            str(port),
+            "-t",
+            threads,
+            "-l",
+            "none",
+            "-P",
+            str(pid_file),
+            "-b",
+            BACKLOG,
+            *extra,
+        ]
+    raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as sock:
+            sock.sendall(b"version\n")
+            return sock.recv(100).startswith(b"OK")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def run_server(name: str, extra: Sequence[str] = ()) -> Iterator[RunningServer]:
+    """Start server ``name`` on a free loopback port; stop it (SIGTERM) on the way out.
+
+    Raises:
+        ServerFailed: it exited or did not answer ``version`` within 20 s.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    port = free_port()
+    argv = server_argv(name, port, workdir, extra)
+    with (workdir / "stderr").open("wb") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = (workdir / "stderr").read_text(errors="replace")[-2000:]
+                raise ServerFailed(f"{name} did not start ({' '.join(argv)}):\n{output}")
+            time.sleep(0.02)
+        yield RunningServer(name, proc.pid, port, tuple(argv))
+        if proc.poll() is not None:
+            raise ServerFailed(f"{name} exited with status {proc.returncode} during the run")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU-seconds of a process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ServerFailed(f"no VmRSS for pid {pid}")
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU-seconds the whole machine has been busy (every core), and of that in softirq.
+
+    From /proc/stat: user nice system idle iowait irq softirq steal (guest time is
+    already in user). Loopback TCP is mostly processed in softirq, which the kernel
+    charges to no process.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / _TICK, fields[6] / _TICK
+
+
+def machine() -> str:
+    """This machine in one line: cores, CPU model, Python, gearmand."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs (nproc), {model}, CPython {platform.python_version()}, "
+        f"Linux {platform.release()}"
+    )
