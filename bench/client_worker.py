@@ -1,23 +1,33 @@
-"""Jobs per second of trio_gearman's Client and Worker through gearmand.
+"""Jobs per second of trio_gearman's Client and Worker, side by side with C, gear and gearman3.
 
-Starts ``gearmand -t 4`` on a free loopback port and measures foreground jobs
-(16 B payloads, no-op workers) in three setups:
+Every measurement starts ``gearmand -t 4`` fresh on a free loopback port and runs
+foreground jobs (16 B payloads, no-op workers) with 16 jobs in flight:
 
-* ``client``: our Client, one process, ``--concurrency`` jobs in flight, against
-  no-op workers written in C (the shared load generator's ``--mode worker``, when
-  ``--loadgen`` points at it) or else our own workers;
-* ``worker``: our Worker in ``--procs`` processes, driven by ``--concurrency``
-  foreground jobs of the C load generator (or else our own client);
-* ``both``: our client against our workers.
+* ``clients``: a client of each library against the same no-op C workers (the
+  shared load generator's ``--mode worker``, 4 threads): the C client (libgearman,
+  one thread per job in flight), gear (16 threads; ``submitJob`` blocks until
+  JOB_CREATED), gearman3 (one poll loop, a window of 16 requests) and ours (one
+  Trio process, 16 tasks);
+* ``workers``: the C client with 16 jobs in flight against the workers of each
+  library: C (4 threads, one process), gear (4 processes), gearman3 (16 processes),
+  ours (one process, concurrency 16). The peers' process counts are the better of 4
+  and 16 in a trial here;
+* ``both`` (only when asked for): our client against our worker.
 
-For each it prints jobs/s and the CPU-seconds per 10,000 jobs of our process(es),
-measured from ``/proc`` around the timed section.
+Each measurement warms up (``--warmup`` seconds under the same load), then counts
+the jobs completed in ``--seconds``; jobs/s and the CPU-seconds per 10,000 jobs of
+the measured side's process(es) (utime + stime from ``/proc``, every thread and
+child) are reported. The setups are interleaved, their order rotated in each of
+``--repeats`` repeats, and the medians are reported with ratios to the targets.
+
+gear and gearman3 run in a virtual environment of their own (``--venv``, created
+with ``python -m venv`` + pip on first use); see ``_peers.py``.
 
 Usage::
 
-    python bench/client_worker.py                       # all three, 5 s each
-    python bench/client_worker.py --mode client --seconds 10 --loadgen /path/loadgen
-    python bench/client_worker.py --profile client      # cProfile our client's hot path
+    python bench/client_worker.py                        # everything, 3 repeats
+    python bench/client_worker.py --mode clients --seconds 10 --repeats 5
+    python bench/client_worker.py --only ours --mode workers --profile worker
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import pstats
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _peers import DEFAULT_VENV, ensure_venv
 
 from trio_gearman._client import Client
 from trio_gearman._job import Job
@@ -49,16 +61,37 @@ HOST = "127.0.0.1"
 FUNCTION = "bench_noop"
 PAYLOAD = b"0123456789abcdef"
 DEFAULT_LOADGEN = "/tmp/gmbench-home/build/loadgen"
+PEERS = Path(__file__).with_name("_peers.py")
+LIBS = ("C", "gear", "gearman3", "ours")
+C_WORKER_THREADS = 4
+PEER_WORKER_PROCS = {"gear": 4, "gearman3": 16}
+
+Results = dict[tuple[str, str], list[dict[str, float]]]
 
 
 # --- measuring ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process, its threads and its live descendants."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            parent[pid] = int(fields[1])
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    total = 0
+    for pid, count in ticks.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parent:
+            ancestor = parent[ancestor]
+        if ancestor == root:
+            total += count
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -112,24 +145,26 @@ def wait_workers(port: int, count: int) -> None:
         time.sleep(0.05)
 
 
-# --- the roles, each run in a process of its own ----------------------------------------
+# --- our client and worker, each run in a process of its own -----------------------------
 
 
-async def role_client(port: int, concurrency: int, seconds: float, profile: bool) -> None:
+async def role_client(
+    port: int, concurrency: int, warmup: float, seconds: float, profile: bool
+) -> None:
     done = 0
+    start: tuple[float, float, int] | None = None
+    profiler = cProfile.Profile() if profile else None
     async with Client([f"{HOST}:{port}"]) as client:
-        # warm up, then measure a fixed window
-        for _ in range(200):
-            await client.submit(FUNCTION, PAYLOAD)
-        stop_at = trio.current_time() + seconds
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        profiler = cProfile.Profile() if profile else None
-        if profiler:
-            profiler.enable()
+        warm_until = trio.current_time() + warmup
+        stop_at = warm_until + seconds
 
         async def loop() -> None:
-            nonlocal done
-            while trio.current_time() < stop_at:
+            nonlocal done, start
+            while (now := trio.current_time()) < stop_at:
+                if start is None and now >= warm_until:
+                    start = (time.perf_counter(), time.process_time(), done)
+                    if profiler:
+                        profiler.enable()
                 await client.submit(FUNCTION, PAYLOAD)
                 done += 1
 
@@ -138,21 +173,19 @@ async def role_client(port: int, concurrency: int, seconds: float, profile: bool
                 nursery.start_soon(loop)
         if profiler:
             profiler.disable()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        assert start is not None
+        wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
     if profiler:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    print(json.dumps({"jobs": done, "seconds": wall, "cpu": cpu}), flush=True)
+    print(json.dumps({"jobs": done - start[2], "seconds": wall, "cpu": cpu}), flush=True)
 
 
 async def role_worker(port: int, concurrency: int, profile: bool) -> None:
     worker = Worker([f"{HOST}:{port}"], concurrency=concurrency)
-    done = 0
 
     @worker.function(FUNCTION)
     async def noop(job: Job) -> bytes:
-        nonlocal done
-        done += 1
-        return job.data
+        return b""
 
     profiler = cProfile.Profile() if profile else None
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
@@ -166,35 +199,110 @@ async def role_worker(port: int, concurrency: int, profile: bool) -> None:
     if profiler:
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    print(json.dumps({"jobs": done}), flush=True)
 
 
-# --- the setups --------------------------------------------------------------------------
-
-
-def spawn(*args: str, profile: bool = False) -> subprocess.Popen[str]:
+def spawn_ours(*args: str, profile: bool = False) -> subprocess.Popen[str]:
     argv = [sys.executable, __file__, "--role", *args]
     if profile:
         argv.append("--profile-role")
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
-def start_workers(
-    port: int, ours: bool, procs: int, concurrency: int, loadgen: str | None, profile: bool
-) -> list[subprocess.Popen[str]]:
-    if ours or loadgen is None:
-        workers = [
-            spawn("worker", str(port), str(concurrency), profile=profile and i == 0)
-            for i in range(procs)
-        ]
-    else:
-        argv = [loadgen, "--mode", "worker", "--host", HOST, "--port", str(port)]
-        argv += ["--workers", "4", "--function", FUNCTION, "--duration", "600"]
-        argv += ["--grab", "uniq", "--no-wait-workers"]
-        workers = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, text=True)]
-        procs = 4
-    wait_workers(port, procs)
-    return workers
+# --- the setups --------------------------------------------------------------------------
+
+
+class Bench:
+    """Runs the measurements of one invocation."""
+
+    def __init__(self, args: argparse.Namespace, python: str | None) -> None:
+        self.args = args
+        self.peer_python = python
+
+    def loadgen(self, port: int, *extra: str) -> list[str]:
+        argv = [self.args.loadgen, "--host", HOST, "--port", str(port)]
+        return [*argv, "--function", FUNCTION, *extra]
+
+    def c_client(self, port: int, seconds: float) -> dict[str, Any]:
+        argv = self.loadgen(port, "--mode", "fg", "--workers", "0", "--jobs", "0")
+        argv += ["--clients", str(self.args.concurrency), "--duration", str(seconds)]
+        argv += ["--payload", str(len(PAYLOAD)), "--timeout", "60"]
+        run = subprocess.run(argv, capture_output=True, text=True)
+        if run.returncode:
+            raise RuntimeError(f"load generator failed: {run.stdout} {run.stderr}")
+        result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        return result
+
+    def start_workers(self, port: int, lib: str) -> tuple[list[subprocess.Popen[str]], str]:
+        args = self.args
+        if lib == "C":
+            argv = self.loadgen(port, "--mode", "worker", "--workers", str(C_WORKER_THREADS))
+            argv += ["--duration", "600", "--grab", "uniq", "--no-wait-workers"]
+            procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, text=True)]
+            count, label = C_WORKER_THREADS, f"{C_WORKER_THREADS} threads"
+        elif lib == "ours":
+            procs = [
+                spawn_ours(
+                    "worker",
+                    str(port),
+                    str(args.worker_concurrency),
+                    profile=args.profile == "worker" and i == 0,
+                )
+                for i in range(args.procs)
+            ]
+            count = args.procs
+            label = f"{args.procs} process(es), concurrency {args.worker_concurrency}"
+        else:
+            assert self.peer_python
+            count = PEER_WORKER_PROCS[lib]
+            argv = [self.peer_python, str(PEERS), "worker", lib, str(port), str(count)]
+            procs = [subprocess.Popen(argv, text=True)]
+            label = f"{count} processes"
+        wait_workers(port, count)
+        return procs, label
+
+    def client(self, lib: str, port: int) -> dict[str, float]:
+        args = self.args
+        if lib == "C":
+            self.c_client(port, args.warmup)
+            c_result = self.c_client(port, args.seconds)
+            jobs, seconds = c_result["jobs"], c_result["elapsed_s"]
+            return {"jobs": jobs, "seconds": seconds, "cpu": c_result["loadgen_cpu_s"]}
+        timing = [str(port), str(args.concurrency), str(args.warmup), str(args.seconds)]
+        if lib == "ours":
+            proc = spawn_ours("client", *timing, profile=args.profile == "client")
+        else:
+            assert self.peer_python
+            argv = [self.peer_python, str(PEERS), "client", lib, *timing]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(timeout=args.warmup + args.seconds + 120)
+        if proc.returncode:
+            raise RuntimeError(f"{lib} client failed ({proc.returncode})")
+        result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def measure_client(self, lib: str, worker_lib: str = "C") -> dict[str, float]:
+        with gearmand(self.args.threads) as port:
+            workers, _ = self.start_workers(port, worker_lib)
+            try:
+                result = self.client(lib, port)
+            finally:
+                stop(workers)
+        return {
+            "jobs_per_s": result["jobs"] / result["seconds"],
+            "cpu_per_10k": result["cpu"] / result["jobs"] * 1e4,
+        }
+
+    def measure_worker(self, lib: str) -> dict[str, float]:
+        with gearmand(self.args.threads) as port:
+            workers, _ = self.start_workers(port, lib)
+            try:
+                self.c_client(port, self.args.warmup)
+                cpu0 = sum(tree_cpu_seconds(w.pid) for w in workers)
+                result = self.c_client(port, self.args.seconds)
+                cpu = sum(tree_cpu_seconds(w.pid) for w in workers) - cpu0
+            finally:
+                stop(workers)
+        return {"jobs_per_s": result["jobs_per_s"], "cpu_per_10k": cpu / result["jobs"] * 1e4}
 
 
 def stop(procs: list[subprocess.Popen[str]]) -> None:
@@ -204,70 +312,65 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
         proc.wait(timeout=30)
 
 
-def run_client(args: argparse.Namespace, ours_worker: bool) -> dict[str, Any]:
-    with gearmand(args.threads) as port:
-        workers = start_workers(
-            port, ours_worker, args.procs, args.worker_concurrency, args.loadgen, False
-        )
-        try:
-            client = spawn(
-                "client",
-                str(port),
-                str(args.concurrency),
-                str(args.seconds),
-                profile=args.profile == "client",
-            )
-            out, _ = client.communicate(timeout=args.seconds + 60)
-            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        finally:
-            stop(workers)
-    jobs = result["jobs"]
-    return {
-        "jobs_per_s": jobs / result["seconds"],
-        "client_cpu_s_per_10k": result["cpu"] / jobs * 1e4,
-    }
+def setup_label(kind: str, lib: str, args: argparse.Namespace) -> str:
+    c = args.concurrency
+    if kind == "client":
+        what = {"C": f"C client c{c} ({c} threads)", "gear": f"gear client c{c} ({c} threads)"}
+        return what.get(lib, f"{lib} client c{c}") + f" / C workers ({C_WORKER_THREADS} threads)"
+    if kind == "both":
+        return f"ours client c{c} / ours worker x{args.procs}"
+    if lib == "C":
+        procs = f"{C_WORKER_THREADS} threads"
+    elif lib == "ours":
+        procs = f"x{args.procs}, concurrency {args.worker_concurrency}"
+    else:
+        procs = f"{PEER_WORKER_PROCS[lib]} processes"
+    return f"C client c{c} / {lib} worker ({procs})"
 
 
-def run_worker(args: argparse.Namespace) -> dict[str, Any]:
-    with gearmand(args.threads) as port:
-        workers = start_workers(
-            port, True, args.procs, args.worker_concurrency, None, args.profile == "worker"
-        )
-        try:
-            pids = [w.pid for w in workers]
-            cpu0 = sum(cpu_seconds(pid) for pid in pids)
-            t0 = time.perf_counter()
-            if args.loadgen:
-                argv = [args.loadgen, "--mode", "fg", "--host", HOST, "--port", str(port)]
-                argv += ["--workers", "0", "--clients", str(args.concurrency), "--jobs", "0"]
-                argv += ["--duration", str(args.seconds), "--function", FUNCTION]
-                argv += ["--payload", str(len(PAYLOAD)), "--timeout", "30"]
-                run = subprocess.run(argv, capture_output=True, text=True)
-                if run.returncode:
-                    raise RuntimeError(f"load generator failed: {run.stdout} {run.stderr}")
-                out = run.stdout
-                jobs = json.loads(out.strip().splitlines()[-1])["jobs"]
-            else:
-                client = spawn("client", str(port), str(args.concurrency), str(args.seconds))
-                out, _ = client.communicate(timeout=args.seconds + 60)
-                jobs = json.loads(out.strip().splitlines()[-1])["jobs"] + 200
-            wall = time.perf_counter() - t0
-            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
-        finally:
-            stop(workers)
-    return {"jobs_per_s": jobs / wall, "worker_cpu_s_per_10k": cpu / jobs * 1e4}
+def report(results: Results, args: argparse.Namespace) -> None:
+    medians: dict[tuple[str, str], tuple[float, float]] = {}
+    print(f"\n{'setup':<58} {'jobs/s':>9} {'CPU-s/10k':>10}   runs (jobs/s)")
+    for key, runs in results.items():
+        rate = statistics.median(r["jobs_per_s"] for r in runs)
+        cpu = statistics.median(r["cpu_per_10k"] for r in runs)
+        medians[key] = (rate, cpu)
+        each = " ".join(f"{r['jobs_per_s']:,.0f}" for r in runs)
+        print(f"{setup_label(*key, args):<58} {rate:>9,.0f} {cpu:>10.3f}   {each}")
+    targets = [
+        ("client", "ours", "client", "gearman3", "our client ÷ gearman3 client (target >= 1)"),
+        ("client", "ours", "client", "C", "our client ÷ C client (aim 1)"),
+        ("client", "ours", "client", "gear", "our client ÷ gear client"),
+        ("worker", "ours", "worker", "gear", "our worker ÷ gear worker (target >= 1.5)"),
+        ("worker", "ours", "worker", "gearman3", "our worker ÷ gearman3 worker"),
+        ("worker", "ours", "worker", "C", "our worker ÷ C worker"),
+    ]
+    print()
+    for kind, ours, peer_kind, peer, text in targets:
+        if (kind, ours) in medians and (peer_kind, peer) in medians:
+            ratio = medians[kind, ours][0] / medians[peer_kind, peer][0]
+            print(f"{text}: {ratio:.2f}")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=["client", "worker", "both", "all"], default="all")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--mode", choices=["clients", "workers", "both", "all"], default="all")
+    parser.add_argument("--only", default=",".join(LIBS), help="libraries, e.g. ours,gear")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured time")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="foreground jobs in flight")
-    parser.add_argument("--procs", type=int, default=1, help="worker processes of ours")
+    parser.add_argument("--procs", type=int, default=1, help="processes of our worker")
     parser.add_argument("--worker-concurrency", type=int, default=16)
     parser.add_argument("--threads", type=int, default=4, help="gearmand -t")
     parser.add_argument("--loadgen", default=DEFAULT_LOADGEN, help="the C load generator")
-    parser.add_argument("--profile", choices=["client", "worker"])
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv of gear, gearman3")
+    parser.add_argument("--json", type=Path, help="write every measurement there")
+    parser.add_argument("--profile", choices=["client", "worker"], help="cProfile ours")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--profile-role", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,29 +378,45 @@ def main() -> None:
     if args.role:
         role, port, *rest = args.role
         if role == "client":
-            trio.run(role_client, int(port), int(rest[0]), float(rest[1]), args.profile_role)
+            timing = int(rest[0]), float(rest[1]), float(rest[2])
+            trio.run(role_client, int(port), *timing, args.profile_role)
         else:
             trio.run(role_worker, int(port), int(rest[0]), args.profile_role)
         return
 
-    if args.loadgen and not os.access(args.loadgen, os.X_OK):
-        print(f"# {args.loadgen} not found: our own client/worker drive the load", flush=True)
-        args.loadgen = None
-    setups = ["client", "worker", "both"] if args.mode == "all" else [args.mode]
-    for setup in setups:
-        if setup == "client":
-            peer = "C workers (4 threads)" if args.loadgen else f"{args.procs} worker proc(s)"
-            result = run_client(args, ours_worker=False)
-            label = f"our client c{args.concurrency} / {peer}"
-        elif setup == "worker":
-            peer = f"C client c{args.concurrency}" if args.loadgen else "our client"
-            result = run_worker(args)
-            label = f"our worker x{args.procs} (concurrency {args.worker_concurrency}) / {peer}"
-        else:
-            result = run_client(args, ours_worker=True)
-            label = f"our client c{args.concurrency} / our worker x{args.procs}"
-        figures = ", ".join(f"{key} {value:,.2f}" for key, value in result.items())
-        print(f"{label}: {figures}", flush=True)
+    if not os.access(args.loadgen, os.X_OK):
+        sys.exit(f"{args.loadgen} not found: build it with /work/shared/bench/build.sh")
+    libs = [lib for lib in LIBS if lib in args.only.split(",")]
+    python = ensure_venv(args.venv) if {"gear", "gearman3"} & set(libs) else None
+    bench = Bench(args, python)
+    kinds = {"clients": ["client"], "workers": ["worker"], "both": ["both"]}
+    setups = [
+        (kind, lib)
+        for kind in kinds.get(args.mode, ["client", "worker"])
+        for lib in (["ours"] if kind == "both" else libs)
+    ]
+    results: Results = {key: [] for key in setups}
+    print(f"# {len(os.sched_getaffinity(0))} CPUs, load average {loadavg()}", flush=True)
+    for repeat in range(args.repeats):
+        shift = repeat % len(setups)
+        for kind, lib in setups[shift:] + setups[:shift]:
+            if kind == "client":
+                result = bench.measure_client(lib)
+            elif kind == "worker":
+                result = bench.measure_worker(lib)
+            else:
+                result = bench.measure_client("ours", worker_lib="ours")
+            results[kind, lib].append(result)
+            print(
+                f"{setup_label(kind, lib, args)}: {result['jobs_per_s']:,.0f} jobs/s, "
+                f"{result['cpu_per_10k']:.3f} CPU-s/10k jobs",
+                flush=True,
+            )
+    print(f"# load average {loadavg()}")
+    report(results, args)
+    if args.json:
+        rows = [{"kind": k, "lib": lib, "runs": runs} for (k, lib), runs in results.items()]
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
