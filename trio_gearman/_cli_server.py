@@ -3,6 +3,8 @@
 It takes gearmand's options where they apply, logs to stderr by default (as a
 systemd service wants), stops at once on SIGINT/SIGTERM and drains on SIGUSR1: new
 connections are refused, running jobs may finish within ``--graceful-timeout``.
+With ``-q libsqlite3`` background jobs are kept in a SQLite file and queued again
+when the server starts, before it listens.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, NoReturn
 
 import anyio
 
+from ._exceptions import GearmanError
 from ._proto._server_state import ServerConfig
 from ._server import GearmanServer
 from ._server_net import KeepAlive
+from ._store import SqliteStore
+from ._store._sqlite import DEFAULT_TABLE
 from ._version import __version__
 
 __all__ = ["main"]
@@ -52,7 +58,8 @@ _LEVEL_NAMES: Final = {
     logging.INFO: "INFO",
     logging.DEBUG: "DEBUG",
 }
-_QUEUE_TYPES: Final = ("libsqlite3", "postgres", "mysql", "redis", "libmemcached")
+_QUEUE_TYPES: Final = ("postgres", "mysql", "redis", "libmemcached")
+_SQLITE_NAMES: Final = ("libsqlite3", "sqlite")
 
 
 class UsageError(Exception):
@@ -104,11 +111,16 @@ def _queue_type(text: str) -> str:
     name = text.lower()
     if name == "builtin":
         return name
+    if name in _SQLITE_NAMES:
+        return "libsqlite3"
     if name in _QUEUE_TYPES:
         raise argparse.ArgumentTypeError(
-            f"queue type {text!r} is not supported yet (only 'builtin', without persistence)"
+            f"queue type {text!r} is not supported yet "
+            "(only 'builtin', without persistence, and 'libsqlite3')"
         )
-    raise argparse.ArgumentTypeError(f"unknown queue type {text!r}; only 'builtin' is available")
+    raise argparse.ArgumentTypeError(
+        f"unknown queue type {text!r}; 'builtin' and 'libsqlite3' are available"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,7 +232,24 @@ def _parser() -> argparse.ArgumentParser:
         "--queue-type",
         type=_queue_type,
         default="builtin",
-        help="persistent queue: only 'builtin' (none) for now",
+        help="persistent queue for background jobs: 'builtin' (none, the default) "
+        "or 'libsqlite3' (alias 'sqlite')",
+    )
+    add(
+        "--libsqlite3-db",
+        metavar="PATH",
+        help="with -q libsqlite3: the database file (created if missing)",
+    )
+    add(
+        "--libsqlite3-table",
+        metavar="NAME",
+        help="with -q libsqlite3: the table of jobs (default gearman_queue)",
+    )
+    add(
+        "--store-queue-on-shutdown",
+        action="store_true",
+        help="with -q libsqlite3, accepted for compatibility: the queue is written as "
+        "jobs are submitted, so it is always current",
     )
     add(
         "--graceful-timeout",
@@ -303,6 +332,21 @@ def parse_options(
         options.job_handle_prefix = "H:" + socket.gethostname()
     if not options.job_handle_prefix:
         raise UsageError("argument --job-handle-prefix: must not be empty")
+    if options.queue_type == "libsqlite3":
+        if not options.libsqlite3_db:
+            raise UsageError("--queue-type libsqlite3 needs --libsqlite3-db PATH")
+    else:
+        for given, name in (
+            (options.libsqlite3_db, "--libsqlite3-db"),
+            (options.libsqlite3_table, "--libsqlite3-table"),
+            (options.store_queue_on_shutdown, "--store-queue-on-shutdown"),
+        ):
+            if given:
+                raise UsageError(
+                    f"{name} needs --queue-type libsqlite3 (there is no queue to store)"
+                )
+    if options.libsqlite3_table is None:
+        options.libsqlite3_table = DEFAULT_TABLE
     return options
 
 
@@ -347,9 +391,21 @@ def _setup_logging(log_file: str, level: str) -> None:
 # --- running -------------------------------------------------------------------------------
 
 
-async def _serve(server: GearmanServer, graceful_timeout: float) -> None:
+def _replay(server: GearmanServer, store: SqliteStore) -> None:
+    """Queue the stored background jobs again, before the server listens."""
+    now = time.time()
+    server.state.wall_offset = now - anyio.current_time()
+    count = store.replay(server.state, now)
+    logger.info("Replayed %d background jobs from %s", count, store.path)
+
+
+async def _serve(
+    server: GearmanServer, graceful_timeout: float, store: SqliteStore | None = None
+) -> None:
     signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
     with anyio.open_signal_receiver(*signals) as received:
+        if store is not None:
+            _replay(server, store)
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)
 
@@ -417,6 +473,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"trio-gearmand: cannot open the log file: {exc}", file=sys.stderr)
         return 1
+    store = None
+    if options.queue_type == "libsqlite3":
+        try:
+            store = SqliteStore(
+                options.libsqlite3_db,
+                options.job_handle_prefix.encode(),
+                options.libsqlite3_table,
+            )
+        except ValueError as exc:
+            print(f"trio-gearmand: error: --libsqlite3-table: {exc}", file=sys.stderr)
+            return 2
+        except GearmanError as exc:
+            _fatal(str(exc), options.log_file)
+            return 1
+    if options.store_queue_on_shutdown:
+        logger.info(
+            "--store-queue-on-shutdown: nothing to do, "
+            "every background job is stored when it is submitted"
+        )
     config = ServerConfig(
         job_handle_prefix=options.job_handle_prefix.encode(),
         exceptions=options.exceptions,
@@ -425,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=__version__.encode(),
         pid=os.getpid(),
         verbose=options.verbose.encode(),
+        store=store,
     )
     keepalive = None
     if options.keepalive:
@@ -450,16 +526,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logger.info("Starting up with pid %d, verbose is set to %s", os.getpid(), options.verbose)
     try:
-        anyio.run(_serve, server, options.graceful_timeout, backend="trio")
+        anyio.run(_serve, server, options.graceful_timeout, store, backend="trio")
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
+        if isinstance(exc, GearmanError):
+            _fatal(str(exc), options.log_file)
+            return 1
         error = _os_error(exc)
         if error is None or server.addresses:
             raise
         _fatal(f"cannot listen: {error}", options.log_file)
         return 1
     finally:
+        if store is not None:
+            store.close(server.state.handles_issued)
         if pid_file is not None:
             try:
                 if pid_file.read_text().strip() == str(os.getpid()):

@@ -227,8 +227,14 @@ class JobStore(Protocol):
     cancelled or dropped. Jobs are keyed by :attr:`Job.handle`.
     """
 
-    def add(self, job: Job) -> None:
+    def add(self, job: Job, epoch: int = 0) -> None:
         """Make ``job`` durable.
+
+        Args:
+            job: the new background job.
+            epoch: for a SUBMIT_JOB_EPOCH job that is not due yet, its time in
+                seconds since the Unix epoch (it waits for it after a restart
+                too); 0 for a job that is queued at once. Only passed when not 0.
 
         Raises:
             GearmanError: the job cannot be stored; the submission is refused with

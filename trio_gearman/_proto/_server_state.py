@@ -370,7 +370,10 @@ class ServerState(JobTable):
         job = Job(handle, function, unique, data, priority, background, reducer)
         if background and self._store is not None:
             try:
-                self._store.add(job)
+                if due > now:
+                    self._store.add(job, round(due + self.wall_offset))
+                else:
+                    self._store.add(job)
             except GearmanError:
                 self._error(conn, b"QUEUE_ERROR", b"QUEUE_ERROR")
                 return

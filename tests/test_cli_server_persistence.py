@@ -1,0 +1,234 @@
+"""``trio-gearmand -q libsqlite3``: background jobs survive a killed or stopped server."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+import trio
+from anyio.abc import SocketStream
+
+from trio_gearman._proto import Event
+from trio_gearman._proto._codec import Decoder, encode
+from trio_gearman._proto._packets import (
+    CanDo,
+    EchoReq,
+    EchoRes,
+    GetStatus,
+    GrabJobUniq,
+    JobAssignUniq,
+    JobCreated,
+    Magic,
+    Message,
+    NoJob,
+    StatusRes,
+    SubmitJob,
+    SubmitJobEpoch,
+    WorkComplete,
+)
+
+from .gearmand_peer import free_port
+from .test_cli_server import ServerProcess, expect_exit, trio_gearmand
+
+PREFIX = b"H:persist"
+
+
+class Connection:
+    """A raw connection that sends requests and reads the replies."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.decoder = Decoder(expect=Magic.RES)
+        self.pending: list[Event] = []
+
+    async def request(self, *messages: Message, replies: int | None = None) -> list[Event]:
+        """Send ``messages``; return ``replies`` replies (default: one per message)."""
+        await self.stream.send(b"".join(encode(message) for message in messages))
+        wanted = len(messages) if replies is None else replies
+        with trio.fail_after(5):
+            while len(self.pending) < wanted:
+                self.decoder.feed(await self.stream.receive())
+                self.pending.extend(self.decoder)
+        got, self.pending = self.pending[:wanted], self.pending[wanted:]
+        return got
+
+
+Connect = Callable[[ServerProcess], Awaitable[Connection]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens connections to a server; closes them all at the end of the test."""
+    opened: list[Connection] = []
+
+    async def open_connection(server: ServerProcess) -> Connection:
+        connection = Connection(await anyio.connect_tcp("127.0.0.1", server.port))
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        await connection.stream.aclose()
+
+
+def arguments(db: Path, port: int) -> list[str]:
+    return [
+        "-L", "127.0.0.1", "-p", str(port), "--job-handle-prefix", PREFIX.decode(),
+        "-q", "libsqlite3", "--libsqlite3-db", str(db),
+    ]  # fmt: skip
+
+
+def handle(n: int) -> bytes:
+    return PREFIX + b":%d" % n
+
+
+async def grab_all(worker: Connection) -> list[JobAssignUniq]:
+    """Grab until NO_JOB; return the assignments."""
+    assigned: list[JobAssignUniq] = []
+    while True:
+        (reply,) = await worker.request(GrabJobUniq())
+        if isinstance(reply, NoJob):
+            return assigned
+        assert isinstance(reply, JobAssignUniq), reply
+        assigned.append(reply)
+
+
+async def stop(server: ServerProcess, how: signal.Signals) -> None:
+    server.process.send_signal(how)
+    with trio.fail_after(10):
+        await server.process.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+async def test_background_jobs_survive_a_restart(
+    tmp_path: Path, how: signal.Signals, connect: Connect
+) -> None:
+    db, port = tmp_path / "queue.db", free_port()
+    async with trio_gearmand(arguments(db, port)) as server:
+        client = await connect(server)
+        submitted = await client.request(
+            *(SubmitJob(b"f", b"", b"job %d" % i, background=True) for i in range(4)),
+            SubmitJobEpoch(b"f", b"", 1, b"past epoch"),
+            SubmitJob(b"f", b"", b"foreground"),
+        )
+        assert submitted == [JobCreated(handle(n)) for n in range(1, 7)]
+        # A finished job does not come back.
+        worker = await connect(server)
+        await worker.request(CanDo(b"f"), replies=0)
+        (first,) = await worker.request(GrabJobUniq())
+        assert first == JobAssignUniq(handle(1), b"f", b"", b"job 0")
+        await worker.stream.send(encode(WorkComplete(handle(1), b"done")))
+        # The job that runs when the server dies comes back too.
+        (second,) = await worker.request(GrabJobUniq())
+        assert isinstance(second, JobAssignUniq)
+        assert second.handle == handle(2)
+        assert await client.request(GetStatus(handle(2))) == [
+            StatusRes(handle(2), True, True, 0, 0)
+        ]
+        await stop(server, how)
+        log = await server.rest_of_log()
+        if how == signal.SIGTERM:
+            assert b"Shutdown complete" in log, log
+
+    async with trio_gearmand(arguments(db, port)) as server:
+        assert server.port == port
+        await server.wait_for_line(b"Replayed 4 background jobs")
+        client = await connect(server)
+        assert await client.request(GetStatus(handle(3))) == [
+            StatusRes(handle(3), True, False, 0, 0)
+        ]
+        assert await client.request(GetStatus(handle(1))) == [
+            StatusRes(handle(1), False, False, 0, 0)
+        ]
+        # A clean stop records the last handle issued; after a crash the store
+        # knows the background ones (the foreground job 6 is gone either way).
+        new = 7 if how == signal.SIGTERM else 6
+        (created,) = await client.request(SubmitJob(b"f", b"", b"new", background=True))
+        assert created == JobCreated(handle(new))
+        worker = await connect(server)
+        await worker.request(CanDo(b"f"), replies=0)
+        assigned = await grab_all(worker)
+        assert [(job.handle, job.data) for job in assigned] == [
+            (handle(2), b"job 1"),
+            (handle(3), b"job 2"),
+            (handle(4), b"job 3"),
+            (handle(5), b"past epoch"),
+            (handle(new), b"new"),
+        ]
+        results = [WorkComplete(job.handle, b"") for job in assigned]
+        assert await worker.request(*results, EchoReq(b"sync"), replies=1) == [EchoRes(b"sync")]
+        # Every job is answered: none is left.
+        assert await client.request(GetStatus(handle(new))) == [
+            StatusRes(handle(new), False, False, 0, 0)
+        ]
+        server.process.terminate()
+        await expect_exit(server)
+
+    async with trio_gearmand(arguments(db, port)) as server:
+        await server.wait_for_line(b"Replayed 0 background jobs")
+        client = await connect(server)
+        assert await client.request(SubmitJob(b"f", b"", b"x", background=True)) == [
+            JobCreated(handle(new + 1))
+        ]
+        server.process.terminate()
+        await expect_exit(server)
+
+
+async def test_an_epoch_job_keeps_its_time_across_a_restart(
+    tmp_path: Path, connect: Connect
+) -> None:
+    db, port = tmp_path / "queue.db", free_port()
+    async with trio_gearmand(arguments(db, port)) as server:
+        client = await connect(server)
+        far = 4_000_000_000
+        assert await client.request(SubmitJobEpoch(b"f", b"", far, b"later")) == [
+            JobCreated(handle(1))
+        ]
+        await stop(server, signal.SIGKILL)
+
+    async with trio_gearmand(arguments(db, port)) as server:
+        await server.wait_for_line(b"Replayed 1 background jobs")
+        worker = await connect(server)
+        await worker.request(CanDo(b"f"), replies=0)
+        assert await grab_all(worker) == []
+        client = await connect(server)
+        assert await client.request(GetStatus(handle(1))) == [
+            StatusRes(handle(1), True, False, 0, 0)
+        ]
+        server.process.terminate()
+        await expect_exit(server)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-q", "libsqlite3"], "--queue-type libsqlite3 needs --libsqlite3-db PATH"),
+        (["--libsqlite3-db", "{db}"], "--libsqlite3-db needs --queue-type libsqlite3"),
+        (["--store-queue-on-shutdown"], "--store-queue-on-shutdown needs --queue-type"),
+        (["-q", "sqlite", "--libsqlite3-db", "{db}", "--libsqlite3-table", "a b"], "not a table"),
+    ],
+)
+async def test_bad_queue_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    args = [arg.format(db=tmp_path / "q.db") for arg in args]
+    async with trio_gearmand(args, wait_listening=False) as server:
+        log = await expect_exit(server, 2)
+    assert message.encode() in log
+
+
+async def test_an_unusable_database_exits_1(tmp_path: Path) -> None:
+    args = ["-L", "127.0.0.1", "-p", "0", "-q", "libsqlite3", "--libsqlite3-db", str(tmp_path)]
+    async with trio_gearmand(args, wait_listening=False) as server:
+        log = await expect_exit(server, 1)
+    assert b"cannot open the queue database" in log or b"cannot use the queue" in log
+
+
+async def test_store_queue_on_shutdown_is_accepted(tmp_path: Path) -> None:
+    args = [*arguments(tmp_path / "q.db", 0), "--store-queue-on-shutdown"]
+    async with trio_gearmand(args) as server:
+        line = await server.wait_for_line(b"--store-queue-on-shutdown")
+        assert b"every background job is stored when it is submitted" in line
+        server.process.terminate()
+        await expect_exit(server)
