@@ -1,4 +1,4 @@
-"""The job server: listeners, one task per connection, a timer, all wired to the state.
+"""The job server: listeners, a poller reading every connection, a timer, wired to the state.
 
 The protocol logic lives in the sans-IO :class:`~trio_gearman._proto._server_state.ServerState`;
 this module only moves bytes and time in and out of it.
@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._proto._codec import DEFAULT_MAX_PACKET_SIZE
 from ._proto._server_state import ServerConfig, ServerState
-from ._server_conn import ServerConnection
+from ._server_conn import HAVE_EPOLL, ReadPoller, ServerConnection
 from ._server_net import (
     KeepAlive,
     ListenAddress,
@@ -110,6 +110,7 @@ class GearmanServer:
         self._fd_limit = fd_limit
         self._connections: dict[int, ServerConnection] = {}
         self._task_group: TaskGroup | None = None
+        self._poller: ReadPoller | None = None
         self._run_scope: anyio.CancelScope | None = None
         self._listen_scope: anyio.CancelScope | None = None
         self._timer_scope: anyio.CancelScope | None = None
@@ -167,6 +168,9 @@ class GearmanServer:
                     self._task_group = tg
                     self._run_scope = tg.cancel_scope
                     self._listen_scope = anyio.CancelScope()
+                    if HAVE_EPOLL:
+                        self._poller = ReadPoller(self)
+                        tg.start_soon(self._poller.run)
                     tg.start_soon(self._timer_loop)
                     tg.start_soon(self._listen_all, listeners, tg, self._listen_scope)
                     for host, port in self.addresses:
@@ -244,20 +248,35 @@ class GearmanServer:
                         break
                     logger.warning("Cannot accept a connection: %s", exc.strerror)
                     continue
-                tg.start_soon(self._serve_socket, sock, str(address[0]))
+                if self._poller is not None:
+                    self._add_socket(sock, str(address[0]), self._poller)
+                else:
+                    tg.start_soon(self._serve_socket, sock, str(address[0]))
+
+    def _add_socket(self, sock: socket.socket, host: str, poller: ReadPoller) -> None:
+        """Hand a new connection to the poller: no task of its own while it is idle."""
+        connection = self._connect(sock, host)
+        if connection is not None:
+            poller.add(connection)
 
     async def _serve_socket(self, sock: socket.socket, host: str) -> None:
+        """Serve one connection from this task until it ends (the test server uses it)."""
+        connection = self._connect(sock, host)
+        if connection is not None:
+            await connection.run()
+
+    def _connect(self, sock: socket.socket, host: str) -> ServerConnection | None:
         try:
             configure_accepted(sock, self._keepalive)
         except OSError as exc:  # the peer left before we looked
             logger.debug("Dropping a connection that closed at once: %s", exc.strerror)
             sock.close()
-            return
+            return None
         conn = self.state.connect(host.encode(), sock.fileno())
         connection = ServerConnection(self, sock, conn, host)
         self._connections[conn.id] = connection
         logger.debug("Connection %d from %s", conn.id, host)
-        await connection.run()
+        return connection
 
     # --- the state's side -------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The job server's sockets: listening addresses, accepted-socket options, the fd limit.
 
 The server works on plain non-blocking sockets and waits for them with AnyIO's
-``wait_readable``/``wait_writable``, so it decides itself when to call ``recv`` and
+``wait_readable``/``wait_writable`` (or an epoll set of its own, see
+``_server_conn.ReadPoller``), so it decides itself when to call ``recv`` and
 ``send``: no read is attempted that is known to find nothing, and replies go out
-with one ``send`` from the task that produced them.
+with one ``send`` per connection and batch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import errno
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import anyio
@@ -35,11 +36,9 @@ logger = logging.getLogger("trio_gearman.server")
 ListenAddress = tuple[str | None, int]
 """``(host, port)`` to listen on; a ``None`` host means every local address."""
 
-# AnyIO >= 4.7 names them wait_readable/wait_writable; older releases only have the
-# socket-specific functions that newer ones deprecate.
-_WaitFn = Callable[[socket.socket], Awaitable[None]]
-wait_readable: Final[_WaitFn] = getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
-wait_writable: Final[_WaitFn] = getattr(anyio, "wait_writable", None) or anyio.wait_socket_writable
+# AnyIO >= 4.7 (the oldest supported) takes a socket or a file descriptor.
+wait_readable: Final = anyio.wait_readable
+wait_writable: Final = anyio.wait_writable
 
 
 def notify_closing(sock: socket.socket) -> None:

@@ -321,8 +321,9 @@ class Decoder:
         self._need = 0
         self._offset = 0  # stream offset of the first pending byte
         # Decoded events not yet handed out: a consumer that stops iterating early
-        # finds the rest here on its next iteration.
-        self._ready: deque[Event] = deque()
+        # finds the rest here on its next iteration. Made when there is something to
+        # decode and dropped once drained, so an idle decoder holds no block of it.
+        self._ready: deque[Event] | None = None
         self._error: ProtocolError | None = None
 
     @property
@@ -368,6 +369,8 @@ class Decoder:
                 self._chunks.clear()
                 self._have = self._need = 0
             if self._pending and not self._need:
+                if ready is None:
+                    ready = self._ready = deque()
                 try:
                     self._decode(self._pending, ready)
                 except ProtocolError as exc:
@@ -375,8 +378,11 @@ class Decoder:
                     self._pending = b""
                     self._chunks.clear()
                     self._have = self._need = 0
-        while ready:
-            yield ready.popleft()
+        if ready is not None:
+            while ready:
+                yield ready.popleft()
+            if self._ready is ready:
+                self._ready = None
         if self._error is not None:
             raise self._error
 
