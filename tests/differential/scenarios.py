@@ -254,6 +254,15 @@ SCENARIOS: list[Scenario] = [
         ),
     ),
     S(
+        "GET_STATUS_UNIQUE of '-' finds no job coalesced by payload",
+        (
+            Send("c", bg(b"f", b"-", b"payload")),
+            sync("c"),
+            Send("c", GetStatusUnique(b"-")),
+            sync("c"),
+        ),
+    ),
+    S(
         "an empty unique never coalesces",
         (
             Send("c", bg(b"f", b"", b"same")),
