@@ -6,7 +6,10 @@ client and worker tests use where a real server cannot make an event happen on c
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +35,18 @@ from trio_gearman._proto import (
     WorkComplete,
     encode,
 )
-from trio_gearman._stream import PacketStream, connect, format_address, parse_address
+from trio_gearman._stream import (
+    PacketStream,
+    connect,
+    format_address,
+    os_reason,
+    parse_address,
+)
+
+from .gearmand_peer import free_port
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 # --- in-memory transports ----------------------------------------------------------------
 
@@ -379,3 +393,20 @@ class socket_bound_but_not_listening:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_a_refused_connect_names_the_os_reason() -> None:
+    port = free_port()
+    with pytest.raises(ConnectFailed) as info:
+        await connect(f"127.0.0.1:{port}")
+    assert str(info.value) == (
+        f"127.0.0.1:{port}: cannot connect: {os.strerror(errno.ECONNREFUSED)}"
+    )
+
+
+def test_os_reason_digs_through_causes_and_groups() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    wrapper = OSError("All connection attempts failed")
+    wrapper.__cause__ = ExceptionGroup("attempts", [ValueError("noise"), refused])
+    assert os_reason(wrapper) == os.strerror(errno.ECONNREFUSED)
+    assert os_reason(OSError("no errno anywhere")) == "no errno anywhere"

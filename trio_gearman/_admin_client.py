@@ -54,7 +54,13 @@ from ._proto._admin import (
     Workers,
     format_command,
 )
-from ._stream import DEFAULT_CONNECT_TIMEOUT, Address, format_address, parse_address
+from ._stream import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Address,
+    format_address,
+    os_reason,
+    parse_address,
+)
 
 __all__ = ["AdminClient"]
 
@@ -128,9 +134,7 @@ class AdminClient:
                 f"no connection within {self._connect_timeout:g} s", server=self.server
             ) from exc
         except OSError as exc:
-            raise ConnectFailed(
-                f"cannot connect: {exc.strerror or exc}", server=self.server
-            ) from exc
+            raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=self.server) from exc
         return self
 
     async def __aexit__(

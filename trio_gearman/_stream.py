@@ -15,11 +15,17 @@ as easily as on sockets. :func:`connect` opens a TCP connection with a timeout.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 import anyio
 import anyio.abc
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 from ._exceptions import ConnectFailed, ConnectionLost, ProtocolError
 from ._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Event, Magic, Message, encode_into
@@ -92,6 +98,31 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def os_reason(exc: BaseException) -> str:
+    """The operating system's own words for a failed connect.
+
+    AnyIO reports "All connection attempts failed" with the attempts' errors as its
+    cause (an exception group when there were several addresses); this digs out
+    the first error with an errno, e.g. "Connection refused".
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        code = current.errno if isinstance(current, OSError) else None
+        if code is not None and code in errno.errorcode:
+            return os.strerror(code)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return str(exc)
+
+
 async def connect(
     address: Address,
     *,
@@ -123,7 +154,7 @@ async def connect(
     except TimeoutError as exc:
         raise ConnectFailed(f"no connection within {connect_timeout:g} s", server=peer) from exc
     except OSError as exc:
-        raise ConnectFailed(f"cannot connect: {exc.strerror or exc}", server=peer) from exc
+        raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=peer) from exc
     return PacketStream(stream, peer=peer, expect=expect, max_packet_size=max_packet_size)
 
 
