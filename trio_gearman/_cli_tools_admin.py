@@ -25,10 +25,6 @@ from ._cli_tools_common import (
 )
 from ._exceptions import AdminError, ConnectFailed, GearmanError
 from ._proto._admin import (
-    FunctionPriorityStatus,
-    FunctionStatus,
-    JobInfo,
-    WorkerInfo,
     format_priority_status,
     format_show_jobs,
     format_show_unique_jobs,
@@ -72,47 +68,19 @@ class AdminCommand:
     counts: tuple[int, ...] = (0,)
 
 
-def _status_rows(rows: list[FunctionStatus]) -> Rows:
+def _json_value(value: object) -> object:
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, (tuple, list)):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def _rows(rows: Sequence[Any]) -> Rows:
+    """Typed admin rows (FunctionStatus, WorkerInfo, ...) as JSON objects, fields in order."""
     return [
-        {
-            "function": _text(r.function),
-            "total": r.total,
-            "running": r.running,
-            "workers": r.workers,
-        }
-        for r in rows
-    ]
-
-
-def _priority_rows(rows: list[FunctionPriorityStatus]) -> Rows:
-    return [
-        {
-            "function": _text(r.function),
-            "high": r.high,
-            "normal": r.normal,
-            "low": r.low,
-            "workers": r.workers,
-        }
-        for r in rows
-    ]
-
-
-def _worker_rows(rows: list[WorkerInfo]) -> Rows:
-    return [
-        {
-            "fd": r.fd,
-            "address": _text(r.address),
-            "client_id": _text(r.client_id),
-            "functions": [_text(f) for f in r.functions],
-        }
-        for r in rows
-    ]
-
-
-def _job_rows(rows: list[JobInfo]) -> Rows:
-    return [
-        {"handle": _text(r.handle), "retries": r.retries, "ignore": r.ignore, "queued": r.queued}
-        for r in rows
+        {field.name: _json_value(getattr(row, field.name)) for field in attrs.fields(type(row))}
+        for row in rows
     ]
 
 
@@ -139,25 +107,25 @@ COMMANDS: Final[dict[str, AdminCommand]] = {
         "per function: jobs queued or running, jobs running, workers",
         lambda admin, _: admin.status(),
         format_status,
-        _status_rows,
+        _rows,
     ),
     "priority-status": AdminCommand(
         "per function: jobs waiting at high, normal and low priority, workers",
         lambda admin, _: admin.priority_status(),
         format_priority_status,
-        _priority_rows,
+        _rows,
     ),
     "workers": AdminCommand(
         "every connection: fd, address, client id and functions",
         lambda admin, _: admin.workers(),
         format_workers,
-        _worker_rows,
+        _rows,
     ),
     "show-jobs": AdminCommand(
         "every job: handle, retries, ignore and queued flags",
         lambda admin, _: admin.show_jobs(),
         format_show_jobs,
-        _job_rows,
+        _rows,
     ),
     "show-unique-jobs": AdminCommand(
         "every job's unique key (an empty line for a job without one)",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ from ._exceptions import (
     NoServersAvailable,
 )
 from ._servers import server_list
+from ._stream import os_error_text
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -208,23 +208,9 @@ def unwrap(exc: BaseException) -> BaseException:
     return leaves[0] if leaves else exc
 
 
-def _os_reason(exc: BaseException) -> str | None:
-    """The most specific OS error text in an exception's chain (``Connection refused``)."""
-    seen: set[int] = set()
-    found = None
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        code = current.errno if isinstance(current, OSError) else None
-        if code is not None and code in errno.errorcode:
-            found = os.strerror(code)
-        current = current.__cause__ or current.__context__
-    return found
-
-
 def connect_failure(exc: ConnectFailed) -> str:
     """``host:port: cannot connect: Connection refused`` (the OS's reason, where known)."""
-    reason = _os_reason(exc)
+    reason = os_error_text(exc)
     return f"{exc.server}: cannot connect: {reason}" if reason else str(exc)
 
 

@@ -36,7 +36,15 @@ from ._proto import (
 )
 from ._servers import Connector, server_list
 from ._stream import DEFAULT_CONNECT_TIMEOUT, Address, connect
-from ._supervisor import Backoff, Heartbeat, Link, LinkSet, ServerHealth, rendezvous_order
+from ._supervisor import (
+    Backoff,
+    Heartbeat,
+    Link,
+    LinkSet,
+    ServerHealth,
+    preferred_order,
+    rendezvous_order,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -383,7 +391,7 @@ class Client(Generic[R]):
         links = self._link_set()
         tried = request.tried
         key = request.routing_key
-        order = rendezvous_order(key, self.addresses) if key else self.addresses
+        order = preferred_order(key, self.addresses)
         if tried:
             order = [address for address in order if address not in tried]
             if not order:

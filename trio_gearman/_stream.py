@@ -98,8 +98,8 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def os_reason(exc: BaseException) -> str:
-    """The operating system's own words for a failed connect.
+def os_error_text(exc: BaseException) -> str | None:
+    """The operating system's own words in an exception's causes, if any.
 
     AnyIO reports "All connection attempts failed" with the attempts' errors as its
     cause (an exception group when there were several addresses); this digs out
@@ -120,7 +120,12 @@ def os_reason(exc: BaseException) -> str:
         for linked in (current.__cause__, current.__context__):
             if linked is not None:
                 pending.append(linked)
-    return str(exc)
+    return None
+
+
+def os_reason(exc: BaseException) -> str:
+    """The OS's words for a failed connect, else the error's own message."""
+    return os_error_text(exc) or str(exc)
 
 
 async def connect(

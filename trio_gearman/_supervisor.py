@@ -40,6 +40,7 @@ __all__ = [
     "LinkState",
     "ServerHealth",
     "Watched",
+    "preferred_order",
     "rendezvous_order",
 ]
 
@@ -117,6 +118,20 @@ def rendezvous_order(key: bytes, servers: Sequence[str]) -> list[str]:
         servers: the configured server addresses.
     """
     return sorted(servers, key=lambda server: _score(key, server), reverse=True)
+
+
+def preferred_order(key: bytes | None, servers: Sequence[str]) -> list[str]:
+    """The order in which a request tries the servers.
+
+    A request with a unique key follows :func:`rendezvous_order`, so duplicates meet
+    on one server; one without keeps the configured order (the caller then spreads
+    such requests round-robin over the live servers).
+
+    Args:
+        key: the job's unique key, or ``None``/empty for none.
+        servers: the configured server addresses.
+    """
+    return rendezvous_order(key, servers) if key else list(servers)
 
 
 class LinkState(enum.Enum):
