@@ -8,6 +8,7 @@ under CI (``CI=true``), where a missing peer is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,42 @@ class GearmandProcess:
 
 
 @contextmanager
+def run_until_listening(
+    args: Sequence[str], name: str, pattern: str = r"Listening on 127\.0\.0\.1:(\d+)"
+) -> Iterator[tuple[subprocess.Popen[bytes], re.Match[str]]]:
+    """Run a server process until the block exits; yield once its log says it listens.
+
+    The process logs to stderr; the first line matching ``pattern`` is yielded with
+    it (no sleeping, no polling). Its log is drained afterwards so it never blocks
+    on a full pipe; the process is killed when the block exits.
+    """
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    try:
+        seen = []
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                break
+        else:
+            raise RuntimeError(f"{name} did not start: {''.join(seen)}")
+        drain = subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
+        try:
+            yield process, found
+        finally:
+            process.kill()
+            process.wait()
+            drain.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+@contextmanager
 def run_gearmand(
     extra_args: Sequence[str] = (), *, port: int | None = None
 ) -> Iterator[GearmandProcess]:
@@ -71,28 +108,8 @@ def run_gearmand(
         "--threads=1",
         *extra_args,
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert process.stderr is not None
-        seen = []
-        for raw in process.stderr:
-            line = raw.decode(errors="replace")
-            seen.append(line)
-            if "Listening on 127.0.0.1" in line:
-                break
-        else:
-            raise RuntimeError(f"gearmand did not start: {''.join(seen)}")
-        # Keep draining its log so it never blocks on a full pipe.
-        drain = subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
-        try:
+        with run_until_listening(args, "gearmand") as (process, _):
             yield GearmandProcess("127.0.0.1", port, process)
-        finally:
-            process.kill()
-            process.wait()
-            drain.wait()
-            process.stderr.close()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         pid_dir.cleanup()

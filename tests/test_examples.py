@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import trio_gearman
 from trio_gearman._cli_server import main as trio_gearmand
 
-from .gearmand_peer import free_port, run_gearmand
+from .gearmand_peer import free_port, run_gearmand, run_until_listening
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DOCS = EXAMPLES.parent / "docs"
@@ -36,32 +35,9 @@ def run_trio_gearmand() -> Iterator[str]:
     """Run ``trio-gearmand`` on 127.0.0.1 with an ephemeral port; yield its address."""
     command = "import sys; from trio_gearman._cli_server import main; sys.exit(main())"
     args = [sys.executable, "-c", command, "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO"]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert process.stderr is not None
-        seen = []
-        for raw in process.stderr:
-            line = raw.decode(errors="replace")
-            seen.append(line)
-            found = re.search(r"Listening on (127\.0\.0\.1:\d+)", line)
-            if found:
-                break
-        else:
-            raise RuntimeError(f"trio-gearmand did not start: {''.join(seen)}")
-        # Keep draining its log so it never blocks on a full pipe.
-        drain = subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
-        try:
-            yield found.group(1)
-        finally:
-            process.kill()
-            process.wait()
-            drain.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+    pattern = r"Listening on (127\.0\.0\.1:\d+)"
+    with run_until_listening(args, "trio-gearmand", pattern) as (_, found):
+        yield found.group(1)
 
 
 @pytest.fixture(

@@ -25,7 +25,7 @@ from trio_gearman._job import Job
 from trio_gearman._supervisor import Backoff, LinkState
 from trio_gearman._worker import Worker
 
-from .gearmand_peer import free_port, run_gearmand
+from .gearmand_peer import free_port, run_gearmand, run_until_listening
 from .test_failover import Ledger, running, wait_until
 
 BACKOFF = Backoff(initial=0.05, maximum=0.5)
@@ -46,28 +46,8 @@ def run_trio_gearmand(port: int, prefix: str) -> Iterator[subprocess.Popen[bytes
         argv = [command]
     argv += ["-L", "127.0.0.1", "-p", str(port), "--verbose", "INFO"]
     argv += ["--job-handle-prefix", prefix]
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert process.stderr is not None
-        seen = []
-        for raw in process.stderr:
-            seen.append(raw.decode(errors="replace"))
-            if "Listening on 127.0.0.1" in seen[-1]:
-                break
-        else:
-            raise RuntimeError(f"trio-gearmand did not start: {''.join(seen)}")
-        drain = subprocess.Popen(["cat"], stdin=process.stderr, stdout=subprocess.DEVNULL)
-        try:
-            yield process
-        finally:
-            process.kill()
-            process.wait()
-            drain.wait()
-            process.stderr.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with run_until_listening(argv, "trio-gearmand") as (process, _):
+        yield process
 
 
 @attrs.define
