@@ -53,9 +53,9 @@ from typing import Any
 import trio
 from _peers import DEFAULT_VENV, ensure_venv
 
-from trio_gearman._client import Client
-from trio_gearman._job import Job
-from trio_gearman._worker import Worker
+from trio_gearman._client.client import Client
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 
 HOST = "127.0.0.1"
 FUNCTION = "bench_noop"

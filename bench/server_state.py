@@ -6,7 +6,7 @@ import time
 import tracemalloc
 
 from trio_gearman._proto import CanDo, GrabJobUniq, PreSleep, Priority, SubmitJob, WorkComplete
-from trio_gearman._proto._server_state import ServerConfig, ServerState
+from trio_gearman._proto.server.state import ServerConfig, ServerState
 
 
 def cycles(n: int, functions: int = 1, wakeup: int = 0, sleepers: int = 0) -> float:

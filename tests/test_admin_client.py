@@ -11,7 +11,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from trio_gearman._admin_client import AdminClient
+from trio_gearman._client.admin import AdminClient
 from trio_gearman._exceptions import (
     AdminError,
     BadAdminReply,

@@ -18,7 +18,7 @@ import trio
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from trio_gearman._cli_server import LEVELS, _setup_logging, main, parse_options
+from trio_gearman._cli.server import LEVELS, _setup_logging, main, parse_options
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
     CanDo,
@@ -36,7 +36,7 @@ from .gearmand_peer import free_port
 COMMAND = [
     sys.executable,
     "-c",
-    "import sys; from trio_gearman._cli_server import main; sys.exit(main())",
+    "import sys; from trio_gearman._cli.server import main; sys.exit(main())",
 ]
 LISTENING = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
 

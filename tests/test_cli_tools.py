@@ -27,10 +27,10 @@ import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from trio_gearman import JobException, JobFailed, Priority, Worker
-from trio_gearman._cli_tools import execute
-from trio_gearman._cli_tools_common import UsageError
-from trio_gearman._cli_tools_worker import WorkerLoadError, load_worker, serve_worker
-from trio_gearman._job import Handler, Job
+from trio_gearman._cli.common import UsageError
+from trio_gearman._cli.tools import execute
+from trio_gearman._cli.worker import WorkerLoadError, load_worker, serve_worker
+from trio_gearman._worker.job import Handler, Job
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
 from .gearmand_peer import GearmandProcess, free_port
@@ -38,7 +38,7 @@ from .gearmand_peer import GearmandProcess, free_port
 COMMAND = [
     sys.executable,
     "-c",
-    "import sys; from trio_gearman._cli_tools import main; sys.exit(main())",
+    "import sys; from trio_gearman._cli.tools import main; sys.exit(main())",
 ]
 
 
@@ -205,7 +205,7 @@ async def test_bad_arguments_in_a_real_process() -> None:
 
 def test_the_console_script_runs_main() -> None:
     [script] = entry_points(group="console_scripts", name="trio-gearman")
-    assert script.value == "trio_gearman._cli_tools:main"
+    assert script.value == "trio_gearman._cli.tools:main"
 
 
 # --- unreachable servers ------------------------------------------------------------------

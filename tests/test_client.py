@@ -13,8 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._client import Client
-from trio_gearman._codecs import JsonCodec
+from trio_gearman._client.client import Client
 from trio_gearman._exceptions import (
     ConnectFailed,
     ConnectionLost,
@@ -26,9 +25,10 @@ from trio_gearman._exceptions import (
     ServerLost,
     UniqueTooLong,
 )
-from trio_gearman._job import Handler, Job
+from trio_gearman._payload import JsonCodec
 from trio_gearman._proto import Priority, WorkData, WorkStatus, WorkWarning
-from trio_gearman._worker import Worker
+from trio_gearman._worker.job import Handler, Job
+from trio_gearman._worker.worker import Worker
 
 from .gearmand_peer import GearmandProcess, free_port, run_gearmand
 

@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._client import Client
-from trio_gearman._client_job import JobStatus
-from trio_gearman._codecs import JsonCodec, function_name, payload, unique_key
+from trio_gearman._address import server_list
+from trio_gearman._client.client import Client
+from trio_gearman._client.job import JobStatus
 from trio_gearman._exceptions import (
     ConnectionLost,
     InvalidArgument,
@@ -25,6 +25,7 @@ from trio_gearman._exceptions import (
     JobFailed,
     UniqueTooLong,
 )
+from trio_gearman._payload import JsonCodec, function_name, payload, unique_key
 from trio_gearman._proto import (
     EchoReq,
     EchoRes,
@@ -42,7 +43,6 @@ from trio_gearman._proto import (
     WorkException,
     WorkFail,
 )
-from trio_gearman._servers import server_list
 
 from .test_stream import FakeServer, FakeServers, fake_servers
 

@@ -21,7 +21,7 @@ import trio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import trio_gearman
-from trio_gearman._cli_server import main as trio_gearmand
+from trio_gearman._cli.server import main as trio_gearmand
 
 from .gearmand_peer import free_port, run_gearmand, run_until_listening
 
@@ -33,7 +33,7 @@ TIME_LIMIT = 30
 @contextmanager
 def run_trio_gearmand() -> Iterator[str]:
     """Run ``trio-gearmand`` on 127.0.0.1 with an ephemeral port; yield its address."""
-    command = "import sys; from trio_gearman._cli_server import main; sys.exit(main())"
+    command = "import sys; from trio_gearman._cli.server import main; sys.exit(main())"
     args = [sys.executable, "-c", command, "-L", "127.0.0.1", "-p", "0", "--verbose", "INFO"]
     pattern = r"Listening on (127\.0\.0\.1:\d+)"
     with run_until_listening(args, "trio-gearmand", pattern) as (_, found):

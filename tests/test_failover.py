@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._client import Client
-from trio_gearman._client_job import JobHandle
+from trio_gearman._client.client import Client
+from trio_gearman._client.job import JobHandle
 from trio_gearman._exceptions import (
     ConnectFailed,
     ConnectionLost,
@@ -29,12 +29,12 @@ from trio_gearman._exceptions import (
     NoServersAvailable,
     ServerLost,
 )
-from trio_gearman._job import Job
+from trio_gearman._failover import Backoff, LinkState, ServerHealth, rendezvous_order
 from trio_gearman._proto import WorkStatus
-from trio_gearman._proto._server_state import ServerConfig
-from trio_gearman._server import GearmanServer
-from trio_gearman._supervisor import Backoff, LinkState, ServerHealth, rendezvous_order
-from trio_gearman._worker import Worker
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 from trio_gearman.testing import open_test_server
 
 if sys.version_info < (3, 11):  # pragma: no cover

@@ -18,12 +18,12 @@ import attrs
 import pytest
 import trio
 
-from trio_gearman._client import Client
-from trio_gearman._client_job import JobHandle
+from trio_gearman._client.client import Client
+from trio_gearman._client.job import JobHandle
 from trio_gearman._exceptions import GearmanError, ServerLost
-from trio_gearman._job import Job
-from trio_gearman._supervisor import Backoff, LinkState
-from trio_gearman._worker import Worker
+from trio_gearman._failover import Backoff, LinkState
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 
 from .gearmand_peer import free_port, run_gearmand, run_until_listening
 from .test_failover import Ledger, running, wait_until
@@ -40,7 +40,7 @@ def run_trio_gearmand(port: int, prefix: str) -> Iterator[subprocess.Popen[bytes
         argv = [
             sys.executable,
             "-c",
-            "import sys, trio_gearman._cli_server as m; sys.exit(m.main())",
+            "import sys, trio_gearman._cli.server as m; sys.exit(m.main())",
         ]
     else:
         argv = [command]

@@ -17,9 +17,10 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._client import Client
+from trio_gearman._client.client import Client
 from trio_gearman._exceptions import ConnectFailed, ConnectionLost, NoServersAvailable, ServerLost
-from trio_gearman._job import Job
+from trio_gearman._failover import Backoff, LinkState, rendezvous_order
+from trio_gearman._net.stream import PacketStream
 from trio_gearman._proto import (
     CanDo,
     CanDoTimeout,
@@ -35,9 +36,8 @@ from trio_gearman._proto import (
     SubmitJob,
     WorkComplete,
 )
-from trio_gearman._stream import PacketStream
-from trio_gearman._supervisor import Backoff, LinkState, rendezvous_order
-from trio_gearman._worker import Worker
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 
 from .test_stream import FakeServer, MemoryByteStream, memory_pair
 

@@ -17,8 +17,8 @@ from trio_gearman._proto._packets import (
     SetClientId,
     SubmitJob,
 )
-from trio_gearman._proto._server_state import ServerConfig
-from trio_gearman._server import GearmanServer
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer
 from trio_gearman._version import __version__
 
 from .test_server_io import Peer, running_server

@@ -12,7 +12,7 @@ import pytest
 import trio
 from anyio.abc import Process
 
-from trio_gearman._server import GearmanServer
+from trio_gearman._server.server import GearmanServer
 
 from .test_server_io import Peer, running_server
 

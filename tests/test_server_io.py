@@ -34,9 +34,9 @@ from trio_gearman._proto._packets import (
     SubmitJob,
     WorkComplete,
 )
-from trio_gearman._proto._server_state import ServerConfig
-from trio_gearman._server import GearmanServer, serve
-from trio_gearman._server_net import KeepAlive, configure_accepted, raise_fd_limit
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer, serve
+from trio_gearman._server.sockets import KeepAlive, configure_accepted, raise_fd_limit
 
 PREFIX = b"H:io"
 OPEN_PEERS: list[Peer] = []

@@ -27,8 +27,8 @@ from trio_gearman._proto._packets import (
     PacketType,
     SubmitJob,
 )
-from trio_gearman._proto._server_state import ServerConfig
-from trio_gearman._server import GearmanServer
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer
 
 from .test_server_io import PREFIX, Peer, round_trip, running_server
 

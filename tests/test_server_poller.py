@@ -8,10 +8,10 @@ import anyio
 import pytest
 import trio
 
-import trio_gearman._server as server_module
+import trio_gearman._server.server as server_module
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import EchoReq, EchoRes, Magic, Noop
-from trio_gearman._server_conn import HAVE_EPOLL, ServerConnection
+from trio_gearman._server.connection import HAVE_EPOLL, ServerConnection
 
 from .test_server_io import Peer, running_server, settle
 

@@ -23,7 +23,7 @@ from trio_gearman._proto._packets import (
     WorkComplete,
     WorkFail,
 )
-from trio_gearman._store import SqliteStore, StoredJob
+from trio_gearman._server.store import SqliteStore, StoredJob
 
 from .proto.test_server_state_harness import PREFIX, Harness, handle
 

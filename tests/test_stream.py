@@ -22,6 +22,13 @@ import trio.testing
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from trio_gearman._exceptions import ConnectFailed, ConnectionLost, ProtocolError
+from trio_gearman._net.stream import (
+    PacketStream,
+    connect,
+    format_address,
+    os_reason,
+    parse_address,
+)
 from trio_gearman._proto import (
     Decoder,
     EchoReq,
@@ -34,13 +41,6 @@ from trio_gearman._proto import (
     Noop,
     WorkComplete,
     encode,
-)
-from trio_gearman._stream import (
-    PacketStream,
-    connect,
-    format_address,
-    os_reason,
-    parse_address,
 )
 
 from .gearmand_peer import free_port

@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 
 from trio_gearman import GearmanError
 from trio_gearman._exceptions import ConnectionLost, NoServersAvailable
-from trio_gearman._supervisor import (
+from trio_gearman._failover import (
     Backoff,
     Heartbeat,
     Link,

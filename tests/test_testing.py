@@ -13,8 +13,7 @@ import trio
 import trio.testing
 
 from trio_gearman import Priority
-from trio_gearman._client import Client
-from trio_gearman._job import Job
+from trio_gearman._client.client import Client
 from trio_gearman._proto import Decoder, Event, Magic, Message, TextLine, encode
 from trio_gearman._proto._packets import (
     CanDo,
@@ -33,7 +32,8 @@ from trio_gearman._proto._packets import (
     WorkException,
     WorkFail,
 )
-from trio_gearman._worker import Worker
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 from trio_gearman.testing import (
     EmbeddedServer,
     JobOutcome,

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._client import Client
+from trio_gearman._client.client import Client
 from trio_gearman._exceptions import JobException, JobFailed, NoServersAvailable
-from trio_gearman._job import Job
-from trio_gearman._supervisor import Backoff, LinkState
-from trio_gearman._worker import Worker
+from trio_gearman._failover import Backoff, LinkState
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 
 from .gearmand_peer import GearmandProcess, free_port, run_gearmand
 from .test_client import admin, running_worker, status_of

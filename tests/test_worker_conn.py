@@ -15,7 +15,6 @@ import trio
 import trio.testing
 
 from trio_gearman._exceptions import JobException, JobFailed, NoServersAvailable
-from trio_gearman._job import Job
 from trio_gearman._proto import (
     CanDo,
     CanDoTimeout,
@@ -35,7 +34,8 @@ from trio_gearman._proto import (
     WorkStatus,
     WorkWarning,
 )
-from trio_gearman._worker import Worker
+from trio_gearman._worker.job import Job
+from trio_gearman._worker.worker import Worker
 
 from .test_stream import FakeServer, FakeServers, fake_servers
 

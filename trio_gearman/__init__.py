@@ -4,14 +4,13 @@ Everything public is re-exported here; the modules with a leading underscore are
 private.
 """
 
-from ._admin_client import AdminClient as AdminClient
-from ._client import Client as Client
-from ._client_job import (
+from ._client.admin import AdminClient as AdminClient
+from ._client.client import Client as Client
+from ._client.job import (
     ForegroundJob as ForegroundJob,
     JobHandle as JobHandle,
     JobStatus as JobStatus,
 )
-from ._codecs import Codec as Codec, JsonCodec as JsonCodec
 from ._exceptions import (
     AdminError as AdminError,
     AdminLineTooLong as AdminLineTooLong,
@@ -34,7 +33,12 @@ from ._exceptions import (
     UniqueTooLong as UniqueTooLong,
     UnknownPacketType as UnknownPacketType,
 )
-from ._job import Job as Job
+from ._failover import (
+    Backoff as Backoff,
+    LinkState as LinkState,
+    ServerHealth as ServerHealth,
+)
+from ._payload import Codec as Codec, JsonCodec as JsonCodec
 from ._proto._admin import (
     FunctionPriorityStatus as FunctionPriorityStatus,
     FunctionStatus as FunctionStatus,
@@ -47,20 +51,16 @@ from ._proto._packets import (
     WorkStatus as WorkStatus,
     WorkWarning as WorkWarning,
 )
-from ._proto._server_state import ServerConfig as ServerConfig
-from ._server import (
+from ._proto.server.state import ServerConfig as ServerConfig
+from ._server.server import (
     GearmanServer as GearmanServer,
     ServerStatistics as ServerStatistics,
     serve as serve,
 )
-from ._server_net import KeepAlive as KeepAlive
-from ._supervisor import (
-    Backoff as Backoff,
-    LinkState as LinkState,
-    ServerHealth as ServerHealth,
-)
+from ._server.sockets import KeepAlive as KeepAlive
 from ._version import __version__ as __version__
-from ._worker import Worker as Worker
+from ._worker.job import Job as Job
+from ._worker.worker import Worker as Worker
 
 __all__ = [
     "AdminClient",

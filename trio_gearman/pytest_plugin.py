@@ -45,9 +45,9 @@ import pytest
 if TYPE_CHECKING:
     import anyio.abc
 
-    from ._client import Client
-    from ._worker import Worker
-    from .testing import EmbeddedServer
+    from ._client.client import Client
+    from ._worker.worker import Worker
+    from .testing._embedded import EmbeddedServer
 
 __all__ = ["GearmanServers", "server_options"]
 
@@ -164,7 +164,7 @@ class GearmanServers:
         Returns:
             The servers, each listening on a port of its own.
         """
-        from .testing import EmbeddedServer
+        from .testing._embedded import EmbeddedServer
 
         servers = []
         for _ in range(count):
@@ -188,7 +188,7 @@ def gearman_server_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 async def gearman_server(gearman_server_options: dict[str, Any]) -> AsyncIterator[EmbeddedServer]:
     """A fresh embedded job server on a free loopback port, for one test."""
-    from .testing import open_test_server
+    from .testing._embedded import open_test_server
 
     async with open_test_server(**gearman_server_options) as server:
         yield server
@@ -207,7 +207,7 @@ async def gearman_servers(gearman_server_options: dict[str, Any]) -> AsyncIterat
 @pytest.fixture
 async def gearman_client(gearman_server: EmbeddedServer) -> AsyncIterator[Client[bytes]]:
     """A :class:`~trio_gearman.Client` connected to ``gearman_server`` (results are bytes)."""
-    from ._client import Client
+    from ._client.client import Client
 
     async with Client(gearman_server.address) as client:
         yield client
@@ -226,7 +226,7 @@ async def gearman_worker(gearman_server: EmbeddedServer) -> AsyncIterator[Worker
     import anyio
 
     from ._exceptions import ConnectionLost
-    from ._worker import Worker
+    from ._worker.worker import Worker
 
     worker = Worker(gearman_server.address)
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import pytest
 import trio
 
-from trio_gearman._proto._server_state import ServerConfig
-from trio_gearman._server import GearmanServer
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer
 
 from ..gearmand_peer import run_gearmand
 from .harness import Transcript, format_transcript, normalise, play

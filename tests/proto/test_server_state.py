@@ -45,7 +45,7 @@ from trio_gearman._proto._packets import (
     WorkStatus,
     WorkWarning,
 )
-from trio_gearman._proto._server_state import ServerConfig, ServerState
+from trio_gearman._proto.server.state import ServerConfig, ServerState
 
 from .test_server_state_harness import Harness, Peer, handle
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from trio_gearman._proto import Decoder, Event, Magic, Message, TextLine, encode
 from trio_gearman._proto._packets import CanDo, EchoReq, GrabJobUniq, Noop, PreSleep, SubmitJob
-from trio_gearman._proto._server_state import ConnectionState, ServerConfig, ServerState
+from trio_gearman._proto.server.state import ConnectionState, ServerConfig, ServerState
 
 PREFIX = b"H:test"
 

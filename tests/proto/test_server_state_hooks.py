@@ -22,7 +22,7 @@ from trio_gearman._proto._packets import (
     WorkException,
     WorkFail,
 )
-from trio_gearman._proto._server_model import FUTURE, HELD, QUEUED, Job, JobOutcome
+from trio_gearman._proto.server.model import FUTURE, HELD, QUEUED, Job, JobOutcome
 
 from .test_server_state_harness import Harness, Peer, handle
 

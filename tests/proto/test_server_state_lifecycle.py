@@ -24,7 +24,7 @@ from trio_gearman._proto._packets import (
     WorkFail,
     WorkStatus,
 )
-from trio_gearman._proto._server_model import Job
+from trio_gearman._proto.server.model import Job
 
 from .test_server_state_harness import Harness, Peer, handle
 

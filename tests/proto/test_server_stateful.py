@@ -49,7 +49,7 @@ from trio_gearman._proto._packets import (
     WorkFail,
     WorkStatus,
 )
-from trio_gearman._proto._server_model import FUTURE, QUEUED, RUNNING, ConnectionState, Job
+from trio_gearman._proto.server.model import FUTURE, QUEUED, RUNNING, ConnectionState, Job
 
 from .test_server_state_harness import Harness, Peer
 

@@ -1,0 +1,1 @@
+"""The framed Gearman stream over AnyIO, and connecting with time-outs."""

@@ -1,0 +1,385 @@
+"""One framed Gearman connection over an AnyIO byte stream.
+
+:class:`PacketStream` is the I/O half of every Gearman connection this package
+opens (client, worker, and later the admin client and the failover supervisor):
+
+* one reader reads large chunks and feeds the sans-IO :class:`~trio_gearman._proto.Decoder`,
+  handing each decoded event to a callback;
+* packets to send are appended to one outgoing ``bytearray``
+  (:meth:`PacketStream.send_nowait`), and one writer task hands everything that
+  accumulated to the transport in a single ``send``.
+
+It is typed by :class:`anyio.abc.ByteStream`, so tests run it on in-memory streams
+as easily as on sockets. :func:`connect` opens a TCP connection with a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+from .._exceptions import ConnectFailed, ConnectionLost, ProtocolError
+from .._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Event, Magic, Message, encode_into
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_PORT",
+    "PacketStream",
+    "connect",
+    "format_address",
+    "parse_address",
+]
+
+logger = logging.getLogger("trio_gearman.stream")
+
+DEFAULT_PORT = 4730
+"""The IANA port of Gearman."""
+DEFAULT_CONNECT_TIMEOUT = 4.0
+"""Seconds to wait for a TCP connection (libgearman's default)."""
+
+_RECEIVE_SIZE = 65536
+_HIGH_WATER = 1024 * 1024
+
+Address = str | tuple[str, int]
+"""A server address: ``"host"``, ``"host:port"``, ``"[v6]:port"`` or ``(host, port)``."""
+
+
+def parse_address(address: Address) -> tuple[str, int]:
+    """Split a server address into host and port (4730 when none is given).
+
+    Args:
+        address: ``"host"``, ``"host:port"``, ``"[::1]:4730"``, a bare IPv6 literal,
+            or a ``(host, port)`` tuple.
+
+    Returns:
+        ``(host, port)``.
+
+    Raises:
+        ValueError: the port is not a number in 1..65535, or the host is empty.
+
+    Example:
+        >>> parse_address("127.0.0.1:4731")
+        ('127.0.0.1', 4731)
+        >>> parse_address("[::1]")
+        ('::1', 4730)
+    """
+    if isinstance(address, tuple):
+        host, port = address
+    elif address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad server address {address!r}")
+        port = int(rest[1:]) if rest else DEFAULT_PORT
+    elif address.count(":") == 1:
+        host, _, port_text = address.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"bad port in server address {address!r}")
+        port = int(port_text)
+    else:  # a host name, an IPv4 address or a bare IPv6 literal
+        host, port = address, DEFAULT_PORT
+    if not host:
+        raise ValueError(f"no host in server address {address!r}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in server address {address!r}")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def os_error_text(exc: BaseException) -> str | None:
+    """The operating system's own words in an exception's causes, if any.
+
+    AnyIO reports "All connection attempts failed" with the attempts' errors as its
+    cause (an exception group when there were several addresses); this digs out
+    the first error with an errno, e.g. "Connection refused".
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        code = current.errno if isinstance(current, OSError) else None
+        if code is not None and code in errno.errorcode:
+            return os.strerror(code)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return None
+
+
+def os_reason(exc: BaseException) -> str:
+    """The OS's words for a failed connect, else the error's own message."""
+    return os_error_text(exc) or str(exc)
+
+
+async def connect(
+    address: Address,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    expect: Magic = Magic.RES,
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+) -> PacketStream:
+    """Open a TCP connection to a Gearman server.
+
+    Args:
+        address: the server, see :func:`parse_address`.
+        connect_timeout: seconds to wait for the connection.
+        expect: the magic of the packets this side receives (``RES`` for a client
+            or worker).
+        max_packet_size: the largest packet body accepted from the server.
+
+    Returns:
+        A :class:`PacketStream` on the new connection (TCP_NODELAY set).
+
+    Raises:
+        ConnectFailed: the connection was refused, the host is unknown or
+            unreachable, or nothing answered within ``connect_timeout``.
+    """
+    host, port = parse_address(address)
+    peer = format_address(host, port)
+    try:
+        with anyio.fail_after(connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+    except TimeoutError as exc:
+        raise ConnectFailed(f"no connection within {connect_timeout:g} s", server=peer) from exc
+    except OSError as exc:
+        raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=peer) from exc
+    return PacketStream(stream, peer=peer, expect=expect, max_packet_size=max_packet_size)
+
+
+class PacketStream:
+    """A Gearman connection: decoded events in, batched packets out.
+
+    Run :meth:`serve` in a task for as long as the connection is used; queue packets
+    with :meth:`send_nowait` (or :meth:`send`, which waits while too much is queued)
+    from any task of the same event loop.
+
+    Attributes:
+        peer: how errors name the other end.
+        reads: how many chunks have arrived from the peer: 0 until it has said
+            anything (a heartbeat compares it over time).
+
+    Args:
+        stream: the transport.
+        peer: how errors name the other end (``host:port`` for a server).
+        expect: the magic of received packets: ``Magic.RES`` on a client or worker.
+        max_packet_size: the largest packet body accepted.
+        receive_size: the most bytes read from the transport at once.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_drained",
+        "_error",
+        "_out",
+        "_receive_size",
+        "_sending",
+        "_stream",
+        "_wakeup",
+        "peer",
+        "reads",
+    )
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        *,
+        peer: str,
+        expect: Magic = Magic.RES,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        receive_size: int = _RECEIVE_SIZE,
+    ) -> None:
+        self._stream = stream
+        self.peer = peer
+        self._decoder = Decoder(expect=expect, max_packet_size=max_packet_size)
+        self._receive_size = receive_size
+        self._out = bytearray()
+        self._sending = False
+        self._wakeup: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+        self._error: ConnectionLost | None = None
+        self.reads = 0
+
+    @property
+    def error(self) -> ConnectionLost | None:
+        """Why the connection ended, or ``None`` while it is usable."""
+        return self._error
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued for sending and not yet handed to the transport."""
+        return len(self._out)
+
+    def send_nowait(self, message: Message, magic: Magic | None = None) -> None:
+        """Queue one packet; the writer task sends it with whatever else is queued.
+
+        Args:
+            message: the packet.
+            magic: its magic, by default the one the packet normally travels with.
+
+        Raises:
+            ConnectionLost: the connection has ended.
+        """
+        if self._error is not None:
+            raise self._error
+        encode_into(self._out, message, magic)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    def send_encoded_nowait(self, packet: bytes) -> None:
+        """Queue one packet already encoded (a constant one, say, encoded once).
+
+        Raises:
+            ConnectionLost: the connection has ended.
+        """
+        if self._error is not None:
+            raise self._error
+        self._out += packet
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def send(self, message: Message, magic: Magic | None = None) -> None:
+        """Queue one packet, then wait while more than 1 MiB is queued.
+
+        Raises:
+            ConnectionLost: the connection has ended.
+        """
+        self.send_nowait(message, magic)
+        if len(self._out) > _HIGH_WATER:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until every queued packet has been handed to the transport.
+
+        Raises:
+            ConnectionLost: the connection ended before that.
+        """
+        while self._out or self._sending:
+            if self._error is not None:
+                raise self._error
+            if self._drained is None:
+                self._drained = anyio.Event()
+            await self._drained.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def serve(
+        self,
+        on_event: Callable[[Event], object],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read and write until the connection ends; then close the transport.
+
+        Every decoded event is passed to ``on_event`` in order, from this task.
+        Errors that ``on_event`` raises propagate (they are bugs, not I/O errors).
+
+        Raises:
+            ConnectionLost: always, once the connection has ended: the peer closed
+                it, the transport failed, or the peer broke the protocol (then the
+                :class:`~trio_gearman.ProtocolError` is the ``__cause__``).
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_loop, tg.cancel_scope)
+                task_status.started()
+                await self._read_loop(on_event)
+                tg.cancel_scope.cancel()
+        finally:
+            await anyio.aclose_forcefully(self._stream)
+            if self._error is None:
+                self._fail("the connection was closed")
+        assert self._error is not None
+        raise self._error
+
+    async def aclose(self, reason: str = "the connection was closed") -> None:
+        """Close the transport now; queued packets are dropped.
+
+        Args:
+            reason: why, as :attr:`error` will say (unless it had ended already).
+        """
+        if self._error is None:
+            self._fail(reason)
+        await anyio.aclose_forcefully(self._stream)
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> ConnectionLost:
+        if self._error is None:
+            error = ConnectionLost(reason, server=self.peer)
+            error.__cause__ = cause
+            self._error = error
+            self._out.clear()
+            for event in (self._wakeup, self._drained):
+                if event is not None:
+                    event.set()
+            self._wakeup = self._drained = None
+        return self._error
+
+    async def _read_loop(self, on_event: Callable[[Event], object]) -> None:
+        receive = self._stream.receive
+        size = self._receive_size
+        decoder = self._decoder
+        while True:
+            try:
+                data = await receive(size)
+            except anyio.EndOfStream:
+                self._fail("the server closed the connection")
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                self._fail(f"the connection broke: {exc or type(exc).__name__}", exc)
+                return
+            self.reads += 1
+            decoder.feed(data)
+            try:
+                for event in decoder:
+                    on_event(event)
+            except ProtocolError as exc:
+                logger.warning("%s broke the protocol: %s", self.peer, exc)
+                self._fail(f"the server broke the protocol: {exc}", exc)
+                return
+            if self._error is not None:  # closed by on_event
+                return
+
+    async def _write_loop(self, scope: anyio.CancelScope) -> None:
+        send = self._stream.send
+        while True:
+            out = self._out
+            if not out:
+                drained = self._drained
+                if drained is not None:
+                    self._drained = None
+                    drained.set()
+                if self._error is not None:
+                    return
+                wakeup = self._wakeup = anyio.Event()
+                await wakeup.wait()
+                continue
+            self._out = bytearray()
+            self._sending = True
+            try:
+                await send(bytes(out))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                self._fail(f"the connection broke: {exc or type(exc).__name__}", exc)
+                scope.cancel()
+                return
+            finally:
+                self._sending = False

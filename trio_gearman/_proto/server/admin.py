@@ -1,0 +1,179 @@
+"""The job server's answers to admin text commands.
+
+A :class:`~trio_gearman._proto.TextLine` from any connection is parsed with
+:func:`._admin.parse_command` and answered with gearmand 1.1.20's exact bytes
+(:mod:`._admin` formats them). Pipelined commands are simply successive lines.
+
+Where we differ from gearmand:
+
+* ``drop function`` is refused while the function has any job (queued, future or
+  running) or a registered worker; gearmand drops a function with queued jobs and
+  orphans them.
+* ``shutdown`` gets gearmand's ``ERR UNKNOWN_COMMAND`` (it is unauthenticated);
+  signals stop the server.
+* A line of more than five words gets ``ERR TOO_MANY_ARGS`` before the connection
+  closes (gearmand closes without a word).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from ..._exceptions import TooManyAdminArguments
+from .._admin import (
+    DROP_FUNCTION_BUSY,
+    DROP_FUNCTION_NOT_FOUND,
+    SHUTDOWN_REFUSED,
+    UNKNOWN_JOB,
+    AdminErrorReply,
+    CancelJob,
+    CreateFunction,
+    DropFunction,
+    FunctionPriorityStatus,
+    FunctionStatus,
+    GetPid,
+    JobInfo,
+    MaxQueue,
+    PriorityStatus,
+    ShowJobs,
+    ShowUniqueJobs,
+    Shutdown,
+    Status,
+    Verbose,
+    Version,
+    WorkerInfo,
+    Workers,
+    format_error,
+    format_error_reply,
+    format_getpid,
+    format_ok,
+    format_priority_status,
+    format_show_jobs,
+    format_show_unique_jobs,
+    format_status,
+    format_verbose,
+    format_version,
+    format_workers,
+    parse_command,
+)
+from .model import ConnectionState, Job
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+__all__ = ["AdminHandler"]
+
+_TOO_MANY_ARGS: Final = format_error(b"TOO_MANY_ARGS", b"Too many arguments")
+
+
+def _ignored(job: Job) -> bool:
+    """Whether ``show jobs`` flags the job as ignored: cancelled, or abandoned."""
+    return job.cancelled or (not job.background and job.clients is None)
+
+
+class AdminHandler:
+    """Answers admin commands from the state of one :class:`ServerState`.
+
+    Args:
+        state: the server whose functions, jobs and connections are reported.
+    """
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._handlers: dict[type[Any], Callable[[Any], bytes]] = {
+            Status: self._status,
+            PriorityStatus: self._priority_status,
+            Workers: self._workers,
+            ShowJobs: self._show_jobs,
+            ShowUniqueJobs: self._show_unique_jobs,
+            CancelJob: self._cancel_job,
+            CreateFunction: self._create_function,
+            DropFunction: self._drop_function,
+            MaxQueue: self._max_queue,
+            Version: self._version,
+            GetPid: self._getpid,
+            Verbose: self._verbose,
+            Shutdown: self._shutdown,
+            AdminErrorReply: format_error_reply,
+        }
+
+    def receive(self, conn: ConnectionState, line: bytes) -> None:
+        """Answer one admin line from ``conn``.
+
+        A line with too many words gets an ``ERR`` line and marks the connection
+        closing.
+        """
+        state = self._state
+        try:
+            command = parse_command(line)
+        except TooManyAdminArguments:
+            conn.outgoing += _TOO_MANY_ARGS
+            conn.closing = True
+        else:
+            conn.outgoing += self._handlers[type(command)](command)
+        state.dirty.add(conn)
+
+    def _status(self, command: Status) -> bytes:
+        return format_status(
+            FunctionStatus(f.name, f.total, f.running, len(f.workers))
+            for f in self._state.functions
+        )
+
+    def _priority_status(self, command: PriorityStatus) -> bytes:
+        return format_priority_status(
+            FunctionPriorityStatus(
+                f.name, f.counts[0], f.counts[1] + f.future, f.counts[2], len(f.workers)
+            )
+            for f in self._state.functions
+        )
+
+    def _workers(self, command: Workers) -> bytes:
+        return format_workers(
+            WorkerInfo(
+                c.fd, c.address, c.client_id, tuple(f.name for f in reversed(c.ability_list))
+            )
+            for c in self._state.connections
+        )
+
+    def _show_jobs(self, command: ShowJobs) -> bytes:
+        return format_show_jobs(
+            JobInfo(job.handle, job.retries, _ignored(job), job.background and not job.cancelled)
+            for job in self._state.jobs
+        )
+
+    def _show_unique_jobs(self, command: ShowUniqueJobs) -> bytes:
+        return format_show_unique_jobs(job.unique for job in self._state.jobs)
+
+    def _cancel_job(self, command: CancelJob) -> bytes:
+        if self._state.cancel_job(command.handle):
+            return format_ok()
+        return format_error_reply(UNKNOWN_JOB)
+
+    def _create_function(self, command: CreateFunction) -> bytes:
+        self._state.create_function(command.function)
+        return format_ok()
+
+    def _drop_function(self, command: DropFunction) -> bytes:
+        dropped = self._state.drop_function(command.function)
+        if dropped is None:
+            return format_error_reply(DROP_FUNCTION_NOT_FOUND)
+        if not dropped:
+            return format_error_reply(DROP_FUNCTION_BUSY)
+        return format_ok()
+
+    def _max_queue(self, command: MaxQueue) -> bytes:
+        self._state.set_max_queue(command.function, command.sizes)
+        return format_ok()
+
+    def _version(self, command: Version) -> bytes:
+        return format_version(self._state.config.version)
+
+    def _getpid(self, command: GetPid) -> bytes:
+        return format_getpid(self._state.config.pid)
+
+    def _verbose(self, command: Verbose) -> bytes:
+        return format_verbose(self._state.config.verbose)
+
+    def _shutdown(self, command: Shutdown) -> bytes:
+        return format_error_reply(SHUTDOWN_REFUSED)

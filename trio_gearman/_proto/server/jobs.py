@@ -1,0 +1,538 @@
+"""Jobs, queues and timers of the job server, apart from the wire protocol.
+
+:class:`JobTable` holds the functions with their priority queues, every job by
+handle, the unique-key indexes, the timer heap (epoch jobs, CAN_DO_TIMEOUT
+deadlines) and the sleeping workers, and moves jobs between queued, running,
+future and gone. :class:`~._server_state.ServerState` extends it with the
+protocol: it turns requests into these moves and their replies.
+
+Costs, for many functions and workers (gearmand issue #393):
+
+* queueing, taking and finishing a job are dictionary and deque operations;
+* a queued job leaves its deque lazily (a tombstone skipped when popped), so
+  cancelling or abandoning one never scans a queue;
+* finding a job for a worker probes ``min(its functions, non-empty functions)``
+  functions per priority: thousands of empty functions cost nothing;
+* a timer that is no longer needed stays in the heap until it surfaces, and the
+  heap is compacted when stale entries outnumber live ones.
+
+Two seams serve test tools (:mod:`trio_gearman.testing`) and cost one attribute
+check each while unused: :attr:`JobTable.observer` is told of every job's start
+and end, and :meth:`JobTable.set_hold` keeps the jobs of chosen functions away
+from workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from .._packets import Error, Magic, Message, PacketType, WorkFail
+from .model import (
+    FUTURE,
+    GONE,
+    HELD,
+    QUEUED,
+    RUNNING,
+    ConnectionState,
+    Function,
+    Job,
+    JobObserver,
+    JobOutcome,
+    ServerConfig,
+)
+
+__all__ = ["JobTable"]
+
+_HEADER: Final = struct.Struct(">4sII")
+_RES_BYTES: Final = Magic.RES.value
+_pack: Final = _HEADER.pack
+_NOOP: Final = _pack(_RES_BYTES, PacketType.NOOP, 0)
+_COMPACT_TIMERS_AT: Final = 1024
+
+
+class JobTable:
+    """The job server's functions, queues, jobs, timers and sleeping workers.
+
+    Args:
+        config: the server settings (read once, here).
+
+    Attributes:
+        config: the settings given.
+        dirty: connections whose ``outgoing`` buffer gained bytes. The I/O layer
+            takes them out and sends.
+        observer: told of every job's start and end (a test hook), or ``None``.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.dirty: set[ConnectionState] = set()
+        self.observer: JobObserver | None = None
+        # The test hook of set_hold(): which functions are held, and their jobs (in
+        # the order they were held; entries no longer HELD are skipped).
+        self._hold: Callable[[bytes], bool] | None = None
+        self._held: list[Job] = []
+        self._retries = max(config.job_retries, 0)
+        self._wakeup = max(config.worker_wakeup, 0)
+        self._store = config.store
+        self._functions: dict[bytes, Function] = {}
+        self._jobs: dict[bytes, Job] = {}
+        # Per priority: the functions with at least one QUEUED job of that priority,
+        # in round-robin order.
+        self._ready: tuple[dict[Function, None], dict[Function, None], dict[Function, None]] = (
+            {},
+            {},
+            {},
+        )
+        # (when, seq, job): epoch jobs due at `when`, running jobs timing out at `when`.
+        # An entry is live while job.timer == seq.
+        self._timers: list[tuple[float, int, Job]] = []
+        self._stale_timers = 0
+        self._seq = 0
+        self._queued = 0
+        self._future = 0
+        self._running = 0
+
+    # --- timers and introspection ---------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The loop time of the earliest timer (an epoch job due, a job timing out).
+
+        Returns:
+            The time at which :meth:`advance` has work to do, or ``None``.
+        """
+        timers = self._timers
+        while timers:
+            when, seq, job = timers[0]
+            if job.timer == seq:
+                return when
+            heapq.heappop(timers)
+            self._stale_timers -= 1
+        return None
+
+    def advance(self, now: float) -> None:
+        """Fire every timer due at ``now``.
+
+        Due epoch jobs enter their queue (and wake sleeping workers); running jobs
+        past their CAN_DO_TIMEOUT are re-queued, or fail once the retry limit is
+        reached.
+
+        Args:
+            now: the event loop's time, in seconds.
+        """
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, seq, job = heapq.heappop(timers)
+            if job.timer != seq:
+                self._stale_timers -= 1
+                continue
+            job.timer = 0
+            if job.state == FUTURE:
+                job.function.future -= 1
+                self._future -= 1
+                self._enqueue(job)
+            else:
+                self._requeue(job)
+
+    @property
+    def jobs_queued(self) -> int:
+        """Jobs waiting for a worker, including epoch jobs that are not due yet."""
+        return self._queued + self._future
+
+    @property
+    def jobs_running(self) -> int:
+        """Jobs that workers hold."""
+        return self._running
+
+    @property
+    def functions(self) -> Iterable[Function]:
+        """Every function, in the order they were created."""
+        return self._functions.values()
+
+    @property
+    def jobs(self) -> Iterable[Job]:
+        """Every job the server knows (queued, future, running), oldest first."""
+        return self._jobs.values()
+
+    def get_job(self, handle: bytes) -> Job | None:
+        """The job with this handle, or ``None``."""
+        return self._jobs.get(handle)
+
+    def get_function(self, name: bytes) -> Function | None:
+        """The function with this name, or ``None``."""
+        return self._functions.get(name)
+
+    def scheduled_jobs(self) -> list[tuple[Job, float]]:
+        """The epoch jobs that are not due yet, with the loop time each is due at."""
+        return [
+            (job, when)
+            for when, seq, job in sorted(self._timers)
+            if job.timer == seq and job.state == FUTURE
+        ]
+
+    # --- test hooks -----------------------------------------------------------------------
+
+    def set_hold(self, held: Callable[[bytes], bool] | None) -> None:
+        """Keep the jobs of some functions away from workers (a test hook).
+
+        A job of a held function that is queued now, or would be queued later
+        (submitted, re-queued after its worker left, or an epoch job coming due),
+        waits apart instead (:data:`HELD`): it counts as queued (``status``,
+        :attr:`jobs_queued`), GET_STATUS knows it, ``cancel job`` removes it, but no
+        worker is given it or woken for it. Held jobs of functions that are no
+        longer held go back to the tail of their queues, in the order they were
+        held, and sleeping workers are woken for them.
+
+        Args:
+            held: tells from a function name whether its jobs are held; ``None``
+                holds nothing.
+        """
+        self._hold = held
+        if self._held:
+            still: list[Job] = []
+            for job in self._held:
+                if job.state != HELD:
+                    continue
+                if held is not None and held(job.function.name):
+                    still.append(job)
+                    continue
+                job.function.future -= 1
+                self._future -= 1
+                self._enqueue(job)
+            self._held = still
+        if held is None:
+            return
+        for function in self._functions.values():
+            if not any(function.counts) or not held(function.name):
+                continue
+            for queue in function.queues:
+                if queue:
+                    for job in [job for job in queue if job.state == QUEUED]:
+                        self._unqueue(job)
+                        self._park(job)
+
+    def _park(self, job: Job) -> None:
+        """Hold ``job`` apart from its queue (its function is held)."""
+        job.state = HELD
+        job.function.future += 1
+        self._future += 1
+        self._held.append(job)
+
+    def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.job_ended(job, outcome, result)
+
+    # --- admin operations -----------------------------------------------------------------
+
+    def cancel_job(self, handle: bytes) -> bool:
+        """Cancel a job (admin ``cancel job``).
+
+        Attached clients get WORK_FAIL and are detached. A queued or future job
+        is gone at once. A running job keeps its worker (whose result is then
+        dropped) but no longer coalesces new submissions.
+
+        Returns:
+            Whether a job with this handle existed.
+        """
+        job = self._jobs.get(handle)
+        if job is None:
+            return False
+        if job.clients is not None:
+            for client in job.clients:
+                self._send(client, WorkFail(handle))
+                client.attached.pop(job, None)
+            job.clients = None
+        if job.state == RUNNING:
+            if not job.cancelled:
+                job.cancelled = True
+                self._unindex(job)
+                if job.background and self._store is not None:
+                    self._store.done(job)
+            return True
+        if job.state == QUEUED:
+            self._unqueue(job)
+        else:  # FUTURE or HELD
+            job.function.future -= 1
+            self._future -= 1
+        self._forget(job)
+        self._ended(job, JobOutcome.CANCELLED)
+        return True
+
+    def create_function(self, name: bytes) -> Function:
+        """The function with this name, created if it does not exist."""
+        function = self._functions.get(name)
+        if function is None:
+            function = self._functions[name] = Function(name)
+        return function
+
+    def drop_function(self, name: bytes) -> bool | None:
+        """Remove a function (admin ``drop function``).
+
+        The name is matched exactly, else case-insensitively (as gearmand
+        matches it). A function is refused while workers are registered for it or
+        while it has jobs (queued, future or running): gearmand would orphan
+        queued jobs, we keep them.
+
+        Returns:
+            ``True`` when dropped, ``False`` when refused, ``None`` when no
+            function has this name.
+        """
+        function = self._functions.get(name)
+        if function is None:
+            lowered = name.lower()
+            function = next(
+                (f for f in self._functions.values() if f.name.lower() == lowered), None
+            )
+            if function is None:
+                return None
+        if function.workers or function.total:
+            return False
+        del self._functions[function.name]
+        return True
+
+    def set_max_queue(self, name: bytes, sizes: tuple[int, int, int] | None) -> None:
+        """Set the queue limits of an existing function (admin ``maxqueue``).
+
+        Args:
+            name: the function; an unknown name is ignored, as gearmand does.
+            sizes: the HIGH, NORMAL and LOW limits (0 or less: unlimited), or
+                ``None`` for no limit. A submission is refused with ``QUEUE_ERROR``
+                when the function's queued plus running jobs reach the limit of its
+                priority.
+        """
+        function = self._functions.get(name)
+        if function is None:
+            return
+        if sizes is not None:
+            sizes = (max(sizes[0], 0), max(sizes[1], 0), max(sizes[2], 0))
+        function.max_queue = sizes if sizes and any(sizes) else None
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _send(self, conn: ConnectionState, message: Message) -> None:
+        body = b"\0".join(message._wire_parts())
+        out = conn.outgoing
+        out += _pack(_RES_BYTES, message.packet_type, len(body))
+        out += body
+        self.dirty.add(conn)
+
+    def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:
+        self._send(conn, Error(code, text))
+
+    # --- queues -------------------------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        """Put a job at the tail of its queue and wake sleepers that can run it."""
+        function = job.function
+        if self._hold is not None and self._hold(function.name):
+            self._park(job)
+            return
+        priority = job.priority
+        queue = function.queues[priority]
+        if queue is None:
+            queue = function.queues[priority] = deque()
+        queue.append(job)
+        job.state = QUEUED
+        self._queued += 1
+        counts = function.counts
+        counts[priority] += 1
+        if counts[priority] == 1:
+            self._ready[priority][function] = None
+        if function.sleepers:
+            self._wake(function)
+
+    def _unqueue(self, job: Job) -> None:
+        """Take a QUEUED job out of the count; its queue entry becomes a tombstone."""
+        function = job.function
+        priority = job.priority
+        job.state = GONE
+        self._queued -= 1
+        counts = function.counts
+        counts[priority] -= 1
+        if counts[priority] == 0:
+            del self._ready[priority][function]
+            queue = function.queues[priority]
+            assert queue is not None
+            queue.clear()
+
+    def _find(self, conn: ConnectionState, rotate: bool) -> tuple[Function, int] | None:
+        """The function and priority of the job ``conn`` would get now, if any."""
+        abilities = conn.abilities
+        if not abilities:
+            return None
+        for priority, ready in enumerate(self._ready):
+            if not ready:
+                continue
+            if len(ready) <= len(abilities):
+                for function in ready:
+                    if function in abilities:
+                        return function, priority
+            else:
+                functions = conn.ability_list
+                n = len(functions)
+                start = conn.rr
+                for i in range(start, start + n):
+                    function = functions[i % n]
+                    if function.counts[priority]:
+                        if rotate:
+                            conn.rr = (i + 1) % n
+                        return function, priority
+        return None
+
+    def _take(self, function: Function, priority: int) -> Job:
+        """Pop the oldest live job of ``function`` at ``priority`` (one must exist)."""
+        queue = function.queues[priority]
+        assert queue is not None
+        job = queue.popleft()
+        while job.state != QUEUED:
+            job = queue.popleft()
+        self._queued -= 1
+        counts = function.counts
+        left = counts[priority] - 1
+        counts[priority] = left
+        ready = self._ready[priority]
+        if left == 0:
+            del ready[function]
+            if queue:
+                queue.clear()
+        elif len(ready) > 1:
+            del ready[function]
+            ready[function] = None
+        return job
+
+    def _assign(self, conn: ConnectionState, job: Job, now: float) -> None:
+        job.state = RUNNING
+        job.worker = conn
+        conn.running[job.handle] = job
+        function = job.function
+        function.running += 1
+        self._running += 1
+        timeout = conn.abilities[function]
+        if timeout:
+            self._arm(job, now + timeout / 1000)
+
+    def _requeue(self, job: Job) -> None:
+        """A running job lost its worker: queue it again, or fail or drop it."""
+        worker = job.worker
+        assert worker is not None
+        del worker.running[job.handle]
+        job.worker = None
+        job.function.running -= 1
+        self._running -= 1
+        self._disarm(job)
+        job.numerator = job.denominator = 0
+        if job.cancelled or (not job.background and job.clients is None):
+            self._forget(job)
+            self._ended(job, JobOutcome.CANCELLED if job.cancelled else JobOutcome.LOST)
+            return
+        job.retries += 1
+        if self._retries and job.retries >= self._retries:
+            if job.clients is not None:
+                fail = WorkFail(job.handle)
+                for client in job.clients:
+                    self._send(client, fail)
+            self._forget(job)
+            self._ended(job, JobOutcome.LOST)
+            return
+        self._enqueue(job)
+
+    def _finish(self, conn: ConnectionState, job: Job) -> None:
+        """The worker reported a terminal result; the job is gone."""
+        del conn.running[job.handle]
+        job.worker = None
+        job.function.running -= 1
+        self._running -= 1
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        """Remove a job that no queue or worker holds any more from every table."""
+        job.state = GONE
+        if job.timer:
+            self._disarm(job)
+        del self._jobs[job.handle]
+        if job.unique:
+            self._unindex(job)
+        if job.clients is not None:
+            for client in job.clients:
+                client.attached.pop(job, None)
+            job.clients = None
+        if job.background and not job.cancelled and self._store is not None:
+            self._store.done(job)
+
+    def _unindex(self, job: Job) -> None:
+        function = job.function
+        if job.unique == b"-":
+            if function.by_data.get(job.data) is job:
+                del function.by_data[job.data]
+        elif function.uniques.get(job.unique) is job:
+            del function.uniques[job.unique]
+
+    def _detach(self, conn: ConnectionState, job: Job) -> None:
+        """``conn`` no longer waits for ``job`` (it disconnected)."""
+        clients = job.clients
+        assert clients is not None
+        left = [client for client in clients if client is not conn]
+        job.clients = left or None
+        # A running job keeps running; its result goes nowhere.
+        if left or job.background:
+            return
+        if job.state == QUEUED:
+            self._unqueue(job)
+        elif job.state == HELD:
+            job.function.future -= 1
+            self._future -= 1
+        else:
+            return
+        self._forget(job)
+        self._ended(job, JobOutcome.LOST)
+
+    # --- timer heap ---------------------------------------------------------------------------
+
+    def _arm(self, job: Job, when: float) -> None:
+        self._seq += 1
+        job.timer = self._seq
+        heapq.heappush(self._timers, (when, self._seq, job))
+
+    def _disarm(self, job: Job) -> None:
+        if not job.timer:
+            return
+        job.timer = 0
+        self._stale_timers += 1
+        timers = self._timers
+        if self._stale_timers > _COMPACT_TIMERS_AT and self._stale_timers * 2 > len(timers):
+            timers[:] = [entry for entry in timers if entry[2].timer == entry[1]]
+            heapq.heapify(timers)
+            self._stale_timers = 0
+
+    # --- sleeping workers ---------------------------------------------------------------------
+
+    def _wake(self, function: Function) -> None:
+        """Send NOOP to sleeping workers of ``function`` (all, or ``worker_wakeup``)."""
+        sleepers = function.sleepers
+        if not self._wakeup:
+            for conn in sleepers:
+                if conn.sleeping and not conn.noop_sent:
+                    conn.noop_sent = True
+                    conn.outgoing += _NOOP
+                    self.dirty.add(conn)
+            sleepers.clear()
+            return
+        sent = 0
+        while sleepers and sent < self._wakeup:
+            conn = next(iter(sleepers))
+            del sleepers[conn]
+            if conn.sleeping and not conn.noop_sent:
+                conn.noop_sent = True
+                conn.outgoing += _NOOP
+                self.dirty.add(conn)
+                sent += 1
+
+    def _rewake(self, functions: Iterable[Function]) -> None:
+        """Workers of these functions went away: wake others for their queued jobs."""
+        for function in functions:
+            if function.sleepers and any(function.counts):
+                self._wake(function)

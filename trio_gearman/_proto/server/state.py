@@ -1,0 +1,695 @@
+"""The job server as a sans-IO state machine.
+
+:class:`ServerState` takes what a connection's decoder yields and appends the
+replies, already encoded, to the ``outgoing`` buffer of every connection they
+concern. It reads no clock: the I/O layer passes the event loop's time in, asks
+:meth:`ServerState.next_deadline` when to call :meth:`ServerState.advance`, and
+sends what accumulates in the buffers of the connections in
+:attr:`ServerState.dirty`.
+
+The wire behaviour is gearmand 1.1.20's (reply order, ERROR codes and texts,
+fan-out of every WORK_* packet to every attachment, coalescing on unique keys,
+``-`` coalescing by payload, retries as total attempts), with these differences:
+
+* Priority is global across a worker's functions (HIGH, then NORMAL, then LOW),
+  FIFO within one priority of one function, round robin between the functions a
+  worker can do (gearmand 2.0 semantics).
+* Clients without ``exceptions`` get WORK_FAIL without a trailing NUL for a
+  WORK_EXCEPTION; trailing NULs of a worker's WORK_FAIL handle are stripped.
+* SUBMIT_JOB_EPOCH jobs wait in a timer heap, block nothing, and wake sleeping
+  workers when they are due.
+* CAN_DO_TIMEOUT arms one deadline per running job (PRE_SLEEP keeps it). CAN_DO is
+  deduplicated; the last CAN_DO or CAN_DO_TIMEOUT of a function sets its timeout.
+* A queued foreground job nobody waits for leaves the queue at once. Background
+  jobs are never dropped because a client left; a background submission that
+  coalesces onto a foreground job makes it a background job.
+* GET_STATUS and GET_STATUS_UNIQUE of any length are answered (unknown: known=0).
+  GET_STATUS_UNIQUE finds jobs by their unique key, not jobs submitted with ``-``.
+* A NOOP goes only to sleeping workers that can run the queued job, one until the
+  worker grabs or sleeps again (gearmand never wakes a worker that slept again
+  without grabbing). A sleeping worker that registers a function with queued jobs
+  is woken; when a woken worker leaves or drops the function, others are woken.
+* A WORK_* for a job the connection does not hold gets JOB_NOT_FOUND, also with
+  a handle of 64 bytes or more.
+* ``cancel job`` of a running job detaches its clients after their WORK_FAIL, so
+  they never see a later WORK_COMPLETE.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from ..._exceptions import (
+    BadArgumentCount,
+    GearmanError,
+    PacketTooLarge,
+    ProtocolError,
+    UnknownPacketType,
+)
+from .._codec import Event, TextLine, UnexpectedMagic
+from .._packets import (
+    AllYours,
+    CanDo,
+    CanDoTimeout,
+    CantDo,
+    EchoReq,
+    EchoRes,
+    Error,
+    GetStatus,
+    GetStatusUnique,
+    GrabJob,
+    GrabJobAll,
+    GrabJobUniq,
+    JobAssign,
+    JobAssignAll,
+    JobAssignUniq,
+    JobCreated,
+    Magic,
+    Message,
+    NoJob,
+    Noop,
+    OptionReq,
+    OptionRes,
+    PacketType,
+    PreSleep,
+    ResetAbilities,
+    SetClientId,
+    StatusRes,
+    StatusResUnique,
+    SubmitJob,
+    SubmitJobEpoch,
+    SubmitJobSched,
+    SubmitReduceJob,
+    Unused,
+    WorkComplete,
+    WorkData,
+    WorkException,
+    WorkFail,
+    WorkStatus,
+    WorkWarning,
+)
+from .admin import AdminHandler
+from .jobs import JobTable
+from .model import (
+    FUTURE,
+    RUNNING,
+    ConnectionState,
+    Function,
+    Job,
+    JobOutcome,
+    ServerConfig,
+)
+
+__all__ = ["ConnectionState", "ServerConfig", "ServerState"]
+
+_HEADER: Final = struct.Struct(">4sII")
+_RES_BYTES: Final = Magic.RES.value
+_pack: Final = _HEADER.pack
+_NOOP: Final = _HEADER.pack(_RES_BYTES, PacketType.NOOP, 0)
+_JOB_CREATED: Final = int(PacketType.JOB_CREATED)
+_JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
+_NO_JOB: Final = _HEADER.pack(_RES_BYTES, PacketType.NO_JOB, 0)
+
+_CLIENT_ID_MAX: Final = 127
+_MIN_TIMEOUT_MS: Final = 1000
+
+_NOT_EXPECTED: Final = (b"INVALID_COMMAND", b"Command not expected")
+_NO_JOB_DATA: Final = b"Job does not exist on server"
+_NO_JOB_RESULT: Final = b"Job given in work result not found"
+_NO_JOB_EXCEPTION: Final = b"An exception was received for a job that does not exist"
+
+_PROTOCOL_ERROR_CODES: Final[dict[type[ProtocolError], bytes]] = {
+    UnknownPacketType: b"INVALID_COMMAND",
+    BadArgumentCount: b"INVALID_ARGUMENT",
+    PacketTooLarge: b"ARGUMENT_TOO_LARGE",
+}
+"""ProtocolErrors answered with an ERROR packet before the connection closes."""
+
+
+_Handler = Callable[[ConnectionState, Any, float], None]
+
+
+class ServerState(JobTable):
+    """The job server's functions, queues, jobs, workers and clients.
+
+    Args:
+        config: the server settings.
+
+    Attributes:
+        config: the settings given.
+        wall_offset: wall-clock time minus event-loop time, in seconds. The I/O
+            layer keeps it current; SUBMIT_JOB_EPOCH's epoch is turned into loop
+            time with it.
+        dirty: connections whose ``outgoing`` buffer gained bytes. The I/O layer
+            takes them out and sends.
+
+    Example:
+        >>> state = ServerState(ServerConfig(job_handle_prefix=b"H:x"))
+        >>> conn = state.connect(b"127.0.0.1", 7)
+        >>> state.receive(conn, SubmitJob(b"f", b"", b"data", background=True), 0.0)
+        >>> bytes(conn.outgoing)
+        b'\\x00RES\\x00\\x00\\x00\\x08\\x00\\x00\\x00\\x05H:x:1'
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.wall_offset = 0.0
+        self._prefix = config.job_handle_prefix + b":"
+        self._max_unique = config.max_unique
+        self._next_handle = 1
+        self._next_conn = 1
+        self._connections: dict[int, ConnectionState] = {}
+        self._admin = AdminHandler(self)
+        invalid = self._invalid_command
+        self._handlers: dict[type[Event], _Handler] = {
+            SubmitJob: self._submit_job,
+            GrabJobUniq: self._grab_job_uniq,
+            WorkComplete: self._work_complete,
+            GrabJob: self._grab_job,
+            GrabJobAll: self._grab_job_all,
+            PreSleep: self._pre_sleep,
+            WorkData: self._work_data,
+            WorkWarning: self._work_warning,
+            WorkStatus: self._work_status,
+            WorkFail: self._work_fail,
+            WorkException: self._work_exception,
+            GetStatus: self._get_status,
+            GetStatusUnique: self._get_status_unique,
+            EchoReq: self._echo,
+            CanDo: self._can_do,
+            CanDoTimeout: self._can_do_timeout,
+            CantDo: self._cant_do,
+            ResetAbilities: self._reset_abilities,
+            SetClientId: self._set_client_id,
+            OptionReq: self._option,
+            SubmitJobEpoch: self._submit_job_epoch,
+            SubmitReduceJob: self._submit_reduce_job,
+            TextLine: self._text_line,
+            UnexpectedMagic: self._unexpected_magic,
+            Unused: invalid,
+            Noop: invalid,
+            JobCreated: invalid,
+            NoJob: invalid,
+            JobAssign: invalid,
+            JobAssignUniq: invalid,
+            JobAssignAll: invalid,
+            EchoRes: invalid,
+            Error: invalid,
+            StatusRes: invalid,
+            StatusResUnique: invalid,
+            OptionRes: invalid,
+            AllYours: invalid,
+            SubmitJobSched: invalid,
+        }
+
+    # --- the interface of the I/O layer -------------------------------------------------
+
+    def connect(self, address: bytes, fd: int) -> ConnectionState:
+        """Register a new connection.
+
+        Args:
+            address: the peer's address as the admin ``workers`` listing shows it,
+                e.g. ``b"127.0.0.1"``.
+            fd: the connection's file descriptor number (shown by ``workers``).
+
+        Returns:
+            The connection's state; pass it to every later call about it.
+        """
+        conn = ConnectionState(self._next_conn, address, fd, self.config.exceptions)
+        self._next_conn += 1
+        self._connections[conn.id] = conn
+        return conn
+
+    def receive(self, conn: ConnectionState, event: Event, now: float) -> None:
+        """Handle one event from ``conn``'s decoder.
+
+        Replies are appended to the ``outgoing`` buffer of every connection they
+        concern, and those connections are added to :attr:`dirty`. Events for a
+        connection that is closing are ignored.
+
+        Args:
+            conn: the connection the event came from.
+            event: a packet message, an admin :class:`TextLine` or an
+                :class:`UnexpectedMagic`.
+            now: the event loop's time, in seconds.
+        """
+        if conn.closing:
+            return
+        self._handlers[type(event)](conn, event, now)
+
+    def protocol_error(self, conn: ConnectionState, error: ProtocolError, now: float) -> None:
+        """The decoder of ``conn`` failed: answer where that helps, and close.
+
+        An ERROR packet goes out for an unknown packet type (``INVALID_COMMAND``),
+        a body with the wrong number of arguments (``INVALID_ARGUMENT``) and a
+        packet over the size limit (``ARGUMENT_TOO_LARGE``); its text is the
+        decoder's message. A bad magic or an over-long admin line gets no answer:
+        such a peer does not speak the binary protocol. :attr:`ConnectionState.closing`
+        is set; the I/O layer closes the connection after flushing and then calls
+        :meth:`disconnect`.
+
+        Args:
+            conn: the connection whose stream broke the protocol.
+            error: what the decoder raised.
+            now: the event loop's time, in seconds.
+        """
+        if conn.closing:
+            return
+        for kind, code in _PROTOCOL_ERROR_CODES.items():
+            if isinstance(error, kind):
+                self._error(conn, code, str(error).encode("ascii", "backslashreplace"))
+                break
+        conn.closing = True
+
+    def disconnect(self, conn: ConnectionState, now: float) -> None:
+        """Forget a closed connection.
+
+        Its running jobs are re-queued at the tail (or fail when the retry limit
+        is reached), its foreground jobs lose it as a listener (a queued job
+        nobody waits for any more leaves the queue), and its registrations go.
+
+        Args:
+            conn: the connection that closed.
+            now: the event loop's time, in seconds.
+        """
+        if conn.closed:
+            return
+        conn.closed = conn.closing = True
+        conn.sleeping = False
+        del self._connections[conn.id]
+        self.dirty.discard(conn)
+        for job in conn.attached:
+            self._detach(conn, job)
+        conn.attached.clear()
+        lost = conn.ability_list[:]
+        self._drop_abilities(conn, lost)
+        for job in list(conn.running.values()):
+            self._requeue(job)
+        self._rewake(lost)
+
+    @property
+    def connections(self) -> Iterable[ConnectionState]:
+        """Every open connection, oldest first."""
+        return self._connections.values()
+
+    @property
+    def handles_issued(self) -> int:
+        """How many handle numbers this server has used (or reserved)."""
+        return self._next_handle - 1
+
+    def reserve_handles(self, count: int) -> None:
+        """Never issue the handle numbers up to ``count``.
+
+        A server that takes over from an earlier one (a restart) keeps its
+        handles unique with ``reserve_handles(earlier.handles_issued)``.
+        """
+        self._next_handle = max(self._next_handle, count + 1)
+
+    # --- requests that concern no job -----------------------------------------------------
+
+    def _invalid_command(self, conn: ConnectionState, event: Message, now: float) -> None:
+        self._send(conn, Error(*_NOT_EXPECTED))
+
+    def _unexpected_magic(self, conn: ConnectionState, event: UnexpectedMagic, now: float) -> None:
+        self._send(conn, Error(b"INVALID_MAGIC", b"Request magic expected"))
+
+    def _text_line(self, conn: ConnectionState, event: TextLine, now: float) -> None:
+        self._admin.receive(conn, event.line)
+
+    # --- submission -------------------------------------------------------------------------
+
+    def _submit_job(self, conn: ConnectionState, msg: SubmitJob, now: float) -> None:
+        self._submit(conn, msg.function, msg.unique, msg.data, msg.priority, msg.background)
+
+    def _submit_reduce_job(self, conn: ConnectionState, msg: SubmitReduceJob, now: float) -> None:
+        self._submit(conn, msg.function, msg.unique, msg.data, 1, msg.background, msg.reducer)
+
+    def _submit_job_epoch(self, conn: ConnectionState, msg: SubmitJobEpoch, now: float) -> None:
+        due = msg.epoch - self.wall_offset if msg.epoch > 0 else 0.0
+        self._submit(conn, msg.function, msg.unique, msg.data, 1, True, b"", due, now)
+
+    def _submit(
+        self,
+        conn: ConnectionState,
+        name: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+        reducer: bytes = b"",
+        due: float = 0.0,
+        now: float = 0.0,
+    ) -> None:
+        if len(unique) > self._max_unique:
+            self._error(conn, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+            return
+        function = self._functions.get(name)
+        if function is None:
+            function = self._functions[name] = Function(name)
+        index: dict[bytes, Job] | None = None
+        key = unique
+        if unique:
+            if unique == b"-":
+                index = function.by_data
+                key = data
+            else:
+                index = function.uniques
+            existing = index.get(key)
+            if existing is not None:
+                self._coalesce(conn, existing, background)
+                return
+        limits = function.max_queue
+        if limits is not None:
+            limit = limits[priority]
+            if limit and function.total >= limit:
+                self._error(conn, b"QUEUE_ERROR", b"Job queue is full")
+                return
+        handle = self._prefix + b"%d" % self._next_handle
+        job = Job(handle, function, unique, data, priority, background, reducer)
+        if background and self._store is not None:
+            try:
+                if due > now:
+                    self._store.add(job, round(due + self.wall_offset))
+                else:
+                    self._store.add(job)
+            except GearmanError:
+                self._error(conn, b"QUEUE_ERROR", b"QUEUE_ERROR")
+                return
+        self._next_handle += 1
+        self._jobs[handle] = job
+        if index is not None:
+            index[key] = job
+        if not background:
+            job.clients = [conn]
+            conn.attached[job] = None
+        out = conn.outgoing
+        out += _pack(_RES_BYTES, _JOB_CREATED, len(handle))
+        out += handle
+        self.dirty.add(conn)
+        if due > now:
+            job.state = FUTURE
+            function.future += 1
+            self._future += 1
+            self._arm(job, due)
+        else:
+            self._enqueue(job)
+        observer = self.observer
+        if observer is not None:
+            observer.job_created(job)
+
+    def restore_job(
+        self,
+        handle: bytes,
+        function: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int = 1,
+        reducer: bytes = b"",
+        due: float | None = None,
+    ) -> Job:
+        """Take back a background job that an earlier server accepted.
+
+        For a restart that keeps its jobs (a store's replay, the test server's
+        ``restart(keep_jobs=True)``): the job keeps its handle, which no later job
+        of this server reuses, and goes to the tail of its queue (or waits for
+        ``due``). The store is not told (it has the job already), nor the
+        :attr:`observer`.
+
+        Args:
+            handle: the job's handle.
+            function: the function name.
+            unique: the unique key (empty: none; ``-``: coalesced by data).
+            data: the payload.
+            priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+            reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+            due: for an epoch job not due yet, the loop time it is due at.
+
+        Returns:
+            The job, queued (or waiting for its time).
+
+        Raises:
+            ValueError: a job with this handle exists.
+        """
+        if handle in self._jobs:
+            raise ValueError(f"a job with the handle {handle!r} exists")
+        prefix = self._prefix
+        if handle.startswith(prefix) and handle[len(prefix) :].isdigit():
+            self._next_handle = max(self._next_handle, int(handle[len(prefix) :]) + 1)
+        owner = self.create_function(function)
+        job = Job(handle, owner, unique, data, priority, True, reducer)
+        self._jobs[handle] = job
+        if unique:
+            index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
+            index.setdefault(key, job)
+        if due is not None:
+            job.state = FUTURE
+            owner.future += 1
+            self._future += 1
+            self._arm(job, due)
+        else:
+            self._enqueue(job)
+        return job
+
+    def _coalesce(self, conn: ConnectionState, job: Job, background: bool) -> None:
+        if not background:
+            if job.clients is None:
+                job.clients = [conn]
+            else:
+                job.clients.append(conn)
+            conn.attached[job] = None
+        elif not job.background:
+            # A background request joins a foreground job: the job must now survive
+            # its clients, and be stored like any background job.
+            if self._store is not None:
+                try:
+                    self._store.add(job)
+                except GearmanError:
+                    self._error(conn, b"QUEUE_ERROR", b"QUEUE_ERROR")
+                    return
+            job.background = True
+        self._send(conn, JobCreated(job.handle))
+
+    # --- sleeping workers ---------------------------------------------------------------------
+
+    def _pre_sleep(self, conn: ConnectionState, msg: PreSleep, now: float) -> None:
+        conn.sleeping = True
+        conn.noop_sent = False
+        if self._find(conn, rotate=False) is not None:
+            conn.noop_sent = True
+            conn.outgoing += _NOOP
+            self.dirty.add(conn)
+            return
+        for function in conn.ability_list:
+            function.sleepers[conn] = None
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def _register(self, conn: ConnectionState, name: bytes, timeout: int) -> None:
+        function = self._functions.get(name)
+        if function is None:
+            function = self._functions[name] = Function(name)
+        abilities = conn.abilities
+        if function in abilities:
+            abilities[function] = timeout
+            return
+        abilities[function] = timeout
+        conn.ability_list.append(function)
+        function.workers[conn] = None
+        if conn.sleeping and not conn.noop_sent:
+            if any(function.counts):
+                conn.noop_sent = True
+                conn.outgoing += _NOOP
+                self.dirty.add(conn)
+            else:
+                function.sleepers[conn] = None
+
+    def _can_do(self, conn: ConnectionState, msg: CanDo, now: float) -> None:
+        self._register(conn, msg.function, 0)
+
+    def _can_do_timeout(self, conn: ConnectionState, msg: CanDoTimeout, now: float) -> None:
+        timeout = msg.timeout
+        self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
+
+    def _drop_abilities(self, conn: ConnectionState, functions: list[Function]) -> None:
+        """Unregister ``functions`` and re-queue the jobs of them ``conn`` runs."""
+        dropped = set(functions)
+        for function in functions:
+            del conn.abilities[function]
+            del function.workers[conn]
+            function.sleepers.pop(conn, None)
+        conn.ability_list = [f for f in conn.ability_list if f not in dropped]
+        conn.rr = 0
+        for job in [job for job in conn.running.values() if job.function in dropped]:
+            self._requeue(job)
+
+    def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
+        function = self._functions.get(msg.function)
+        if function is None or function not in conn.abilities:
+            return
+        self._drop_abilities(conn, [function])
+        self._rewake([function])
+
+    def _reset_abilities(self, conn: ConnectionState, msg: ResetAbilities, now: float) -> None:
+        lost = conn.ability_list[:]
+        self._drop_abilities(conn, lost)
+        self._rewake(lost)
+
+    def _grab(self, conn: ConnectionState, now: float) -> Job | None:
+        conn.sleeping = False
+        conn.noop_sent = False
+        self.dirty.add(conn)
+        found = self._find(conn, rotate=True)
+        if found is None:
+            conn.outgoing += _NO_JOB
+            return None
+        job = self._take(*found)
+        self._assign(conn, job, now)
+        return job
+
+    def _grab_job(self, conn: ConnectionState, msg: GrabJob, now: float) -> None:
+        job = self._grab(conn, now)
+        if job is not None:
+            self._send(conn, JobAssign(job.handle, job.function.name, job.data))
+
+    def _grab_job_uniq(self, conn: ConnectionState, msg: GrabJobUniq, now: float) -> None:
+        job = self._grab(conn, now)
+        if job is not None:
+            body = b"\0".join((job.handle, job.function.name, job.unique, job.data))
+            out = conn.outgoing
+            out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
+            out += body
+
+    def _grab_job_all(self, conn: ConnectionState, msg: GrabJobAll, now: float) -> None:
+        job = self._grab(conn, now)
+        if job is None:
+            return
+        if job.reducer:
+            self._send(
+                conn,
+                JobAssignAll(job.handle, job.function.name, job.unique, job.reducer, job.data),
+            )
+        else:
+            self._send(conn, JobAssignUniq(job.handle, job.function.name, job.unique, job.data))
+
+    # --- work results ---------------------------------------------------------------------------
+
+    def _forward(self, job: Job, message: Message) -> None:
+        clients = job.clients
+        if clients is None:
+            return
+        body = b"\0".join(message._wire_parts())
+        packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+        dirty = self.dirty
+        for client in clients:
+            client.outgoing += packet
+            dirty.add(client)
+
+    def _work_data(self, conn: ConnectionState, msg: WorkData, now: float) -> None:
+        job = conn.running.get(msg.handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_DATA)
+        else:
+            self._forward(job, msg)
+
+    def _work_warning(self, conn: ConnectionState, msg: WorkWarning, now: float) -> None:
+        job = conn.running.get(msg.handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_DATA)
+        else:
+            self._forward(job, msg)
+
+    def _work_status(self, conn: ConnectionState, msg: WorkStatus, now: float) -> None:
+        job = conn.running.get(msg.handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_RESULT)
+            return
+        job.numerator = msg.numerator
+        job.denominator = msg.denominator
+        self._forward(job, msg)
+
+    def _work_complete(self, conn: ConnectionState, msg: WorkComplete, now: float) -> None:
+        job = conn.running.get(msg.handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_RESULT)
+            return
+        if job.clients is not None:
+            self._forward(job, msg)
+        self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.COMPLETED
+            observer.job_ended(job, outcome, msg.data)
+
+    def _work_fail(self, conn: ConnectionState, msg: WorkFail, now: float) -> None:
+        handle = msg.handle
+        if handle.endswith(b"\0"):
+            handle = handle.rstrip(b"\0")
+            msg = WorkFail(handle)
+        job = conn.running.get(handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_RESULT)
+            return
+        self._forward(job, msg)
+        self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.FAILED
+            observer.job_ended(job, outcome, b"")
+
+    def _work_exception(self, conn: ConnectionState, msg: WorkException, now: float) -> None:
+        job = conn.running.get(msg.handle)
+        if job is None:
+            self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_EXCEPTION)
+            return
+        if job.clients is not None:
+            fail = WorkFail(msg.handle)
+            for client in job.clients:
+                self._send(client, msg if client.exceptions else fail)
+        self._finish(conn, job)
+        observer = self.observer
+        if observer is not None:
+            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
+            observer.job_ended(job, outcome, msg.data)
+
+    # --- status and connection options ----------------------------------------------------------
+
+    def _get_status(self, conn: ConnectionState, msg: GetStatus, now: float) -> None:
+        job = self._jobs.get(msg.handle)
+        if job is None:
+            self._send(conn, StatusRes(msg.handle, False, False, 0, 0))
+        else:
+            running = job.state == RUNNING
+            self._send(conn, StatusRes(msg.handle, True, running, job.numerator, job.denominator))
+
+    def _get_status_unique(self, conn: ConnectionState, msg: GetStatusUnique, now: float) -> None:
+        unique = msg.unique
+        job = None
+        if unique and len(unique) <= self._max_unique:
+            for function in self._functions.values():
+                job = function.uniques.get(unique)
+                if job is not None:
+                    break
+        if job is None:
+            self._send(conn, StatusResUnique(unique, False, False, 0, 0, 0))
+        else:
+            clients = len(job.clients) if job.clients is not None else 0
+            running = job.state == RUNNING
+            self._send(
+                conn,
+                StatusResUnique(unique, True, running, job.numerator, job.denominator, clients),
+            )
+
+    def _echo(self, conn: ConnectionState, msg: EchoReq, now: float) -> None:
+        self._send(conn, EchoRes(msg.data))
+
+    def _set_client_id(self, conn: ConnectionState, msg: SetClientId, now: float) -> None:
+        conn.client_id = msg.client_id[:_CLIENT_ID_MAX]
+
+    def _option(self, conn: ConnectionState, msg: OptionReq, now: float) -> None:
+        if msg.option.lower() == b"exceptions":
+            conn.exceptions = True
+            self._send(conn, OptionRes(msg.option))
+        else:
+            self._error(conn, b"UNKNOWN_OPTION", b"Server does not recognize given option")

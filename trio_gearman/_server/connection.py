@@ -1,0 +1,394 @@
+"""One connection to the job server, and the poller that reads every connection.
+
+A connection is read when its socket is readable: what it has (up to 64 KiB) is
+decoded and every complete packet and admin line is handed to the server state,
+which appends replies to the ``outgoing`` buffer of every connection they are
+for. After each batch the server sends each of those buffers with one
+non-blocking ``send``. Only when a peer's socket buffer is full is a writer task
+started for that connection; it sends the rest as the socket drains, and ends.
+
+Where the system has ``epoll`` the server's connections need no task at all: a
+:class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
+triggered), takes every readable connection in one go, reads each once, and only
+then lets the server send the replies of the whole batch. An idle connection is
+then a socket and two small objects. Elsewhere (and for the test server's
+sockets) each connection is served by its own task, :meth:`ServerConnection.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.lowlevel
+import trio
+
+from .._exceptions import ProtocolError
+from .._proto._codec import Decoder
+from .._proto._packets import Magic
+from .sockets import notify_closing, wait_readable, wait_writable
+
+if TYPE_CHECKING:
+    from .._proto.server.state import ConnectionState
+    from .server import GearmanServer
+
+__all__ = ["HAVE_EPOLL", "RECEIVE_SIZE", "ReadPoller", "ServerConnection"]
+
+logger = logging.getLogger("trio_gearman.server")
+
+RECEIVE_SIZE: Final = 65536
+"""Bytes asked of the socket per read."""
+FLUSH_TIMEOUT: Final = 10.0
+"""Seconds a closing connection may take to send its last replies."""
+HAVE_EPOLL: Final = hasattr(select, "epoll")
+"""Whether the server's connections can be served by a :class:`ReadPoller`."""
+_POLL_EVENTS: Final = 1024
+"""Readable connections taken from the poller at most per batch."""
+
+
+class ServerConnection:
+    """The job server's side of one TCP connection.
+
+    Created by the server for each accepted socket. It is served either by a
+    :class:`ReadPoller` (which calls :meth:`read`) or by its own task
+    (:meth:`run`), until the peer leaves, the state asks for it to be closed, or
+    the server stops. The server keeps it by ``conn.id`` and, after each batch of
+    events, calls :meth:`flush` on it (or, while it is :attr:`blocked`, checks how
+    much waits) and :meth:`abort` to drop it.
+
+    Attributes:
+        conn: this connection's record in the server state.
+        peer: the peer's address, for log messages.
+        blocked: replies wait for the socket to become writable (the peer is slow
+            to read); a writer task sends them as the socket drains.
+        disconnected: the state has been told that the connection is gone.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_decoder",
+        "_ending",
+        "_poller",
+        "_reader_scope",
+        "_server",
+        "_sock",
+        "_writer_done",
+        "_writer_scope",
+        "blocked",
+        "conn",
+        "disconnected",
+        "peer",
+    )
+
+    def __init__(
+        self, server: GearmanServer, sock: socket.socket, conn: ConnectionState, peer: str
+    ) -> None:
+        self._server = server
+        self._sock = sock
+        self.conn = conn
+        self.peer = peer
+        self.blocked = False
+        self.disconnected = False
+        self._closed = False
+        self._ending = False
+        self._decoder: Decoder | None = None
+        self._poller: ReadPoller | None = None
+        self._reader_scope: anyio.CancelScope | None = None
+        self._writer_scope: anyio.CancelScope | None = None
+        self._writer_done: anyio.Event | None = None
+
+    def flush(self) -> bool:
+        """Send what ``conn.outgoing`` holds, without waiting.
+
+        What the socket does not take now is left to a writer task, started here
+        and ending once everything is sent.
+
+        Returns:
+            ``False`` if the connection is broken (the peer is gone).
+        """
+        out = self.conn.outgoing
+        try:
+            sent = self._sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        if sent == len(out):
+            out.clear()
+        else:
+            del out[:sent]
+            self.blocked = True
+            self._writer_scope = anyio.CancelScope()
+            self._writer_done = anyio.Event()
+            self._server._start_writer(self._write_loop)
+        return True
+
+    def abort(self) -> None:
+        """Stop serving at once, without sending what is pending."""
+        self.conn.outgoing.clear()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        if self._poller is not None:
+            self._finish()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def read(self, now: float) -> bool:
+        """Take what the readable socket has and hand every complete event to the state.
+
+        Args:
+            now: the time of the batch (``anyio.current_time()``).
+
+        Returns:
+            ``True`` when the connection ends: the peer is done sending or gone, or
+            the state wants it closed.
+        """
+        try:
+            data = self._sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.conn.outgoing.clear()  # the peer is gone: nothing more to send
+            return True
+        if not data:
+            return True
+        self._handle(data, now)
+        return self.conn.closing
+
+    def _handle(self, data: bytes, now: float) -> None:
+        """Decode ``data`` and hand each event to the state; close on a protocol error."""
+        server = self._server
+        state = server.state
+        conn = self.conn
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = Decoder(
+                expect=Magic.REQ, allow_text=True, max_packet_size=server.max_packet_size
+            )
+        decoder.feed(data)
+        handle = state.receive
+        try:
+            for event in decoder:
+                handle(conn, event, now)
+                if conn.closing:
+                    break
+        except ProtocolError as exc:
+            logger.info("Closing the connection from %s: %s", self.peer, exc)
+            state.protocol_error(conn, exc, now)
+            conn.closing = True
+        except Exception:
+            logger.exception("Internal error serving %s; closing its connection", self.peer)
+            conn.closing = True
+
+    def end(self) -> None:
+        """Stop reading (the poller's side): close now, or once the last replies are sent."""
+        if self._closed:
+            return
+        poller = self._poller
+        if poller is not None:
+            poller.discard(self)
+        if self._writer_scope is not None and self.conn.outgoing:
+            # Let the writer send the last replies (within a bound), then close.
+            self._ending = True
+            self._writer_scope.deadline = min(
+                self._writer_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
+            )
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Close the socket and tell the server (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        poller = self._poller
+        if poller is not None:
+            poller.discard(self)
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        self._server._connection_ended(self)
+        notify_closing(self._sock)
+        self._sock.close()
+
+    async def run(self) -> None:
+        """Serve the connection from this task until it ends; close the socket on the way out."""
+        try:
+            with anyio.CancelScope() as self._reader_scope:
+                if await self._read_loop() and self._writer_done is not None:
+                    # The peer is done sending, or the state wants the connection
+                    # closed: let the last replies go out (within a bound).
+                    with anyio.move_on_after(FLUSH_TIMEOUT):
+                        await self._writer_done.wait()
+        finally:
+            self._closed = True
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+            self._server._connection_ended(self)
+            notify_closing(self._sock)
+            self._sock.close()
+
+    async def _read_loop(self) -> bool:
+        """Read, decode and hand over until the stream ends.
+
+        Returns:
+            ``True`` when the last replies should still be sent (end of stream,
+            protocol error, closing), ``False`` when the connection is broken.
+        """
+        server = self._server
+        conn = self.conn
+        recv = self._sock.recv
+        sock = self._sock
+        current_time = anyio.current_time
+        checkpoint = anyio.lowlevel.checkpoint
+        after_batch = server._after_batch
+        more = False
+        while True:
+            # After a full read more is probably waiting: read again (yielding to
+            # other tasks first). Otherwise wait until the peer sends something.
+            if more:
+                await checkpoint()
+            else:
+                await wait_readable(sock)
+            try:
+                data = recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                more = False
+                continue
+            except OSError:
+                return False
+            if not data:
+                return True
+            more = len(data) == RECEIVE_SIZE
+            self._handle(data, current_time())
+            after_batch()
+            if conn.closing:
+                return True
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        """Send what the socket would not take at once, as it drains; then end."""
+        conn = self.conn
+        sock = self._sock
+        scope = self._writer_scope
+        done = self._writer_done
+        assert scope is not None
+        assert done is not None
+        broken = False
+        try:
+            with scope:
+                while conn.outgoing and not self._closed:
+                    await wait_writable(sock)
+                    out = conn.outgoing
+                    try:
+                        sent = sock.send(out)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        # The peer is gone: stop reading too.
+                        out.clear()
+                        broken = True
+                        if self._reader_scope is not None:
+                            self._reader_scope.cancel()
+                        return
+                    del out[:sent]
+        except anyio.ClosedResourceError:  # the reader closed the socket
+            pass
+        finally:
+            self.blocked = False
+            self._writer_scope = self._writer_done = None
+            done.set()
+            # Served by the poller (no reader task to notice): close here when the
+            # connection was only waiting for these replies, or is broken.
+            if self._ending or (broken and self._reader_scope is None):
+                self._finish()
+
+
+class ReadPoller:
+    """Reads every connection of a server from one task, through one epoll set.
+
+    Each connection's socket is registered once (level triggered) when it is
+    added. The poller waits until the epoll set is readable, reads every readable
+    connection once, and then lets the server send all the replies of the batch
+    (so replies to several peers go out with one ``send`` each, after every read).
+    While connections are busy it polls again after yielding to other tasks,
+    without going back to the event loop's own wait.
+
+    Args:
+        server: the job server whose state the connections feed.
+    """
+
+    __slots__ = ("_by_fd", "_epoll", "_server")
+
+    def __init__(self, server: GearmanServer) -> None:
+        self._server = server
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, ServerConnection] = {}
+
+    def add(self, connection: ServerConnection) -> None:
+        """Start reading ``connection``."""
+        fd = connection._sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._by_fd[fd] = connection
+        connection._poller = self
+
+    def discard(self, connection: ServerConnection) -> None:
+        """Stop reading ``connection`` (before its socket is closed)."""
+        if connection._poller is not self:
+            return
+        connection._poller = None
+        fd = connection._sock.fileno()
+        if self._by_fd.get(fd) is connection:
+            del self._by_fd[fd]
+            with contextlib.suppress(OSError):  # already gone
+                self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        """Serve until cancelled; then close every connection still open."""
+        server = self._server
+        by_fd = self._by_fd
+        poll = self._epoll.poll
+        epoll_fd = self._epoll.fileno()
+        after_batch = server._after_batch
+        wait: Callable[[int], Awaitable[None]]
+        checkpoint: Callable[[], Awaitable[None]]
+        current_time: Callable[[], float]
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            wait = wait_readable
+            checkpoint = anyio.lowlevel.checkpoint
+            current_time = anyio.current_time
+        else:  # Trio's own primitives: fewer frames on the hot path.
+            wait = trio.lowlevel.wait_readable
+            checkpoint = trio.lowlevel.checkpoint
+            current_time = trio.current_time
+        ending: list[ServerConnection] = []
+        try:
+            while True:
+                events = poll(0, _POLL_EVENTS)
+                if not events:
+                    await wait(epoll_fd)
+                    continue
+                now = current_time()
+                for fd, _ in events:
+                    connection = by_fd.get(fd)
+                    if connection is not None and connection.read(now):
+                        ending.append(connection)
+                after_batch()
+                if ending:
+                    for connection in ending:
+                        connection.end()
+                    ending.clear()
+                await checkpoint()
+        finally:
+            for connection in list(by_fd.values()):
+                connection._finish()
+            self._epoll.close()

@@ -1,0 +1,554 @@
+"""The Gearman worker: functions, a hard limit of concurrent jobs, a graceful stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+
+from .._address import Connector, server_list
+from .._exceptions import ConnectionLost, GearmanError, NoServersAvailable
+from .._failover import Backoff, Heartbeat, Link, LinkSet, ServerHealth
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Address, PacketStream, connect
+from .connection import SharedLimit, WorkerConnection
+from .job import FunctionSpec, Handler, Job
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("trio_gearman.worker")
+
+H = TypeVar("H", bound=Handler)
+
+_FLUSH_TIMEOUT = 5.0  # seconds to hand the last packets to the transport at shutdown
+
+
+class _Slot:
+    """A job task between jobs: the work handed to it and the event that wakes it."""
+
+    __slots__ = ("event", "work")
+
+    def __init__(self, work: tuple[WorkerConnection, Job, FunctionSpec]) -> None:
+        self.work = work
+        self.event = anyio.Event()
+
+
+class _ServerConns:
+    """One server's connections: the main one, and one per function with its own limit.
+
+    They live and die together: when one ends, the others are closed and the
+    server's link reconnects them all.
+    """
+
+    __slots__ = ("address", "ended", "error", "extra", "main", "opened", "stream", "tg")
+
+    def __init__(self, address: str, stream: PacketStream) -> None:
+        self.address = address
+        self.stream = stream
+        self.opened: dict[str, PacketStream] = {}  # connected, not yet running
+        self.main: WorkerConnection | None = None
+        self.extra: dict[str, WorkerConnection] = {}
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.error: GearmanError | None = None
+        self.ended = anyio.Event()
+
+    @property
+    def heard(self) -> int:
+        """How many chunks the server has sent on the main connection."""
+        return self.stream.reads
+
+    @property
+    def running(self) -> int:
+        """Jobs running that came from these connections."""
+        conns = [*self.extra.values()] if self.main is None else [self.main, *self.extra.values()]
+        return sum(conn.running for conn in conns)
+
+    def end(self, error: GearmanError | None) -> None:
+        """One of the connections ended: close them all."""
+        if self.error is None:
+            self.error = error or ConnectionLost("the connection ended", server=self.address)
+            self.ended.set()
+
+
+class Worker:
+    """A Gearman worker: runs registered functions for the jobs its servers hand out.
+
+    The worker keeps a supervised link to every server of ``servers``: it
+    registers its functions on each, grabs jobs from each and sleeps on each.
+    A link that breaks reconnects with back-off; once its server is back the
+    worker registers every function (CAN_DO / CAN_DO_TIMEOUT) and its client id
+    there again and grabs from it. A job whose server is lost while it runs goes
+    on to its end; its result is dropped with a log line (the server re-queues
+    the job). :meth:`servers` reports each link's health.
+
+    At most ``concurrency`` jobs run at once, over all servers together: the
+    worker sends a GRAB only while a slot is free (several GRABs in flight when
+    several are), and runs each job as a task of its own. An ``async def``
+    function is awaited; a plain function runs in a worker thread. A function
+    returns the job's result (``bytes``, ``str`` as UTF-8, or ``None`` for
+    empty); raising :class:`~trio_gearman.JobFailed` fails the job (WORK_FAIL);
+    raising :class:`~trio_gearman.JobException` or any other exception fails it
+    with an error text (WORK_EXCEPTION; the exception is logged with its
+    traceback), and the worker goes on.
+
+    Args:
+        servers: as for :class:`~trio_gearman.Client`.
+        client_id: sent as SET_CLIENT_ID (shown by the server's ``workers`` command).
+        concurrency: the most jobs at once, over all servers (a hard limit).
+        regrab_interval: while asleep, GRAB again after this many seconds without a
+            NOOP (so a lost NOOP never leaves work waiting).
+        drain_timeout: when :meth:`run` is cancelled, the seconds running jobs get
+            to finish before they are cancelled.
+        send_exceptions: fail a job that raised with WORK_EXCEPTION and the error
+            text (True), or with WORK_WARNING carrying the text then WORK_FAIL
+            (False). gearmand 1.1.20 turns WORK_EXCEPTION into ``WORK_FAIL
+            handle\\0`` for clients without the ``exceptions`` option, which
+            libgearman 1.1.20 clients never match (they wait forever); use False
+            where such clients submit to gearmand 1.1.20.
+        timeout_grace: seconds added to a function's ``timeout`` in the
+            CAN_DO_TIMEOUT the server gets, so that the local limit fails the job
+            cleanly before the server's limit re-queues it.
+        max_grabs: the most GRABs in flight per connection.
+        connect_timeout: seconds to wait for each connection attempt; also the
+            time a new connection's server has to answer.
+        backoff: how long a broken link waits before reconnecting.
+        heartbeat_interval: while a server owes an answer (to a GRAB) and has been
+            silent this many seconds, send it an ECHO_REQ.
+        heartbeat_timeout: a server that leaves that ECHO_REQ unanswered this many
+            seconds is dropped (its link reconnects after back-off).
+
+    Example:
+        >>> worker = Worker(["10.0.0.1:4730", "10.0.0.2:4730"], client_id="resizer-1",
+        ...                 concurrency=8)
+        >>> @worker.function("reverse")
+        ... async def reverse(job: Job) -> bytes:
+        ...     await job.send_status(1, 2)
+        ...     return job.data[::-1]
+        >>> # await worker.run()    serves until cancelled or stop()ped
+    """
+
+    def __init__(
+        self,
+        servers: Address | Sequence[Address],
+        *,
+        client_id: str | bytes | None = None,
+        concurrency: int = 1,
+        regrab_interval: float = 10.0,
+        drain_timeout: float = 10.0,
+        send_exceptions: bool = True,
+        timeout_grace: float = 1.0,
+        max_grabs: int = 8,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        backoff: Backoff | None = None,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 5.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if max_grabs < 1:
+            raise ValueError(f"max_grabs must be at least 1, got {max_grabs}")
+        if not regrab_interval > 0:
+            raise ValueError(f"regrab_interval must be positive, got {regrab_interval}")
+        self.addresses = server_list(servers)
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError(f"a server is listed twice: {', '.join(self.addresses)}")
+        self.client_id = client_id.encode() if isinstance(client_id, str) else client_id
+        self.concurrency = concurrency
+        self.regrab_interval = regrab_interval
+        self.drain_timeout = drain_timeout
+        self.send_exceptions = send_exceptions
+        self.timeout_grace = timeout_grace
+        self.max_grabs = max_grabs
+        self.connect_timeout = connect_timeout
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.heartbeat = Heartbeat(
+            min(connect_timeout, heartbeat_interval), heartbeat_interval, heartbeat_timeout
+        )
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        # The free job slots: concurrency minus (GRABs in flight + running jobs).
+        self.free = concurrency
+        self.jobs_running = 0
+        self.stopping = False
+        self.jobs_tg: anyio.abc.TaskGroup | None = None
+        self._connector: Connector | None = None
+        self._functions: dict[str, FunctionSpec] = {}
+        self._limits: dict[str, SharedLimit] = {}
+        self._conns: list[WorkerConnection] = []
+        self._links: LinkSet[_ServerConns] | None = None
+        self._running = False
+        self._stop_requested = anyio.Event()
+        self._stop_deadline = math.inf
+        self._drain_scope: anyio.CancelScope | None = None
+        self._idle: anyio.Event | None = None
+        self._error: GearmanError | None = None
+        self._idle_slots: list[_Slot] = []
+
+    # --- functions -----------------------------------------------------------------------
+
+    @property
+    def functions(self) -> list[str]:
+        """The names of the registered functions."""
+        return list(self._functions)
+
+    @property
+    def running_jobs(self) -> int:
+        """How many jobs run right now."""
+        return self.jobs_running
+
+    def servers(self) -> list[ServerHealth]:
+        """The health of the link to each server, in the configured order.
+
+        ``jobs_in_flight`` counts the jobs running that came from that server's
+        current connections. Empty while the worker does not run.
+        """
+        if self._links is None:
+            return []
+        return self._links.health(lambda conns: conns.running)
+
+    async def wait_servers_changed(self) -> None:
+        """Wait for the next state transition of any server's link.
+
+        Raises:
+            RuntimeError: the worker is not running.
+        """
+        if self._links is None:
+            raise RuntimeError("the worker is not running")
+        await self._links.wait_changed()
+
+    def function(
+        self, name: str, *, timeout: float | None = None, concurrency: int | None = None
+    ) -> Callable[[H], H]:
+        """Register the decorated function under ``name`` (see :meth:`register`).
+
+        Example:
+            >>> @worker.function("reverse", timeout=30)
+            ... async def reverse(job):
+            ...     return job.data[::-1]
+        """
+
+        def decorate(handler: H) -> H:
+            self.register(name, handler, timeout=timeout, concurrency=concurrency)
+            return handler
+
+        return decorate
+
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """Register a function; while the worker runs, the server learns it at once.
+
+        Args:
+            name: the function name clients submit to.
+            handler: ``async def f(job) -> bytes | str | None``, or a plain
+                function, which runs in a worker thread.
+            timeout: a job running longer than this many seconds is cancelled and
+                failed (CAN_DO_TIMEOUT tells the server; see ``timeout_grace``). A
+                thread cannot be interrupted: its job fails at once and the thread
+                is abandoned.
+            concurrency: the most jobs of this function at once, within the
+                worker's limit. Such a function gets a connection of its own.
+
+        Raises:
+            ValueError: ``name`` is already registered, empty or holds a NUL byte,
+                or ``timeout``/``concurrency`` is not positive.
+        """
+        if name in self._functions:
+            raise ValueError(f"function {name!r} is already registered; unregister it first")
+        spec = FunctionSpec.create(name, handler, timeout, concurrency)
+        self._functions[name] = spec
+        if concurrency is not None:
+            self._limits[name] = SharedLimit(concurrency)
+        if self._links is None:
+            return  # run() registers it on every server it connects to
+        for conns in self._links.live():
+            if concurrency is None:
+                if conns.main is not None:
+                    conns.main.add(spec)
+            elif conns.tg is not None:
+                conns.tg.start_soon(self._run_extra, conns, spec)
+
+    def unregister(self, name: str) -> None:
+        """Unregister a function; while the worker runs, CANT_DO goes out at once.
+
+        Jobs of the function that are running go on. gearmand 1.1.20 re-queues
+        them on CANT_DO, so another worker runs them again and their results here
+        earn an ERROR (JOB_NOT_FOUND), which is logged.
+
+        Raises:
+            KeyError: ``name`` is not registered.
+        """
+        spec = self._functions.pop(name)
+        self._limits.pop(name, None)
+        if self._links is None:
+            return
+        for conns in self._links.live():
+            conn = conns.extra.get(name, conns.main)
+            if conn is not None:
+                conn.remove(spec)
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve jobs until :meth:`stop` or cancellation, then drain and return.
+
+        Calls ``task_status.started()`` once every server has had its first
+        connection attempt and at least one is connected (its functions
+        registered). Servers lost later are reconnected, however long it takes;
+        the worker never stops on its own. When cancelled, running jobs get
+        ``drain_timeout`` seconds to finish before they are cancelled (and
+        failed); nothing is grabbed meanwhile.
+
+        Raises:
+            NoServersAvailable: no server could be reached at the start;
+                ``__cause__`` groups every server's error.
+        """
+        if self._running:
+            raise RuntimeError("the worker is already running")
+        self._running = True
+        self._conns = []
+        try:
+            self.free = self.concurrency
+            self.jobs_running = 0
+            for limit in self._limits.values():
+                limit.used = 0
+            links = LinkSet(
+                [
+                    Link(
+                        address, self._open, self._serve_server, backoff=self.backoff, role="worker"
+                    )
+                    for address in self.addresses
+                ],
+                usable=lambda conns: conns.error is None,
+                verified=lambda conns: conns.heard > 0,
+            )
+            finished = anyio.Event()
+            async with anyio.create_task_group() as outer:
+                try:
+                    await outer.start(self._serve, links, finished)
+                    if self._error is None:
+                        task_status.started()
+                    await finished.wait()
+                except anyio.get_cancelled_exc_class():
+                    with anyio.CancelScope(shield=True):
+                        self.stop(self.drain_timeout)
+                        await finished.wait()
+                    raise
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+        finally:
+            self._running = False
+            self.stopping = False
+            self._stop_requested = anyio.Event()
+            self._stop_deadline = math.inf
+            self._drain_scope = None
+            self._links = None
+            self.jobs_tg = None
+            self._idle_slots.clear()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop grabbing; let running jobs finish, then close and return from :meth:`run`.
+
+        Has no effect while the worker is not running.
+
+        Args:
+            timeout: cancel (and fail, with WORK_FAIL) the jobs still running after
+                this many seconds; ``None`` waits for them however long they take.
+                A second call can shorten the deadline, never extend it.
+        """
+        if not self._running:
+            return
+        self.stopping = True
+        if timeout is not None:
+            deadline = anyio.current_time() + timeout
+            self._stop_deadline = min(self._stop_deadline, deadline)
+            if self._drain_scope is not None:
+                self._drain_scope.deadline = self._stop_deadline
+        self._stop_requested.set()
+
+    async def _serve(
+        self,
+        links: LinkSet[_ServerConns],
+        finished: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Shielded: cancelling run() starts a drain (see run) instead of tearing down.
+        try:
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as conns:
+                    async with anyio.create_task_group() as jobs:
+                        self.jobs_tg = jobs
+                        self._links = links
+                        for link in links.links:
+                            await conns.start(link.run)
+                        await links.wait_settled()
+                        if not links.live():
+                            error = NoServersAvailable(tuple(self.addresses))
+                            error.__cause__ = links.errors()
+                            self._error = error
+                            self._stop_requested.set()
+                        task_status.started()
+                        await self._stop_requested.wait()
+                        with anyio.CancelScope(deadline=self._stop_deadline) as drain:
+                            self._drain_scope = drain
+                            while self.free < self.concurrency:
+                                self._idle = anyio.Event()
+                                await self._idle.wait()
+                        jobs.cancel_scope.cancel()
+                    self.jobs_tg = None
+                    self._idle_slots.clear()
+                    with anyio.move_on_after(_FLUSH_TIMEOUT):
+                        for conn in list(self._conns):
+                            with contextlib.suppress(ConnectionLost):
+                                await conn.drain()
+                    conns.cancel_scope.cancel()
+        finally:
+            finished.set()
+
+    # --- one server's connections ----------------------------------------------------------
+
+    async def _connect(self, address: str) -> PacketStream:
+        if self._connector is not None:
+            return await self._connector(address)
+        return await connect(address, connect_timeout=self.connect_timeout)
+
+    async def _open(self, address: str) -> _ServerConns:
+        """Connect the main connection and one per function with its own limit."""
+        conns = _ServerConns(address, await self._connect(address))
+        try:
+            for spec in list(self._functions.values()):
+                if spec.concurrency is not None:
+                    conns.opened[spec.name] = await self._connect(address)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for stream in [conns.stream, *conns.opened.values()]:
+                    await stream.aclose()
+            raise
+        return conns
+
+    async def _serve_server(self, conns: _ServerConns) -> None:
+        """Run one server's connections until one of them ends; then close them all."""
+        handshake = len(self.addresses) > 1
+        # No await between reading the functions and publishing the connections, so
+        # that register() reaches them either way.
+        unlimited = [spec for spec in self._functions.values() if spec.concurrency is None]
+        limited = [spec for spec in self._functions.values() if spec.concurrency is not None]
+        main = conns.main = WorkerConnection(self, unlimited, handshake=handshake)
+        try:
+            async with anyio.create_task_group() as tg:
+                conns.tg = tg
+                await tg.start(self._run_conn, conns, main, conns.stream)
+                for spec in limited:
+                    await tg.start(self._run_extra, conns, spec)
+                await conns.ended.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            conns.tg = None
+            conns.end(None)
+            with anyio.CancelScope(shield=True):
+                for stream in [conns.stream, *conns.opened.values()]:
+                    if stream.error is None:  # never served
+                        await stream.aclose()
+        assert conns.error is not None
+        raise conns.error
+
+    async def _run_extra(
+        self,
+        conns: _ServerConns,
+        spec: FunctionSpec,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the connection of a function with its own limit (connecting it if need be)."""
+        stream = conns.opened.pop(spec.name, None)
+        if spec.concurrency is None or self._functions.get(spec.name) is not spec:
+            task_status.started()
+            return  # unregistered meanwhile
+        if stream is None:
+            try:
+                stream = await self._connect(conns.address)
+            except GearmanError as exc:
+                task_status.started()
+                conns.end(exc)  # the server is in trouble: reconnect everything
+                return
+        limit = self._limits.get(spec.name) or SharedLimit(spec.concurrency)
+        conn = WorkerConnection(self, [spec], limit, handshake=len(self.addresses) > 1)
+        conns.extra[spec.name] = conn
+        await self._run_conn(conns, conn, stream, task_status=task_status)
+
+    async def _run_conn(
+        self,
+        conns: _ServerConns,
+        conn: WorkerConnection,
+        stream: PacketStream,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._conns.append(conn)
+        try:
+            await conn.run(stream, task_status=task_status)
+        finally:
+            conns.end(stream.error)
+
+    # --- slots and failures ----------------------------------------------------------------
+
+    def _start_job(self, conn: WorkerConnection, job: Job, spec: FunctionSpec) -> None:
+        """Hand a job to an idle job task, or start one (cheaper than a task per job)."""
+        if self._idle_slots:
+            slot = self._idle_slots.pop()
+            slot.work = (conn, job, spec)
+            slot.event.set()
+        else:
+            assert self.jobs_tg is not None
+            self.jobs_tg.start_soon(self._run_slot, _Slot((conn, job, spec)))
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        idle = self._idle_slots
+        while True:
+            conn, job, spec = slot.work
+            await conn.run_job(job, spec)
+            # Idle before anything else runs: the GRAB that run_job's end may have
+            # sent cannot be answered before this task waits.
+            slot.event = anyio.Event()
+            idle.append(slot)
+            await slot.event.wait()
+
+    def _release(self, conn: WorkerConnection) -> None:
+        """A GRAB was answered with nothing, or a job ended: one slot is free again."""
+        self.free += 1
+        self._freed(conn)
+
+    def _freed(self, conn: WorkerConnection) -> None:
+        conns = self._conns
+        if len(conns) != 1 or conns[0] is not conn:  # the others first: none starves
+            for other in conns:
+                if other is not conn and self.free:
+                    other.pump()
+        conn.pump()
+        idle = self._idle
+        if idle is not None and self.free >= self.concurrency:
+            self._idle = None
+            idle.set()
+
+    def _connection_ended(self, conn: WorkerConnection) -> None:
+        """A connection ended: its GRABs will never be answered; its jobs run on."""
+        with contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+        grabs, conn.grabs = conn.grabs, 0
+        if grabs:
+            self.free += grabs
+            if conn.limit is not None:
+                conn.limit.used -= grabs
+            self._freed(conn)
