@@ -398,12 +398,12 @@ async def test_replies_larger_than_the_socket_buffers_arrive_whole_and_in_order(
         await peer.send(EchoReq(big), EchoReq(b"after"))
         # Nothing is read until both requests are handled: the rest of the big reply
         # waits in the server for the socket to drain.
-        await settle(lambda: any(c.blocked for c in server._connections.values()))
+        await settle(lambda: any(c.blocked for c in server.connections))
         assert await peer.packet() == EchoRes(big)
         assert await peer.packet() == EchoRes(b"after")
         await peer.send(EchoReq(b"again"))
         assert await peer.packet() == EchoRes(b"again")
-        assert not any(c.blocked for c in server._connections.values())
+        assert not any(c.blocked for c in server.connections)
 
 
 def test_blocked_connections_close_cleanly_under_asyncio() -> None:
@@ -413,7 +413,7 @@ def test_blocked_connections_close_cleanly_under_asyncio() -> None:
             await peer.send(EchoReq(b"x" * (8 << 20)))
             # Once the reply starts arriving, the rest waits in the server.
             await peer._fill()
-            assert any(c.blocked for c in server._connections.values())
+            assert any(c.blocked for c in server.connections)
             await server.aclose()
             assert await peer.closed_by_server()
 

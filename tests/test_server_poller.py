@@ -65,7 +65,7 @@ async def test_replies_reach_every_connection(serving_mode: str) -> None:
         for i, peer in enumerate(peers):
             assert await peer.packet() == EchoRes(b"%d" % i)
             assert await peer.packet() == EchoRes(b"x%d" % i)
-        assert all(isinstance(c, ServerConnection) for c in server._connections.values())
+        assert all(isinstance(c, ServerConnection) for c in server.connections)
 
 
 async def test_a_peer_that_stops_sending_still_gets_a_blocked_reply(serving_mode: str) -> None:
@@ -75,7 +75,7 @@ async def test_a_peer_that_stops_sending_still_gets_a_blocked_reply(serving_mode
         with trio.fail_after(20):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(encode(EchoReq(big)) + encode(EchoReq(b"last")))
-            await settle(lambda: any(c.blocked for c in server._connections.values()))
+            await settle(lambda: any(c.blocked for c in server.connections))
             await stream.send_eof()  # the server sees the end of the stream now
             received = bytearray()
             while chunk := await stream.receive_some(1 << 20):

@@ -142,7 +142,7 @@ async def test_memory_connection_is_listed_and_forgotten_when_closed(peers: Peer
         peer = await peers.memory(server)
         await peer.send(CanDo(b"f"))
         assert await peer.request(EchoReq(b"")) == EchoRes(b"")
-        assert [(c.address, c.fd) for c in server.state.connections] == [(b"memory", -1)]
+        assert [(c.address, c.fd > 2) for c in server.state.connections] == [(b"memory", True)]
         assert server.workers("f") == 1
         await peer.stream.aclose()
         await trio.testing.wait_all_tasks_blocked()

@@ -11,8 +11,14 @@ Where the system has ``epoll`` the server's connections need no task at all: a
 :class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
 triggered), takes every readable connection in one go, reads each once, and only
 then lets the server send the replies of the whole batch. An idle connection is
-then a socket and two small objects. Elsewhere (and for the test server's
-sockets) each connection is served by its own task, :meth:`ServerConnection.run`.
+then a socket and two small objects. Elsewhere each connection is served by its
+own task, :meth:`ServerConnection.run`.
+
+A connection talks to whoever owns it (the server's connection hub) only through
+the small :class:`ConnectionOwner` interface below; it knows nothing else of the
+server. Every way a connection can end (the peer leaves or resets, a protocol
+error, the state closes it, the owner drops it, the server stops) goes through
+:meth:`ServerConnection.close`, which tells the owner exactly once.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import contextlib
 import logging
 import select
 import socket
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -34,10 +40,9 @@ from .._proto._packets import Magic
 from .sockets import notify_closing, wait_readable, wait_writable
 
 if TYPE_CHECKING:
-    from .._proto.server.state import ConnectionState
-    from .server import GearmanServer
+    from .._proto.server.state import ConnectionState, ServerState
 
-__all__ = ["HAVE_EPOLL", "RECEIVE_SIZE", "ReadPoller", "ServerConnection"]
+__all__ = ["HAVE_EPOLL", "RECEIVE_SIZE", "ConnectionOwner", "ReadPoller", "ServerConnection"]
 
 logger = logging.getLogger("trio_gearman.server")
 
@@ -51,50 +56,76 @@ _POLL_EVENTS: Final = 1024
 """Readable connections taken from the poller at most per batch."""
 
 
-class ServerConnection:
-    """The job server's side of one TCP connection.
+class ConnectionOwner(Protocol):
+    """What a :class:`ServerConnection` needs of its owner, and all it may use.
 
-    Created by the server for each accepted socket. It is served either by a
-    :class:`ReadPoller` (which calls :meth:`read`) or by its own task
+    Attributes:
+        state: the server state that the connection's events are handed to.
+        max_packet_size: the largest packet body accepted from the peer.
+    """
+
+    state: ServerState
+    max_packet_size: int
+
+    def send_pending(self) -> None:
+        """Send the replies that the state queued for any connection."""
+
+    def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``func`` in a task of the server (a connection's writer)."""
+
+    def connection_closed(self, connection: ServerConnection) -> None:
+        """The connection has ended: forget it and tell the state (once)."""
+
+
+class ServerConnection:
+    """The job server's side of one connection (a TCP socket, or a socket pair's end).
+
+    Created by the server's hub for each accepted socket. It is served either by
+    a :class:`ReadPoller` (which calls :meth:`read`) or by its own task
     (:meth:`run`), until the peer leaves, the state asks for it to be closed, or
-    the server stops. The server keeps it by ``conn.id`` and, after each batch of
+    the server stops. The owner keeps it by ``conn.id`` and, after each batch of
     events, calls :meth:`flush` on it (or, while it is :attr:`blocked`, checks how
     much waits) and :meth:`abort` to drop it.
+
+    Args:
+        owner: the server side it reports to.
+        sock: the connected, non-blocking socket; the connection closes it.
+        conn: this connection's record in the server state.
+        peer: the peer's address, for log messages.
 
     Attributes:
         conn: this connection's record in the server state.
         peer: the peer's address, for log messages.
         blocked: replies wait for the socket to become writable (the peer is slow
             to read); a writer task sends them as the socket drains.
-        disconnected: the state has been told that the connection is gone.
     """
 
     __slots__ = (
         "_closed",
+        "_closed_event",
         "_decoder",
         "_ending",
+        "_owner",
         "_poller",
         "_reader_scope",
-        "_server",
         "_sock",
         "_writer_done",
         "_writer_scope",
         "blocked",
         "conn",
-        "disconnected",
         "peer",
     )
 
     def __init__(
-        self, server: GearmanServer, sock: socket.socket, conn: ConnectionState, peer: str
+        self, owner: ConnectionOwner, sock: socket.socket, conn: ConnectionState, peer: str
     ) -> None:
-        self._server = server
+        self._owner = owner
         self._sock = sock
         self.conn = conn
         self.peer = peer
         self.blocked = False
-        self.disconnected = False
         self._closed = False
+        self._closed_event: anyio.Event | None = None
         self._ending = False
         self._decoder: Decoder | None = None
         self._poller: ReadPoller | None = None
@@ -125,18 +156,35 @@ class ServerConnection:
             self.blocked = True
             self._writer_scope = anyio.CancelScope()
             self._writer_done = anyio.Event()
-            self._server._start_writer(self._write_loop)
+            self._owner.start_task(self._write_loop)
         return True
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended (its socket is closed)."""
+        return self._closed
+
     def abort(self) -> None:
-        """Stop serving at once, without sending what is pending."""
+        """Stop serving at once, without sending what is pending.
+
+        A connection served by its own task ends when that task has unwound; one
+        served by the poller ends here. :meth:`wait_closed` waits for either.
+        """
         self.conn.outgoing.clear()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
+        else:
+            self.close()
         if self._writer_scope is not None:
             self._writer_scope.cancel()
-        if self._poller is not None:
-            self._finish()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
+        if self._closed:
+            return
+        if self._closed_event is None:
+            self._closed_event = anyio.Event()
+        await self._closed_event.wait()
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -164,13 +212,12 @@ class ServerConnection:
 
     def _handle(self, data: bytes, now: float) -> None:
         """Decode ``data`` and hand each event to the state; close on a protocol error."""
-        server = self._server
-        state = server.state
+        state = self._owner.state
         conn = self.conn
         decoder = self._decoder
         if decoder is None:
             decoder = self._decoder = Decoder(
-                expect=Magic.REQ, allow_text=True, max_packet_size=server.max_packet_size
+                expect=Magic.REQ, allow_text=True, max_packet_size=self._owner.max_packet_size
             )
         decoder.feed(data)
         handle = state.receive
@@ -201,10 +248,13 @@ class ServerConnection:
                 self._writer_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
             )
         else:
-            self._finish()
+            self.close()
 
-    def _finish(self) -> None:
-        """Close the socket and tell the server (once)."""
+    def close(self) -> None:
+        """End the connection: stop reading and writing, tell the owner, close the socket.
+
+        Every way a connection ends comes here; only the first call does anything.
+        """
         if self._closed:
             return
         self._closed = True
@@ -213,12 +263,18 @@ class ServerConnection:
             poller.discard(self)
         if self._writer_scope is not None:
             self._writer_scope.cancel()
-        self._server._connection_ended(self)
-        notify_closing(self._sock)
-        self._sock.close()
+        try:
+            self._owner.connection_closed(self)
+        finally:
+            notify_closing(self._sock)
+            self._sock.close()
+            if self._closed_event is not None:
+                self._closed_event.set()
 
     async def run(self) -> None:
         """Serve the connection from this task until it ends; close the socket on the way out."""
+        if self._closed:  # aborted before its task started
+            return
         try:
             with anyio.CancelScope() as self._reader_scope:
                 if await self._read_loop() and self._writer_done is not None:
@@ -227,12 +283,7 @@ class ServerConnection:
                     with anyio.move_on_after(FLUSH_TIMEOUT):
                         await self._writer_done.wait()
         finally:
-            self._closed = True
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
-            self._server._connection_ended(self)
-            notify_closing(self._sock)
-            self._sock.close()
+            self.close()
 
     async def _read_loop(self) -> bool:
         """Read, decode and hand over until the stream ends.
@@ -241,13 +292,12 @@ class ServerConnection:
             ``True`` when the last replies should still be sent (end of stream,
             protocol error, closing), ``False`` when the connection is broken.
         """
-        server = self._server
         conn = self.conn
         recv = self._sock.recv
         sock = self._sock
         current_time = anyio.current_time
         checkpoint = anyio.lowlevel.checkpoint
-        after_batch = server._after_batch
+        after_batch = self._owner.send_pending
         more = False
         while True:
             # After a full read more is probably waiting: read again (yielding to
@@ -308,7 +358,7 @@ class ServerConnection:
             # Served by the poller (no reader task to notice): close here when the
             # connection was only waiting for these replies, or is broken.
             if self._ending or (broken and self._reader_scope is None):
-                self._finish()
+                self.close()
 
 
 class ReadPoller:
@@ -322,13 +372,13 @@ class ReadPoller:
     without going back to the event loop's own wait.
 
     Args:
-        server: the job server whose state the connections feed.
+        owner: the server side whose replies are sent after each batch.
     """
 
-    __slots__ = ("_by_fd", "_epoll", "_server")
+    __slots__ = ("_by_fd", "_epoll", "_owner")
 
-    def __init__(self, server: GearmanServer) -> None:
-        self._server = server
+    def __init__(self, owner: ConnectionOwner) -> None:
+        self._owner = owner
         self._epoll = select.epoll()
         self._by_fd: dict[int, ServerConnection] = {}
 
@@ -352,11 +402,10 @@ class ReadPoller:
 
     async def run(self) -> None:
         """Serve until cancelled; then close every connection still open."""
-        server = self._server
         by_fd = self._by_fd
         poll = self._epoll.poll
         epoll_fd = self._epoll.fileno()
-        after_batch = server._after_batch
+        after_batch = self._owner.send_pending
         wait: Callable[[int], Awaitable[None]]
         checkpoint: Callable[[], Awaitable[None]]
         current_time: Callable[[], float]
@@ -390,5 +439,5 @@ class ReadPoller:
                 await checkpoint()
         finally:
             for connection in list(by_fd.values()):
-                connection._finish()
+                connection.close()
             self._epoll.close()

@@ -11,8 +11,8 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import anyio
 import attrs
@@ -20,11 +20,11 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._proto._codec import DEFAULT_MAX_PACKET_SIZE
 from .._proto.server.state import ServerConfig, ServerState
-from .connection import HAVE_EPOLL, ReadPoller, ServerConnection
+from .connection import HAVE_EPOLL, ServerConnection
+from .hub import ConnectionHub
 from .sockets import (
     KeepAlive,
     ListenAddress,
-    configure_accepted,
     format_address,
     open_listeners,
     raise_fd_limit,
@@ -105,12 +105,15 @@ class GearmanServer:
         self.addresses: tuple[tuple[str, int], ...] = ()
         self._listen = tuple(listen)
         self._backlog = backlog
-        self._max_output = max_output_bytes
-        self._keepalive = keepalive
         self._fd_limit = fd_limit
-        self._connections: dict[int, ServerConnection] = {}
+        self._hub = ConnectionHub(
+            self.state,
+            max_packet_size=max_packet_size,
+            max_output=max_output_bytes,
+            keepalive=keepalive,
+            after_batch=self._after_batch,
+        )
         self._task_group: TaskGroup | None = None
-        self._poller: ReadPoller | None = None
         self._run_scope: anyio.CancelScope | None = None
         self._listen_scope: anyio.CancelScope | None = None
         self._timer_scope: anyio.CancelScope | None = None
@@ -127,13 +130,23 @@ class GearmanServer:
             raise RuntimeError("the server is not listening yet")
         return self.addresses[0][1]
 
+    @property
+    def listening(self) -> bool:
+        """Whether new connections are accepted now."""
+        return self._not_listening is not None and not self._not_listening.is_set()
+
+    @property
+    def connections(self) -> list[ServerConnection]:
+        """The connections served now."""
+        return list(self._hub)
+
     def statistics(self) -> ServerStatistics:
         """A snapshot of the connection and job counts."""
         return ServerStatistics(
-            connections=len(self._connections),
+            connections=len(self._hub),
             jobs_queued=self.state.jobs_queued,
             jobs_running=self.state.jobs_running,
-            listening=self._not_listening is not None and not self._not_listening.is_set(),
+            listening=self.listening,
         )
 
     # --- life cycle -----------------------------------------------------------------------
@@ -167,20 +180,18 @@ class GearmanServer:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     self._run_scope = tg.cancel_scope
-                    self._listen_scope = anyio.CancelScope()
-                    if HAVE_EPOLL:
-                        self._poller = ReadPoller(self)
-                        tg.start_soon(self._poller.run)
+                    self._hub.open(tg, poll=HAVE_EPOLL)
                     tg.start_soon(self._timer_loop)
-                    tg.start_soon(self._listen_all, listeners, tg, self._listen_scope)
-                    for host, port in self.addresses:
-                        logger.info("Listening on %s", format_address(host, port))
+                    self._start_listening(listeners)
+                    listeners = []
                     task_status.started(self)
             finally:
                 for sock in listeners:
                     sock.close()
         finally:
             self._closed = True
+            self._task_group = None
+            self._hub.shut()
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -202,9 +213,7 @@ class GearmanServer:
         Returns:
             ``True`` if no job is running, ``False`` if the timeout passed first.
         """
-        self.stop_listening()
-        if self._not_listening is not None:
-            await self._not_listening.wait()
+        await self.pause_listening()
         if self.state.jobs_running:
             self._drained = anyio.Event()
             with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -212,28 +221,94 @@ class GearmanServer:
         return self.state.jobs_running == 0
 
     def stop_listening(self) -> None:
-        """Close the listening sockets; new connections are refused from now on."""
+        """Close the listening sockets; new connections are refused from now on.
+
+        Connections already open are served on. :meth:`pause_listening` also
+        waits until the sockets are closed; :meth:`resume_listening` listens again.
+        """
         if self._listen_scope is not None:
             self._listen_scope.cancel()
 
+    async def pause_listening(self) -> None:
+        """Close the listening sockets and wait until they are closed."""
+        self.stop_listening()
+        if self._not_listening is not None:
+            await self._not_listening.wait()
+
+    async def resume_listening(self) -> None:
+        """Listen again on the addresses bound at the start (the same ports).
+
+        Raises:
+            RuntimeError: the server is not running.
+            OSError: an address could not be bound again.
+        """
+        if self.listening:
+            return
+        if self._task_group is None:
+            raise RuntimeError("the job server is not running")
+        self._start_listening(await open_listeners(self.addresses, self._backlog))
+
+    def adopt(self, sock: socket.socket, peer: str) -> ServerConnection | None:
+        """Serve an already connected socket, as if it had been accepted.
+
+        It is the path every accepted connection takes; a socket pair's end (the
+        test server's in-memory connections) or a socket handed over by a parent
+        process can take it too.
+
+        Args:
+            sock: a connected stream socket; the server owns and closes it.
+            peer: the peer's address as the admin protocol lists it.
+
+        Returns:
+            The connection, or ``None`` if the socket was already dead.
+
+        Raises:
+            RuntimeError: the server is not running.
+        """
+        return self._hub.adopt(sock, peer)
+
+    def send_pending(self) -> None:
+        """Send the replies the state has queued: call it after changing the state directly."""
+        self._hub.send_pending()
+
+    async def close_connections(self, connections: Sequence[ServerConnection], reason: str) -> None:
+        """Drop ``connections`` at once (pending replies are not sent) and wait until closed.
+
+        Args:
+            connections: connections of this server (from :attr:`connections`).
+            reason: why, for the log line.
+        """
+        for connection in connections:
+            self._hub.drop(connection, reason)
+        for connection in connections:
+            await connection.wait_closed()
+
     # --- accepting --------------------------------------------------------------------------
 
+    def _start_listening(self, listeners: list[socket.socket]) -> None:
+        assert self._task_group is not None
+        self._listen_scope = scope = anyio.CancelScope()
+        self._not_listening = anyio.Event()
+        self._task_group.start_soon(self._listen_all, listeners, scope, self._not_listening)
+        for sock in listeners:
+            host, port = sock.getsockname()[:2]
+            logger.info("Listening on %s", format_address(str(host), int(port)))
+
     async def _listen_all(
-        self, listeners: list[socket.socket], tg: TaskGroup, scope: anyio.CancelScope
+        self, listeners: list[socket.socket], scope: anyio.CancelScope, done: anyio.Event
     ) -> None:
         try:
             with scope:
                 async with anyio.create_task_group() as accept_tg:
                     for sock in listeners:
-                        accept_tg.start_soon(self._accept_loop, sock, tg)
+                        accept_tg.start_soon(self._accept_loop, sock)
         finally:
             for sock in listeners:
                 sock.close()
-            assert self._not_listening is not None
-            self._not_listening.set()
+            done.set()
         logger.info("Stopped listening")
 
-    async def _accept_loop(self, listener: socket.socket, tg: TaskGroup) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             await wait_readable(listener)
             for _ in range(_ACCEPT_BATCH):
@@ -248,58 +323,13 @@ class GearmanServer:
                         break
                     logger.warning("Cannot accept a connection: %s", exc.strerror)
                     continue
-                if self._poller is not None:
-                    self._add_socket(sock, str(address[0]), self._poller)
-                else:
-                    tg.start_soon(self._serve_socket, sock, str(address[0]))
-
-    def _add_socket(self, sock: socket.socket, host: str, poller: ReadPoller) -> None:
-        """Hand a new connection to the poller: no task of its own while it is idle."""
-        connection = self._connect(sock, host)
-        if connection is not None:
-            poller.add(connection)
-
-    async def _serve_socket(self, sock: socket.socket, host: str) -> None:
-        """Serve one connection from this task until it ends (the test server uses it)."""
-        connection = self._connect(sock, host)
-        if connection is not None:
-            await connection.run()
-
-    def _connect(self, sock: socket.socket, host: str) -> ServerConnection | None:
-        try:
-            configure_accepted(sock, self._keepalive)
-        except OSError as exc:  # the peer left before we looked
-            logger.debug("Dropping a connection that closed at once: %s", exc.strerror)
-            sock.close()
-            return None
-        conn = self.state.connect(host.encode(), sock.fileno())
-        connection = ServerConnection(self, sock, conn, host)
-        self._connections[conn.id] = connection
-        logger.debug("Connection %d from %s", conn.id, host)
-        return connection
+                self._hub.adopt(sock, str(address[0]))
 
     # --- the state's side -------------------------------------------------------------------
 
     def _after_batch(self) -> None:
-        """Send every connection's new output; keep the timer armed; notice a drain."""
+        """After the replies of a batch are sent: keep the timer armed, notice a drain."""
         state = self.state
-        dirty = state.dirty
-        if dirty:
-            connections = self._connections
-            limit = self._max_output
-            while dirty:
-                conn = dirty.pop()
-                connection = connections.get(conn.id)
-                if connection is None:
-                    conn.outgoing.clear()
-                elif not connection.blocked:
-                    if not connection.flush():
-                        self._drop(connection, "the peer is gone")
-                elif len(conn.outgoing) > limit:
-                    self._drop(
-                        connection,
-                        f"more than {limit} bytes of replies wait while it does not read",
-                    )
         deadline = state.next_deadline()
         if deadline is not None and self._timer_scope is not None:
             armed = self._armed
@@ -308,32 +338,6 @@ class GearmanServer:
                 self._timer_scope.deadline = deadline
         if self._drained is not None and state.jobs_running == 0:
             self._drained.set()
-
-    def _drop(self, connection: ServerConnection, reason: str) -> None:
-        logger.warning(
-            "Dropping connection %d from %s: %s", connection.conn.id, connection.peer, reason
-        )
-        self._disconnect(connection)
-        connection.abort()
-
-    def _start_writer(self, write_loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a connection's writer (it has more to send than its socket took)."""
-        assert self._task_group is not None
-        self._task_group.start_soon(write_loop)
-
-    def _disconnect(self, connection: ServerConnection) -> None:
-        if connection.disconnected:
-            return
-        connection.disconnected = True
-        del self._connections[connection.conn.id]
-        self.state.disconnect(connection.conn, anyio.current_time())
-
-    def _connection_ended(self, connection: ServerConnection) -> None:
-        """Called by a connection's task on its way out."""
-        if not connection.disconnected:
-            logger.debug("Connection %d from %s closed", connection.conn.id, connection.peer)
-            self._disconnect(connection)
-            self._after_batch()
 
     async def _timer_loop(self) -> None:
         """Call ``state.advance`` at every deadline the state names.
@@ -355,7 +359,7 @@ class GearmanServer:
                 await anyio.sleep_forever()
             self._timer_scope = None
             state.advance(anyio.current_time())
-            self._after_batch()
+            self._hub.send_pending()
 
 
 async def serve(

@@ -71,8 +71,10 @@ class KeepAlive:
 
 
 def configure_accepted(sock: socket.socket, keepalive: KeepAlive | None) -> None:
-    """Make a new connection non-blocking, set TCP_NODELAY and, if asked, keepalive."""
+    """Make a new connection non-blocking; on TCP set TCP_NODELAY and, if asked, keepalive."""
     sock.setblocking(False)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive is None:
         return

@@ -3,11 +3,13 @@
 Works on any test runner, under Trio or AnyIO (asyncio too); the pytest fixtures
 of :mod:`trio_gearman.pytest_plugin` are thin wrappers around it.
 
-:func:`open_test_server` runs a real job server in the current task: it listens
-on a free loopback port, and also serves in-memory connections
-(:meth:`EmbeddedServer.connect_memory`). Tests look inside it (what is queued,
-what runs, every job's outcome), steer it (hold jobs back, wait until it is
-idle) and break it (drop connections, refuse new ones, restart it).
+:func:`open_test_server` runs a real job server in the current task: the
+:class:`~trio_gearman.GearmanServer` of ``trio-gearmand``, with its listener,
+accept loop and poller, on a free loopback port. It also serves connections
+that need no port (:meth:`EmbeddedServer.connect_memory`, a socket pair).
+Tests look inside it (what is queued, what runs, every job's outcome), steer it
+(hold jobs back, wait until it is idle) and break it (drop connections, refuse
+new ones, restart it).
 
 The server reads time from the event loop only, so under Trio's ``MockClock``
 (pytest-trio's ``autojump_clock`` fixture) epoch jobs, CAN_DO_TIMEOUT expiry,
@@ -31,12 +33,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import sys
 from collections.abc import AsyncIterator
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -46,9 +47,9 @@ from anyio.abc import TaskStatus
 from .._proto.server.model import ConnectionState, Job, JobOutcome
 from .._proto.server.state import ServerConfig, ServerState
 from .._server.server import GearmanServer
-from .._server.sockets import format_address, wait_readable
+from .._server.sockets import format_address
 from ._history import JobHistory, JobRecord
-from ._memory import MemoryByteStream, MemoryServerConnection, Pipe, memory_stream_pair
+from ._memory import MemoryByteStream, memory_stream_pair
 
 if TYPE_CHECKING:
     from .._proto.server.model import Function
@@ -62,30 +63,12 @@ __all__ = [
     "open_test_server",
 ]
 
-logger = logging.getLogger("trio_gearman.testing")
+MEMORY_PEER = "memory"
+"""The address the server lists for a :meth:`EmbeddedServer.connect_memory` connection."""
 
-_ACCEPT_BACKOFF = 0.1
 
-
-@attrs.define(eq=False)
-class _Served:
-    """A connection the test server serves, and how to end its task.
-
-    Attributes:
-        fd: the socket's number (-1 for an in-memory connection).
-        conn: the connection's record in the state (found by ``fd`` for a socket).
-    """
-
-    fd: int
-    conn: ConnectionState | None
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-
-    def is_worker(self, state: ServerState) -> bool:
-        conn = self.conn
-        if conn is None:
-            conn = next((c for c in state.connections if c.fd == self.fd), None)
-        return conn is not None and bool(conn.ability_list or conn.running)
+def _is_worker(conn: ConnectionState) -> bool:
+    return bool(conn.ability_list or conn.running)
 
 
 @attrs.frozen
@@ -116,8 +99,10 @@ class EmbeddedServer:
     """A job server for tests, with the means to look inside it and to break it.
 
     Create it with :func:`open_test_server` (or run :meth:`run` in a task group of
-    your own). It serves TCP connections on :attr:`address` and in-memory ones
-    from :meth:`connect_memory`, with the same job server as ``trio-gearmand``.
+    your own). It serves TCP connections on :attr:`address` and portless ones
+    from :meth:`connect_memory`, with the same job server as ``trio-gearmand``:
+    the same listener, accept loop, connections and (where the system has epoll)
+    poller.
 
     Args:
         exceptions: every connection starts with the ``exceptions`` option on.
@@ -150,11 +135,8 @@ class EmbeddedServer:
         self.port = 0
         self._history = JobHistory()
         self._held: list[str] = []
-        self._served: set[_Served] = set()
         self._server: GearmanServer | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._accept_scope: anyio.CancelScope | None = None
-        self._accept_done: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
 
     # --- where and what -------------------------------------------------------------------
@@ -179,7 +161,7 @@ class EmbeddedServer:
     @property
     def accepting(self) -> bool:
         """Whether new TCP connections are accepted (see :meth:`pause_accepting`)."""
-        return self._accept_scope is not None
+        return self._server is not None and self._server.listening
 
     @property
     def history(self) -> list[JobRecord]:
@@ -263,23 +245,28 @@ class EmbeddedServer:
         server = self._server
         if server is not None:  # else the server applies the holds when it starts
             server.state.set_hold(self._held_function if self._held else None)
-            _flush(server)
+            server.send_pending()
 
     # --- connections ----------------------------------------------------------------------
 
-    async def connect_memory(self) -> MemoryByteStream:
-        """Open an in-memory connection, served like a TCP one (no socket involved).
+    async def connect_memory(self) -> anyio.abc.SocketStream:
+        """Open a connection that needs no port: one end of a socket pair.
 
-        It is the same job server and the same protocol, with no socket: nothing
-        waits for the kernel, so tests under Trio's autojump clock stay exact.
+        The server adopts the other end as it adopts an accepted TCP connection,
+        so it is served by the very same code; no port is taken and nothing can
+        refuse it (also while accepting is paused).
 
         Returns:
             The peer's end: speak the Gearman protocol on it. Closing it ends the
-            connection. The server lists its address as ``memory``, its fd as -1.
+            connection. The server lists its address as ``memory``.
         """
-        requests, replies = Pipe(), Pipe()
-        await self._task_group.start(self._serve_memory, requests, replies)
-        return MemoryByteStream(replies, requests)
+        ours, theirs = socket.socketpair()
+        try:
+            self.server.adopt(ours, MEMORY_PEER)
+        except BaseException:
+            theirs.close()
+            raise
+        return await anyio.abc.SocketStream.from_socket(theirs)
 
     async def drop_connections(self, *, workers: bool = False, clients: bool = False) -> int:
         """Cut connections, as if the network failed; return once they are gone.
@@ -300,11 +287,13 @@ class EmbeddedServer:
         """
         if not (workers or clients):
             raise ValueError("say which connections to drop: workers=True, clients=True or both")
-        state = self.state
+        server = self.server
         victims = [
-            served for served in self._served if (workers if served.is_worker(state) else clients)
+            connection
+            for connection in server.connections
+            if (workers if _is_worker(connection.conn) else clients)
         ]
-        await _end(victims)
+        await server.close_connections(victims, "dropped by the test server")
         return len(victims)
 
     async def pause_accepting(self) -> None:
@@ -312,19 +301,11 @@ class EmbeddedServer:
 
         Connections already open are served on.
         """
-        scope, done = self._accept_scope, self._accept_done
-        if scope is None or done is None:
-            return
-        scope.cancel()
-        await done.wait()
+        await self.server.pause_listening()
 
     async def resume_accepting(self) -> None:
-        """Listen again, on the same port (a free one the first time)."""
-        if self._accept_scope is not None:
-            return
-        listener = _listen(self.host, self.port)
-        self.port = listener.getsockname()[1]
-        await self._task_group.start(self._accept_loop, listener)
+        """Listen again, on the same port."""
+        await self.server.resume_listening()
 
     async def restart(self, *, keep_jobs: bool = False) -> None:
         """Stop the job server and start a fresh one on the same port.
@@ -343,20 +324,14 @@ class EmbeddedServer:
                 Foreground jobs never survive (their clients are gone).
         """
         old = self.server
-        await self.pause_accepting()
+        await old.pause_listening()
         kept = _background_jobs(old.state) if keep_jobs else []
         old.state.observer = None
-        await _end(list(self._served))
+        await old.close_connections(old.connections, "the test server restarts")
         await old.aclose()
+        self._server = None
         self._history.lose_all_but({job.handle for job in kept})
-        new = await self._start_server()
-        new.state.reserve_handles(old.state.handles_issued)
-        for job in kept:
-            new.state.restore_job(
-                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.due
-            )
-        _flush(new)
-        await self.resume_accepting()
+        await self._start_server(old.state.handles_issued, kept)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -383,8 +358,7 @@ class EmbeddedServer:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                await self._start_server()
-                await self.resume_accepting()
+                await self._start_server(0, [])
                 task_status.started(self)
                 await anyio.sleep_forever()  # the job server and listener come and go
         finally:
@@ -398,102 +372,23 @@ class EmbeddedServer:
         if self._stopped is not None:
             await self._stopped.wait()
 
-    async def _start_server(self) -> GearmanServer:
-        server = GearmanServer(self.config, listen=(), fd_limit=_open_fd_limit())
-        server.state.observer = self._history
+    async def _start_server(self, handles_issued: int, kept: list[_KeptJob]) -> None:
+        """Start a job server on :attr:`port` (a free one the first time), with ``kept`` jobs."""
+        server = GearmanServer(
+            self.config, listen=[(self.host, self.port)], fd_limit=_open_fd_limit()
+        )
+        state = server.state
+        state.observer = self._history
         if self._held:
-            server.state.set_hold(self._held_function)
+            state.set_hold(self._held_function)
+        state.reserve_handles(handles_issued)
+        for job in kept:
+            state.restore_job(
+                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, job.due
+            )
         await self._task_group.start(server.run)
+        self.port = server.port
         self._server = server
-        return server
-
-    async def _accept_loop(
-        self,
-        listener: socket.socket,
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        done = anyio.Event()
-        try:
-            with anyio.CancelScope() as scope:
-                self._accept_scope, self._accept_done = scope, done
-                task_status.started()
-                while True:
-                    await wait_readable(listener)
-                    try:
-                        sock, address = listener.accept()
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:  # out of file descriptors, say
-                        logger.warning("Cannot accept a connection: %s", exc)
-                        await anyio.sleep(_ACCEPT_BACKOFF)
-                        continue
-                    self._task_group.start_soon(self._serve_socket, sock, str(address[0]))
-        finally:
-            listener.close()
-            self._accept_scope = self._accept_done = None
-            done.set()
-
-    async def _serve_socket(self, sock: socket.socket, host: str) -> None:
-        served = _Served(sock.fileno(), None)
-        self._served.add(served)
-        try:
-            with served.scope:
-                await self.server._serve_socket(sock, host)
-        finally:
-            sock.close()
-            self._served.discard(served)
-            served.done.set()
-
-    async def _serve_memory(
-        self,
-        requests: Pipe,
-        replies: Pipe,
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        server = self.server
-        conn = server.state.connect(MemoryServerConnection.peer.encode(), -1)
-        connection = MemoryServerConnection(server, conn, requests, replies)
-        # The server keeps its connections by id and sends to them after each batch.
-        server._connections[conn.id] = cast(Any, connection)
-        served = _Served(-1, conn)
-        self._served.add(served)
-        try:
-            with served.scope:
-                task_status.started()
-                await connection.run()
-        finally:
-            self._served.discard(served)
-            served.done.set()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on ``(host, port)``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if sys.platform != "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _flush(server: GearmanServer) -> None:
-    """Send what the state queued outside a connection's reader (NOOPs after a release)."""
-    server._after_batch()
-
-
-async def _end(victims: list[_Served]) -> None:
-    for served in victims:
-        served.scope.cancel()
-    for served in victims:
-        await served.done.wait()
 
 
 def _background_jobs(state: ServerState) -> list[_KeptJob]:

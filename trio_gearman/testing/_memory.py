@@ -1,28 +1,19 @@
 """In-memory connections: a Gearman connection without a socket, for tests.
 
-A :class:`Pipe` carries bytes one way; two make a connection. The peer's end is a
-:class:`MemoryByteStream` (an :class:`anyio.abc.ByteStream`); the job server's end
-is a :class:`MemoryServerConnection`, which feeds the server state as a TCP
-connection's reader does and takes replies synchronously (a pipe never blocks).
+A :class:`Pipe` carries bytes one way; two make a connection, whose ends are
+:class:`MemoryByteStream` objects (an :class:`anyio.abc.ByteStream`): for tests
+of code that speaks a protocol over any byte stream. (The embedded job server's
+own portless connections are socket pairs, so that the server serves them with
+the code that serves TCP: see ``EmbeddedServer.connect_memory``.)
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._exceptions import ProtocolError
-from .._proto._codec import Decoder
-from .._proto._packets import Magic
-
-if TYPE_CHECKING:
-    from .._proto.server.state import ConnectionState
-    from .._server.server import GearmanServer
-
-__all__ = ["MemoryByteStream", "MemoryServerConnection", "Pipe", "memory_stream_pair"]
+__all__ = ["MemoryByteStream", "Pipe", "memory_stream_pair"]
 
 _RECEIVE_SIZE = 65536
 
@@ -154,80 +145,3 @@ def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
     """
     one, two = Pipe(), Pipe()
     return MemoryByteStream(one, two), MemoryByteStream(two, one)
-
-
-class MemoryServerConnection:
-    """The job server's side of an in-memory connection.
-
-    The server sees it as one of its TCP connections (the same attributes and
-    :meth:`flush`/:meth:`abort`): replies go out synchronously, never blocked.
-
-    Args:
-        server: the job server.
-        conn: the connection's record in the server state.
-        incoming: the pipe of requests from the peer.
-        outgoing: the pipe of replies to the peer.
-    """
-
-    peer = "memory"
-
-    def __init__(
-        self, server: GearmanServer, conn: ConnectionState, incoming: Pipe, outgoing: Pipe
-    ) -> None:
-        self.conn = conn
-        self.blocked = False
-        self.disconnected = False
-        self._server = server
-        self._incoming = incoming
-        self._outgoing = outgoing
-        self._scope: anyio.CancelScope | None = None
-
-    def flush(self) -> bool:
-        """Hand ``conn.outgoing`` to the peer; ``False`` if the peer is gone."""
-        out = self.conn.outgoing
-        try:
-            self._outgoing.write(out)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return False
-        out.clear()
-        return True
-
-    def abort(self) -> None:
-        """Stop serving at once, dropping what is pending."""
-        self.conn.outgoing.clear()
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def run(self) -> None:
-        """Serve until the peer closes, the state closes it, or the task is cancelled."""
-        try:
-            with anyio.CancelScope() as self._scope:
-                await self._read_loop()
-        finally:
-            self._server._connection_ended(self)  # type: ignore[arg-type]
-            self._outgoing.close_writer()
-            self._incoming.close_reader()
-
-    async def _read_loop(self) -> None:
-        server = self._server
-        state = server.state
-        conn = self.conn
-        decoder = Decoder(expect=Magic.REQ, allow_text=True, max_packet_size=server.max_packet_size)
-        while True:
-            try:
-                data = await self._incoming.read(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            decoder.feed(data)
-            now = anyio.current_time()
-            try:
-                for event in decoder:
-                    state.receive(conn, event, now)
-                    if conn.closing:
-                        break
-            except ProtocolError as exc:
-                state.protocol_error(conn, exc, now)
-                conn.closing = True
-            server._after_batch()  # replies are handed over here, before closing
-            if conn.closing:
-                return
