@@ -21,14 +21,9 @@ import trio
 import trio.testing
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from trio_gearman._address import format_address, parse_address
 from trio_gearman._exceptions import ConnectFailed, ConnectionLost, ProtocolError
-from trio_gearman._net.stream import (
-    PacketStream,
-    connect,
-    format_address,
-    os_reason,
-    parse_address,
-)
+from trio_gearman._net.stream import PacketStream, connect, os_reason
 from trio_gearman._proto import (
     Decoder,
     EchoReq,

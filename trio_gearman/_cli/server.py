@@ -24,6 +24,7 @@ from typing import Final, NoReturn
 
 import anyio
 
+from .._address import DEFAULT_PORT
 from .._exceptions import GearmanError
 from .._proto.server.state import ServerConfig
 from .._server.server import GearmanServer
@@ -36,7 +37,6 @@ __all__ = ["main"]
 
 logger = logging.getLogger("trio_gearman.server")
 
-DEFAULT_PORT: Final = 4730
 DEFAULT_GRACEFUL_TIMEOUT: Final = 30.0
 
 # gearmand's verbose levels and the logging levels they map to.

@@ -13,6 +13,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
+from .._address import Address, format_address, parse_address
 from .._exceptions import (
     AdminError,
     AdminLineTooLong,
@@ -21,13 +22,7 @@ from .._exceptions import (
     ConnectionLost,
     InvalidArgument,
 )
-from .._net.stream import (
-    DEFAULT_CONNECT_TIMEOUT,
-    Address,
-    format_address,
-    os_reason,
-    parse_address,
-)
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, os_reason
 from .._proto._admin import (
     DEFAULT_MAX_REPLY_LINE_LENGTH,
     NEED_DATA,

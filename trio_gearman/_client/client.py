@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._address import Connector, server_list
+from .._address import Address, server_list
 from .._exceptions import (
     ConnectionLost,
     GearmanError,
@@ -31,7 +31,7 @@ from .._failover import (
     preferred_order,
     rendezvous_order,
 )
-from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Address, connect
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Connector, connect
 from .._payload import Codec, function_name, payload, unique_key
 from .._proto import (
     EchoReq,

@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -27,75 +27,26 @@ import anyio.abc
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
+from .._address import Address, format_address, parse_address
 from .._exceptions import ConnectFailed, ConnectionLost, ProtocolError
 from .._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Event, Magic, Message, encode_into
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_PORT",
+    "Connector",
     "PacketStream",
     "connect",
-    "format_address",
-    "parse_address",
+    "os_error_text",
+    "os_reason",
 ]
 
 logger = logging.getLogger("trio_gearman.stream")
 
-DEFAULT_PORT = 4730
-"""The IANA port of Gearman."""
 DEFAULT_CONNECT_TIMEOUT = 4.0
 """Seconds to wait for a TCP connection (libgearman's default)."""
 
 _RECEIVE_SIZE = 65536
 _HIGH_WATER = 1024 * 1024
-
-Address = str | tuple[str, int]
-"""A server address: ``"host"``, ``"host:port"``, ``"[v6]:port"`` or ``(host, port)``."""
-
-
-def parse_address(address: Address) -> tuple[str, int]:
-    """Split a server address into host and port (4730 when none is given).
-
-    Args:
-        address: ``"host"``, ``"host:port"``, ``"[::1]:4730"``, a bare IPv6 literal,
-            or a ``(host, port)`` tuple.
-
-    Returns:
-        ``(host, port)``.
-
-    Raises:
-        ValueError: the port is not a number in 1..65535, or the host is empty.
-
-    Example:
-        >>> parse_address("127.0.0.1:4731")
-        ('127.0.0.1', 4731)
-        >>> parse_address("[::1]")
-        ('::1', 4730)
-    """
-    if isinstance(address, tuple):
-        host, port = address
-    elif address.startswith("["):
-        host, sep, rest = address[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad server address {address!r}")
-        port = int(rest[1:]) if rest else DEFAULT_PORT
-    elif address.count(":") == 1:
-        host, _, port_text = address.partition(":")
-        if not port_text.isdigit():
-            raise ValueError(f"bad port in server address {address!r}")
-        port = int(port_text)
-    else:  # a host name, an IPv4 address or a bare IPv6 literal
-        host, port = address, DEFAULT_PORT
-    if not host:
-        raise ValueError(f"no host in server address {address!r}")
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in server address {address!r}")
-    return host, port
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with brackets around an IPv6 literal."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def os_error_text(exc: BaseException) -> str | None:
@@ -383,3 +334,7 @@ class PacketStream:
                 return
             finally:
                 self._sending = False
+
+
+Connector = Callable[[str], Awaitable[PacketStream]]
+"""Opens a connection to one server (``host:port``), or raises ConnectFailed."""

@@ -18,6 +18,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._address import format_address
 from .._proto._codec import DEFAULT_MAX_PACKET_SIZE
 from .._proto.server.state import ServerConfig, ServerState
 from .connection import HAVE_EPOLL, ServerConnection
@@ -25,7 +26,6 @@ from .hub import ConnectionHub
 from .sockets import (
     KeepAlive,
     ListenAddress,
-    format_address,
     open_listeners,
     raise_fd_limit,
     wait_readable,

@@ -23,7 +23,6 @@ __all__ = [
     "KeepAlive",
     "ListenAddress",
     "configure_accepted",
-    "format_address",
     "notify_closing",
     "open_listeners",
     "raise_fd_limit",
@@ -87,11 +86,6 @@ def configure_accepted(sock: socket.socket, keepalive: KeepAlive | None) -> None
         option = getattr(socket, name, None)
         if value is not None and value > 0 and option is not None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with brackets around an IPv6 host."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _resolve(host: str | None, port: int) -> list[tuple[socket.AddressFamily, str]]:

@@ -11,10 +11,10 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .._address import Connector, server_list
+from .._address import Address, server_list
 from .._exceptions import ConnectionLost, GearmanError, NoServersAvailable
 from .._failover import Backoff, Heartbeat, Link, LinkSet, ServerHealth
-from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Address, PacketStream, connect
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Connector, PacketStream, connect
 from .connection import SharedLimit, WorkerConnection
 from .job import FunctionSpec, Handler, Job
 

@@ -44,10 +44,10 @@ import anyio.abc
 import attrs
 from anyio.abc import TaskStatus
 
+from .._address import format_address
 from .._proto.server.model import ConnectionState, Job, JobOutcome
 from .._proto.server.state import ServerConfig, ServerState
 from .._server.server import GearmanServer
-from .._server.sockets import format_address
 from ._history import JobHistory, JobRecord
 from ._memory import MemoryByteStream, memory_stream_pair
 
