@@ -89,7 +89,11 @@ DEFAULT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_MAX_LINE_LENGTH: Final = 8192
 """Longest admin text line accepted by default, as in gearmand (8 KiB)."""
 
-_HEADER: Final = struct.Struct(">4sII")
+HEADER: Final = struct.Struct(">4sII")
+"""The packet header: magic, packet type, body length (the one definition of framing)."""
+pack_header: Final = HEADER.pack
+"""``pack_header(magic_bytes, packet_type, body_length)``: the 12 header bytes."""
+_HEADER: Final = HEADER
 _REQ: Final = Magic.REQ.value
 _RES: Final = Magic.RES.value
 
@@ -491,7 +495,7 @@ def encode(message: Message, magic: Magic | None = None) -> bytes:
     Returns:
         The 12-byte header followed by the body.
     """
-    body = b"\0".join(message._wire_parts())
+    body = b"\0".join(message.wire_parts())
     # A Magic member is itself the bytes: reading ``.value`` would cost more than packing.
     return _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body)) + body
 
@@ -504,6 +508,6 @@ def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None)
         message: the packet.
         magic: as for :func:`encode`.
     """
-    body = b"\0".join(message._wire_parts())
+    body = b"\0".join(message.wire_parts())
     buffer += _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body))
     buffer += body

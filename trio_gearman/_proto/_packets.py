@@ -1,7 +1,7 @@
 """Every Gearman packet as a small frozen attrs message.
 
 A message knows its packet type number (``packet_type``), the magic it normally
-travels with (``MAGIC``) and its argument layout (``_wire_parts``). Wire variants
+travels with (``MAGIC``) and its argument layout (``wire_parts``). Wire variants
 that differ only in priority or foreground/background are fields of one class,
 not separate classes: ``SubmitJob(function, unique, data, priority, background)``
 covers the six SUBMIT_JOB* packets.
@@ -145,7 +145,8 @@ class ResetAbilities:
     packet_type: ClassVar[PacketType] = PacketType.RESET_ABILITIES
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -156,7 +157,8 @@ class PreSleep:
     packet_type: ClassVar[PacketType] = PacketType.PRE_SLEEP
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -167,7 +169,8 @@ class Unused:
     packet_type: ClassVar[PacketType] = PacketType.UNUSED
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -178,7 +181,8 @@ class Noop:
     packet_type: ClassVar[PacketType] = PacketType.NOOP
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -189,7 +193,8 @@ class GrabJob:
     packet_type: ClassVar[PacketType] = PacketType.GRAB_JOB
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -200,7 +205,8 @@ class GrabJobUniq:
     packet_type: ClassVar[PacketType] = PacketType.GRAB_JOB_UNIQ
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -211,7 +217,8 @@ class GrabJobAll:
     packet_type: ClassVar[PacketType] = PacketType.GRAB_JOB_ALL
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -222,7 +229,8 @@ class NoJob:
     packet_type: ClassVar[PacketType] = PacketType.NO_JOB
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -233,7 +241,8 @@ class AllYours:
     packet_type: ClassVar[PacketType] = PacketType.ALL_YOURS
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return ()
 
 
@@ -248,7 +257,8 @@ class CanDo:
     packet_type: ClassVar[PacketType] = PacketType.CAN_DO
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function,)
 
 
@@ -260,7 +270,8 @@ class CantDo:
     packet_type: ClassVar[PacketType] = PacketType.CANT_DO
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function,)
 
 
@@ -273,7 +284,8 @@ class CanDoTimeout:
     packet_type: ClassVar[PacketType] = PacketType.CAN_DO_TIMEOUT
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function, _num(self.timeout))
 
 
@@ -285,7 +297,8 @@ class SetClientId:
     packet_type: ClassVar[PacketType] = PacketType.SET_CLIENT_ID
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.client_id,)
 
 
@@ -320,7 +333,8 @@ class SubmitJob:
         """The SUBMIT_JOB* type number for this priority and mode."""
         return _SUBMIT_TYPES[self.priority, self.background]
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function, self.unique, self.data)
 
 
@@ -335,7 +349,8 @@ class SubmitJobEpoch:
     packet_type: ClassVar[PacketType] = PacketType.SUBMIT_JOB_EPOCH
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function, self.unique, _num(self.epoch), self.data)
 
 
@@ -354,7 +369,8 @@ class SubmitJobSched:
     packet_type: ClassVar[PacketType] = PacketType.SUBMIT_JOB_SCHED
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (
             self.function,
             self.unique,
@@ -386,7 +402,8 @@ class SubmitReduceJob:
             return PacketType.SUBMIT_REDUCE_JOB_BACKGROUND
         return PacketType.SUBMIT_REDUCE_JOB
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.function, self.unique, self.reducer, self.aggregator, self.data)
 
 
@@ -398,7 +415,8 @@ class JobCreated:
     packet_type: ClassVar[PacketType] = PacketType.JOB_CREATED
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle,)
 
 
@@ -415,7 +433,8 @@ class JobAssign:
     packet_type: ClassVar[PacketType] = PacketType.JOB_ASSIGN
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.function, self.data)
 
 
@@ -430,7 +449,8 @@ class JobAssignUniq:
     packet_type: ClassVar[PacketType] = PacketType.JOB_ASSIGN_UNIQ
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.function, self.unique, self.data)
 
 
@@ -446,7 +466,8 @@ class JobAssignAll:
     packet_type: ClassVar[PacketType] = PacketType.JOB_ASSIGN_ALL
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.function, self.unique, self.reducer, self.data)
 
 
@@ -462,7 +483,8 @@ class WorkData:
     packet_type: ClassVar[PacketType] = PacketType.WORK_DATA
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.data)
 
 
@@ -475,7 +497,8 @@ class WorkWarning:
     packet_type: ClassVar[PacketType] = PacketType.WORK_WARNING
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.data)
 
 
@@ -489,7 +512,8 @@ class WorkStatus:
     packet_type: ClassVar[PacketType] = PacketType.WORK_STATUS
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, _num(self.numerator), _num(self.denominator))
 
 
@@ -502,7 +526,8 @@ class WorkComplete:
     packet_type: ClassVar[PacketType] = PacketType.WORK_COMPLETE
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.data)
 
 
@@ -514,7 +539,8 @@ class WorkFail:
     packet_type: ClassVar[PacketType] = PacketType.WORK_FAIL
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle,)
 
 
@@ -527,7 +553,8 @@ class WorkException:
     packet_type: ClassVar[PacketType] = PacketType.WORK_EXCEPTION
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle, self.data)
 
 
@@ -542,7 +569,8 @@ class GetStatus:
     packet_type: ClassVar[PacketType] = PacketType.GET_STATUS
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.handle,)
 
 
@@ -558,7 +586,8 @@ class StatusRes:
     packet_type: ClassVar[PacketType] = PacketType.STATUS_RES
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (
             self.handle,
             b"1" if self.known else b"0",
@@ -576,7 +605,8 @@ class GetStatusUnique:
     packet_type: ClassVar[PacketType] = PacketType.GET_STATUS_UNIQUE
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.unique,)
 
 
@@ -596,7 +626,8 @@ class StatusResUnique:
     packet_type: ClassVar[PacketType] = PacketType.STATUS_RES_UNIQUE
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (
             self.unique,
             b"1" if self.known else b"0",
@@ -618,7 +649,8 @@ class EchoReq:
     packet_type: ClassVar[PacketType] = PacketType.ECHO_REQ
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.data,)
 
 
@@ -630,7 +662,8 @@ class EchoRes:
     packet_type: ClassVar[PacketType] = PacketType.ECHO_RES
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.data,)
 
 
@@ -643,7 +676,8 @@ class Error:
     packet_type: ClassVar[PacketType] = PacketType.ERROR
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.code, self.text)
 
 
@@ -655,7 +689,8 @@ class OptionReq:
     packet_type: ClassVar[PacketType] = PacketType.OPTION_REQ
     MAGIC: ClassVar[Magic] = _REQ
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.option,)
 
 
@@ -667,7 +702,8 @@ class OptionRes:
     packet_type: ClassVar[PacketType] = PacketType.OPTION_RES
     MAGIC: ClassVar[Magic] = _RES
 
-    def _wire_parts(self) -> tuple[bytes, ...]:
+    def wire_parts(self) -> tuple[bytes, ...]:
+        """The arguments in wire order; the body joins them with NUL bytes."""
         return (self.option,)
 
 

@@ -17,8 +17,8 @@ Where we differ from gearmand:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from ..._exceptions import TooManyAdminArguments
 from .._admin import (
@@ -57,10 +57,8 @@ from .._admin import (
     format_workers,
     parse_command,
 )
+from .jobs import JobTable
 from .model import ConnectionState, Job
-
-if TYPE_CHECKING:
-    from .state import ServerState
 
 __all__ = ["AdminHandler"]
 
@@ -73,14 +71,16 @@ def _ignored(job: Job) -> bool:
 
 
 class AdminHandler:
-    """Answers admin commands from the state of one :class:`ServerState`.
+    """Answers admin commands from the state of one server.
 
     Args:
-        state: the server whose functions, jobs and connections are reported.
+        state: the server's functions and jobs, which commands report and change.
+        connections: a live view of the server's open connections (``workers``).
     """
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: JobTable, connections: Iterable[ConnectionState]) -> None:
         self._state = state
+        self._connections = connections
         self._handlers: dict[type[Any], Callable[[Any], bytes]] = {
             Status: self._status,
             PriorityStatus: self._priority_status,
@@ -133,7 +133,7 @@ class AdminHandler:
             WorkerInfo(
                 c.fd, c.address, c.client_id, tuple(f.name for f in reversed(c.ability_list))
             )
-            for c in self._state.connections
+            for c in self._connections
         )
 
     def _show_jobs(self, command: ShowJobs) -> bytes:

@@ -25,11 +25,11 @@ from workers.
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from .._codec import pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
     FUTURE,
@@ -47,9 +47,8 @@ from .model import (
 
 __all__ = ["JobTable"]
 
-_HEADER: Final = struct.Struct(">4sII")
 _RES_BYTES: Final = Magic.RES.value
-_pack: Final = _HEADER.pack
+_pack: Final = pack_header
 _NOOP: Final = _pack(_RES_BYTES, PacketType.NOOP, 0)
 _COMPACT_TIMERS_AT: Final = 1024
 
@@ -314,7 +313,7 @@ class JobTable:
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, conn: ConnectionState, message: Message) -> None:
-        body = b"\0".join(message._wire_parts())
+        body = b"\0".join(message.wire_parts())
         out = conn.outgoing
         out += _pack(_RES_BYTES, message.packet_type, len(body))
         out += body

@@ -37,7 +37,6 @@ fan-out of every WORK_* packet to every attachment, coalescing on unique keys,
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -48,7 +47,7 @@ from ..._exceptions import (
     ProtocolError,
     UnknownPacketType,
 )
-from .._codec import Event, TextLine, UnexpectedMagic
+from .._codec import Event, TextLine, UnexpectedMagic, pack_header
 from .._packets import (
     AllYours,
     CanDo,
@@ -104,13 +103,12 @@ from .model import (
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
-_HEADER: Final = struct.Struct(">4sII")
 _RES_BYTES: Final = Magic.RES.value
-_pack: Final = _HEADER.pack
-_NOOP: Final = _HEADER.pack(_RES_BYTES, PacketType.NOOP, 0)
+_pack: Final = pack_header
+_NOOP: Final = _pack(_RES_BYTES, PacketType.NOOP, 0)
 _JOB_CREATED: Final = int(PacketType.JOB_CREATED)
 _JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
-_NO_JOB: Final = _HEADER.pack(_RES_BYTES, PacketType.NO_JOB, 0)
+_NO_JOB: Final = _pack(_RES_BYTES, PacketType.NO_JOB, 0)
 
 _CLIENT_ID_MAX: Final = 127
 _MIN_TIMEOUT_MS: Final = 1000
@@ -161,7 +159,7 @@ class ServerState(JobTable):
         self._next_handle = 1
         self._next_conn = 1
         self._connections: dict[int, ConnectionState] = {}
-        self._admin = AdminHandler(self)
+        self._admin = AdminHandler(self, self._connections.values())
         invalid = self._invalid_command
         self._handlers: dict[type[Event], _Handler] = {
             SubmitJob: self._submit_job,
@@ -579,7 +577,7 @@ class ServerState(JobTable):
         clients = job.clients
         if clients is None:
             return
-        body = b"\0".join(message._wire_parts())
+        body = b"\0".join(message.wire_parts())
         packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
         dirty = self.dirty
         for client in clients:
