@@ -21,6 +21,7 @@ from trio_gearman._proto._packets import (
     WorkFail,
 )
 
+from .admin_golden import ERROR_LINES
 from .test_server_state_harness import Harness, handle
 
 
@@ -261,3 +262,30 @@ def test_pipelined_admin_commands_and_packets() -> None:
     raw = peer.raw()
     echo = b"\0RES\x00\x00\x00\x11\x00\x00\x00\x03bin"
     assert raw == b"OK\r\n" + echo + b"f\t0\t0\t0\n.\n"
+
+
+@pytest.mark.parametrize("line", sorted(line for line, reply in ERROR_LINES.items() if reply))
+def test_the_server_answers_bad_admin_lines_with_gearmands_bytes(line: bytes) -> None:
+    # ``SHUTDOWN`` included: the refusal repeats the word as the peer wrote it.
+    assert Harness().connect().admin(line) == ERROR_LINES[line]
+
+
+@pytest.mark.parametrize("line", sorted(line for line, reply in ERROR_LINES.items() if not reply))
+def test_too_many_words_close_the_connection_as_gearmand_does(line: bytes) -> None:
+    # gearmand closes without a word; we say why first (the one difference).
+    peer = Harness().connect()
+    assert peer.admin(line) == b"ERR TOO_MANY_ARGS Too+many+arguments\r\n"
+    assert peer.conn.closing
+
+
+def test_prioritystatus_keeps_a_held_job_in_its_priority_column() -> None:
+    harness = Harness()
+    harness.state.set_hold(lambda name: name == b"f")
+    client = harness.connect()
+    client.send(SubmitJob(b"f", b"", b"h", Priority.HIGH, True))
+    client.send(SubmitJob(b"f", b"", b"l", Priority.LOW, True))
+    admin = harness.connect()
+    assert admin.admin(b"prioritystatus") == b"f\t1\t0\t1\t0\n.\n"
+    assert admin.admin(b"status") == b"f\t2\t0\t0\n.\n"
+    harness.state.set_hold(None)  # released: queued at the same priorities
+    assert admin.admin(b"prioritystatus") == b"f\t1\t0\t1\t0\n.\n"

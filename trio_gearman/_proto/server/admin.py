@@ -24,7 +24,6 @@ from ..._exceptions import TooManyAdminArguments
 from .._admin import (
     DROP_FUNCTION_BUSY,
     DROP_FUNCTION_NOT_FOUND,
-    SHUTDOWN_REFUSED,
     UNKNOWN_JOB,
     AdminErrorReply,
     CancelJob,
@@ -123,7 +122,11 @@ class AdminHandler:
     def _priority_status(self, command: PriorityStatus) -> bytes:
         return format_priority_status(
             FunctionPriorityStatus(
-                f.name, f.counts[0], f.counts[1] + f.future, f.counts[2], len(f.workers)
+                f.name,
+                f.counts[0] + f.held[0],
+                f.counts[1] + f.held[1] + f.future,  # epoch jobs, as gearmand counts them
+                f.counts[2] + f.held[2],
+                len(f.workers),
             )
             for f in self._state.functions
         )
@@ -176,4 +179,4 @@ class AdminHandler:
         return format_verbose(self._state.config.verbose)
 
     def _shutdown(self, command: Shutdown) -> bytes:
-        return format_error_reply(SHUTDOWN_REFUSED)
+        return format_error_reply(command.refusal())

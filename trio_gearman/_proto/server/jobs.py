@@ -130,8 +130,7 @@ class JobTable:
                 continue
             job.timer = 0
             if job.state == FUTURE:
-                job.function.future -= 1
-                self._future -= 1
+                self._take_back(job)
                 self._enqueue(job)
             else:
                 self._requeue(job)
@@ -198,8 +197,7 @@ class JobTable:
                 if held is not None and held(job.function.name):
                     still.append(job)
                     continue
-                job.function.future -= 1
-                self._future -= 1
+                self._take_back(job)
                 self._enqueue(job)
             self._held = still
         if held is None:
@@ -215,10 +213,27 @@ class JobTable:
 
     def _park(self, job: Job) -> None:
         """Hold ``job`` apart from its queue (its function is held)."""
-        job.state = HELD
-        job.function.future += 1
-        self._future += 1
+        self._set_aside(job, HELD)
         self._held.append(job)
+
+    def _set_aside(self, job: Job, state: int) -> None:
+        """Move a new or queued-off job to :data:`FUTURE` or :data:`HELD`: waiting apart."""
+        job.state = state
+        function = job.function
+        if state == HELD:
+            function.held[job.priority] += 1
+        else:
+            function.future += 1
+        self._future += 1
+
+    def _take_back(self, job: Job) -> None:
+        """Count a :data:`FUTURE` or :data:`HELD` job out, before it moves on."""
+        function = job.function
+        if job.state == HELD:
+            function.held[job.priority] -= 1
+        else:
+            function.future -= 1
+        self._future -= 1
 
     def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
         observer = self.observer
@@ -255,8 +270,7 @@ class JobTable:
         if job.state == QUEUED:
             self._unqueue(job)
         else:  # FUTURE or HELD
-            job.function.future -= 1
-            self._future -= 1
+            self._take_back(job)
         self._forget(job)
         self._ended(job, JobOutcome.CANCELLED)
         return True
@@ -482,8 +496,7 @@ class JobTable:
         if job.state == QUEUED:
             self._unqueue(job)
         elif job.state == HELD:
-            job.function.future -= 1
-            self._future -= 1
+            self._take_back(job)
         else:
             return
         self._forget(job)

@@ -102,8 +102,8 @@ class Function:
             queue may hold tombstones (jobs whose state is no longer QUEUED); they
             are skipped when popped.
         counts: the number of live QUEUED jobs per priority.
-        future: the number of epoch jobs of this function that are not due yet,
-            plus its held jobs (:data:`HELD`).
+        future: the number of epoch jobs of this function that are not due yet.
+        held: the number of its held jobs (:data:`HELD`) per priority.
         running: the number of jobs of this function that workers hold.
         workers: the connections registered for this function, in order.
         sleepers: connections that slept (PRE_SLEEP) while able to run this
@@ -118,6 +118,7 @@ class Function:
         "by_data",
         "counts",
         "future",
+        "held",
         "max_queue",
         "name",
         "queues",
@@ -132,6 +133,7 @@ class Function:
         self.queues: list[deque[Job] | None] = [None, None, None]
         self.counts = [0, 0, 0]
         self.future = 0
+        self.held = [0, 0, 0]
         self.running = 0
         self.workers: dict[ConnectionState, None] = {}
         self.sleepers: dict[ConnectionState, None] = {}
@@ -142,8 +144,8 @@ class Function:
     @property
     def queued(self) -> int:
         """Jobs waiting to run: queued at any priority, epoch jobs not due yet, held jobs."""
-        counts = self.counts
-        return counts[0] + counts[1] + counts[2] + self.future
+        counts, held = self.counts, self.held
+        return counts[0] + counts[1] + counts[2] + self.future + held[0] + held[1] + held[2]
 
     @property
     def total(self) -> int:

@@ -387,9 +387,7 @@ class ServerState(JobTable):
         out += handle
         self.dirty.add(conn)
         if due > now:
-            job.state = FUTURE
-            function.future += 1
-            self._future += 1
+            self._set_aside(job, FUTURE)
             self._arm(job, due)
         else:
             self._enqueue(job)
@@ -442,9 +440,7 @@ class ServerState(JobTable):
             index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
             index.setdefault(key, job)
         if due is not None:
-            job.state = FUTURE
-            owner.future += 1
-            self._future += 1
+            self._set_aside(job, FUTURE)
             self._arm(job, due)
         else:
             self._enqueue(job)
