@@ -1,0 +1,58 @@
+"""Every third-party module the package imports is a declared dependency."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "trio_gearman"
+# Modules whose import name differs from their distribution's name.
+IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
+# Imported only where that extra is in use: the pytest plugin runs inside pytest.
+EXTRA_ONLY = {"pytest_plugin.py": "test"}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"trio_gearman"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    names: set[str] = set()
+    for requirement in requirements:
+        match = re.match(r"[A-Za-z0-9_.-]+", requirement)
+        assert match, requirement
+        name = match.group(0).lower()
+        names |= IMPORT_NAMES.get(name, {name.replace("-", "_")})
+    return names
+
+
+def test_every_third_party_import_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = _names(project["dependencies"])
+    extras = {name: _names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        allowed = core | extras.get(EXTRA_ONLY.get(path.name, ""), set())
+        for module in sorted(_imports(path) - allowed):
+            missing.append(f"{path.relative_to(ROOT)}: {module}")
+    assert missing == []
+
+
+def test_exceptiongroup_is_required_where_python_lacks_it() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = (r for r in project["dependencies"] if r.startswith("exceptiongroup"))
+    assert "python_version < '3.11'" in requirement
