@@ -270,7 +270,29 @@ async def test_listen_failure_exits_1_with_a_message() -> None:
             ["-L", "127.0.0.1", "-p", str(port)], wait_listening=False
         ) as server:
             log = await expect_exit(server, 1)
-    assert b"cannot listen" in log
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use".encode() in log
+    assert b"(--listen 127.0.0.1)" in log
+
+
+async def test_listen_failure_names_which_of_several_addresses_failed() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        async with trio_gearmand(
+            ["-L", "localhost", "-L", "127.0.0.1", "-p", str(port)], wait_listening=False
+        ) as server:
+            log = await expect_exit(server, 1)
+    # localhost comes first and holds 127.0.0.1, which is taken.
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in log
+    assert b"(--listen localhost)" in log
+
+
+async def test_the_default_level_says_where_it_listens_and_which_queue() -> None:
+    async with trio_gearmand(["-L", "127.0.0.1", "-p", "0", "--verbose", "ERROR"]) as server:
+        server.process.terminate()
+        log = await expect_exit(server)
+    assert b"Listening on 127.0.0.1:" in log
+    assert b"Queue: in memory" in log
+    assert b"Starting up" not in log  # the other INFO lines stay quiet
 
 
 async def test_config_file_sets_the_job_handle_prefix(tmp_path: Path) -> None:

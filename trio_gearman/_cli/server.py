@@ -27,8 +27,8 @@ import anyio
 from .._address import DEFAULT_PORT
 from .._exceptions import GearmanError
 from .._proto.server.state import ServerConfig
-from .._server.server import GearmanServer
-from .._server.sockets import KeepAlive
+from .._server.server import GearmanServer, startup_logger
+from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
@@ -386,6 +386,10 @@ def _setup_logging(log_file: str, level: str) -> None:
     package_logger.handlers[:] = [handler]
     package_logger.setLevel(LEVELS[level])
     package_logger.propagate = False
+    # Where it listens and which queue it uses are said at every level but FATAL (as a
+    # person starting a server expects to see them).
+    startup = logging.INFO if LEVELS[level] < logging.CRITICAL else logging.CRITICAL
+    startup_logger.setLevel(min(startup, LEVELS[level]))
 
 
 # --- running -------------------------------------------------------------------------------
@@ -396,7 +400,7 @@ def _replay(server: GearmanServer, store: SqliteStore) -> None:
     now = time.time()
     server.state.wall_offset = now - anyio.current_time()
     count = store.replay(server.state, now)
-    logger.info("Replayed %d background jobs from %s", count, store.path)
+    startup_logger.info("Queue: libsqlite3 %s (%d background jobs replayed)", store.path, count)
 
 
 async def _serve(
@@ -408,6 +412,8 @@ async def _serve(
             _replay(server, store)
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)
+            if store is None:
+                startup_logger.info("Queue: in memory (background jobs are lost when it stops)")
 
             async def drain() -> None:
                 logger.info("Draining: running jobs may take %g s to finish", graceful_timeout)
@@ -536,7 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _os_error(exc)
         if error is None or server.addresses:
             raise
-        _fatal(f"cannot listen: {error}", options.log_file)
+        if isinstance(error, ListenFailed):
+            which = f" (--listen {error.host})" if error.host is not None else ""
+            _fatal(f"{error}{which}", options.log_file)
+        else:
+            _fatal(f"cannot listen: {error}", options.log_file)
         return 1
     finally:
         if store is not None:

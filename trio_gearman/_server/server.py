@@ -34,6 +34,8 @@ from .sockets import (
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
 logger = logging.getLogger("trio_gearman.server")
+startup_logger = logging.getLogger("trio_gearman.server.startup")
+"""Where the server says where it listens: ``trio-gearmand`` shows it at its default level."""
 
 DEFAULT_MAX_OUTPUT_BYTES: Final = 32 * 1024 * 1024
 """Bytes that may wait behind a blocked send before a connection is dropped (32 MiB)."""
@@ -292,7 +294,7 @@ class GearmanServer:
         self._task_group.start_soon(self._listen_all, listeners, scope, self._not_listening)
         for sock in listeners:
             host, port = sock.getsockname()[:2]
-            logger.info("Listening on %s", format_address(str(host), int(port)))
+            startup_logger.info("Listening on %s", format_address(str(host), int(port)))
 
     async def _listen_all(
         self, listeners: list[socket.socket], scope: anyio.CancelScope, done: anyio.Event

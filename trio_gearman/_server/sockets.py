@@ -19,9 +19,12 @@ from typing import Final
 import anyio
 import attrs
 
+from .._address import format_address
+
 __all__ = [
     "KeepAlive",
     "ListenAddress",
+    "ListenFailed",
     "configure_accepted",
     "notify_closing",
     "open_listeners",
@@ -45,6 +48,24 @@ def notify_closing(sock: socket.socket) -> None:
     notify = getattr(anyio, "notify_closing", None)
     if notify is not None and sock.fileno() >= 0:
         notify(sock)
+
+
+class ListenFailed(OSError):
+    """A listening address could not be opened; the message names it and says why.
+
+    Attributes:
+        host: the host as it was asked for (``None``: every local address).
+        address: ``host:port`` of the address that failed (the resolved one).
+    """
+
+    def __init__(self, host: str | None, address: str, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(error.errno, f"cannot listen on {address}: {reason}")
+        self.host = host
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 # Errors that say "this address family is not available here": skipped for a
@@ -117,9 +138,14 @@ def _bind(family: socket.AddressFamily, host: str, port: int, backlog: int) -> s
 
 async def _listen_one(host: str | None, port: int, backlog: int) -> list[socket.socket]:
     """Bind every address of ``host``; a port of 0 becomes one free port for all of them."""
-    addresses = await _resolve(host, port)
+    try:
+        addresses = await _resolve(host, port)
+    except OSError as exc:  # socket.gaierror: the name does not resolve
+        raise ListenFailed(host, format_address(host or "*", port), exc) from exc
     if not addresses:
-        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r}")
+        raise ListenFailed(
+            host, format_address(host or "*", port), OSError(errno.EADDRNOTAVAIL, "no address")
+        )
     for attempt in range(10):
         bound_port = port
         opened: list[socket.socket] = []
@@ -131,7 +157,7 @@ async def _listen_one(host: str | None, port: int, backlog: int) -> list[socket.
                     if host is None and exc.errno in _FAMILY_MISSING and len(addresses) > 1:
                         logger.warning("Cannot listen on %s: %s", ip, exc.strerror)
                         continue
-                    raise
+                    raise ListenFailed(host, format_address(ip, bound_port), exc) from exc
                 opened.append(sock)
                 if bound_port == 0:
                     bound_port = sock.getsockname()[1]
