@@ -135,7 +135,7 @@ async def test_background_jobs_survive_a_restart(
 
     async with trio_gearmand(arguments(db, port)) as server:
         assert server.port == port
-        await server.wait_for_line(b"Replayed 4 background jobs")
+        await server.wait_for_line(b"(4 background jobs replayed)")
         client = await connect(server)
         assert await client.request(GetStatus(handle(3))) == [
             StatusRes(handle(3), True, False, 0, 0)
@@ -168,7 +168,7 @@ async def test_background_jobs_survive_a_restart(
         await expect_exit(server)
 
     async with trio_gearmand(arguments(db, port)) as server:
-        await server.wait_for_line(b"Replayed 0 background jobs")
+        await server.wait_for_line(b"(0 background jobs replayed)")
         client = await connect(server)
         assert await client.request(SubmitJob(b"f", b"", b"x", background=True)) == [
             JobCreated(handle(new + 1))
@@ -190,7 +190,7 @@ async def test_an_epoch_job_keeps_its_time_across_a_restart(
         await stop(server, signal.SIGKILL)
 
     async with trio_gearmand(arguments(db, port)) as server:
-        await server.wait_for_line(b"Replayed 1 background jobs")
+        await server.wait_for_line(b"(1 background jobs replayed)")
         worker = await connect(server)
         await worker.request(CanDo(b"f"), replies=0)
         assert await grab_all(worker) == []
