@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests lint typecheck docs build``."""
+"""Development sessions: ``nox -s tests lint typecheck docs coverage build``."""
 
 from __future__ import annotations
 
@@ -44,3 +44,14 @@ def build(session: nox.Session) -> None:
     """Build the sdist and wheel."""
     session.install("build")
     session.run("python", "-m", "build")
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Branch coverage of the test suite, with CI's floors (100 % of _proto, 95 % overall)."""
+    session.install("-e", ".[test]")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine")
+    session.run("coverage", "report", "--include=trio_gearman/_proto/*", "--fail-under=100")
+    session.run("coverage", "report", "--fail-under=95")
