@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import math
 import os
+import socket
+import struct
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from trio_gearman._address import format_address, parse_address
 from trio_gearman._exceptions import ConnectFailed, ConnectionLost, ProtocolError
-from trio_gearman._net.stream import PacketStream, connect, os_reason
+from trio_gearman._net.stream import PacketStream, broken_reason, connect, os_reason
 from trio_gearman._proto import (
     Decoder,
     EchoReq,
@@ -405,3 +407,47 @@ def test_os_reason_digs_through_causes_and_groups() -> None:
     wrapper.__cause__ = ExceptionGroup("attempts", [ValueError("noise"), refused])
     assert os_reason(wrapper) == os.strerror(errno.ECONNREFUSED)
     assert os_reason(OSError("no errno anywhere")) == "no errno anywhere"
+
+
+def _with_cause(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (anyio.BrokenResourceError(), "the peer reset or abandoned it"),
+        (anyio.ClosedResourceError(), "it was closed on this side"),
+        (ConnectionResetError(errno.ECONNRESET, "x"), os.strerror(errno.ECONNRESET)),
+        (
+            _with_cause(anyio.BrokenResourceError(), BrokenPipeError(errno.EPIPE, "y")),
+            "Broken pipe",
+        ),
+        (OSError("bad things"), "bad things"),
+    ],
+)
+def test_a_broken_connection_always_says_why(error: BaseException, reason: str) -> None:
+    assert broken_reason(error) == reason
+
+
+async def test_a_reset_by_the_server_is_named_in_the_failure() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+
+        async def reset_at_once(stream: anyio.abc.SocketStream) -> None:
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.receive()
+            await stream.aclose()
+
+        tg.start_soon(listener.serve, reset_at_once)
+        stream = await connect(f"127.0.0.1:{port}")
+        stream.send_nowait(EchoReq(b"hi"))
+        with trio.fail_after(5), pytest.raises(ConnectionLost) as info:
+            await stream.serve(lambda event: None)
+        assert str(info.value).endswith(
+            ("Connection reset by peer", "the peer reset or abandoned it")
+        ), str(info.value)
+        tg.cancel_scope.cancel()

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "Connector",
     "PacketStream",
+    "broken_reason",
     "connect",
     "os_error_text",
     "os_reason",
@@ -77,6 +78,22 @@ def os_error_text(exc: BaseException) -> str | None:
 def os_reason(exc: BaseException) -> str:
     """The OS's words for a failed connect, else the error's own message."""
     return os_error_text(exc) or str(exc)
+
+
+def broken_reason(exc: BaseException) -> str:
+    """Why a connection in use broke, in words: never empty.
+
+    The OS's words where there are some (``Connection reset by peer``), else the
+    error's message, else what the error type means.
+    """
+    text = os_error_text(exc) or str(exc)
+    if text:
+        return text
+    if isinstance(exc, anyio.ClosedResourceError):
+        return "it was closed on this side"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return "the peer reset or abandoned it"
+    return type(exc).__name__
 
 
 async def connect(
@@ -296,7 +313,7 @@ class PacketStream:
                 self._fail("the server closed the connection")
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {exc or type(exc).__name__}", exc)
+                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
                 return
             self.reads += 1
             decoder.feed(data)
@@ -329,7 +346,7 @@ class PacketStream:
             try:
                 await send(bytes(out))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {exc or type(exc).__name__}", exc)
+                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
                 scope.cancel()
                 return
             finally:
