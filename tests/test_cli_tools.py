@@ -189,11 +189,15 @@ async def test_bad_arguments_exit_2_with_the_usage(args: list[str], message: str
     no_traceback(ran)
 
 
-async def test_malformed_gearman_servers_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GEARMAN_SERVERS", "127.0.0.1:99999")
+@pytest.mark.parametrize("value", ["127.0.0.1:99999", "a:b:c"])
+async def test_malformed_gearman_servers_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GEARMAN_SERVERS", value)
     ran = await cli("admin", "status")
     assert ran.status == 2
-    assert "GEARMAN_SERVERS='127.0.0.1:99999'" in ran.err
+    assert f"GEARMAN_SERVERS={value!r}" in ran.err
+    assert "bad " in ran.err or "out of range" in ran.err
 
 
 async def test_bad_arguments_in_a_real_process() -> None:

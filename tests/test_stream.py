@@ -362,7 +362,7 @@ def test_parse_address(address: str | tuple[str, int], expected: tuple[str, int]
 
 
 @pytest.mark.parametrize(
-    "address", ["", ":4730", "host:", "host:x", "host:70000", "[::1", "[::1]x"]
+    "address", ["", ":4730", "host:", "host:x", "host:70000", "[::1", "[::1]x", "a:b:c", "::g"]
 )
 def test_parse_address_refuses_malformed(address: str) -> None:
     with pytest.raises(ValueError, match="address"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Final
 
@@ -47,6 +48,13 @@ def parse_address(address: Address) -> tuple[str, int]:
         port = int(port_text)
     else:  # a host name, an IPv4 address or a bare IPv6 literal
         host, port = address, DEFAULT_PORT
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"bad server address {address!r}: write host:port, or [v6]:port for IPv6"
+                ) from None
     if not host:
         raise ValueError(f"no host in server address {address!r}")
     if not 0 < port < 65536:
