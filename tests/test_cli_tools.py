@@ -24,12 +24,14 @@ import anyio
 import attrs
 import pytest
 import trio
+import trio.testing
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from trio_gearman import JobException, JobFailed, Priority, Worker
 from trio_gearman._cli.common import UsageError
 from trio_gearman._cli.tools import execute
 from trio_gearman._cli.worker import WorkerLoadError, load_worker, serve_worker
+from trio_gearman._proto import CanDo, encode
 from trio_gearman._worker.job import Handler, Job
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
@@ -408,11 +410,27 @@ async def test_a_unique_key_too_long_is_a_usage_error(server: EmbeddedServer) ->
     assert server.history == []
 
 
-async def test_timeout_exits_124(server: EmbeddedServer) -> None:
+async def test_timeout_exits_124_and_says_no_worker_is_there(server: EmbeddedServer) -> None:
     ran = await cli("submit", "nobody", "x", "--timeout", "0.2", "--servers", server.address)
     assert (ran.status, ran.out) == (124, b"")
-    assert ran.err == "trio-gearman: timed out after 0.2 s\n"
+    assert ran.err == (
+        "trio-gearman: timed out after 0.2 s: no worker has registered 'nobody' on "
+        f"{server.address}; the job waits in its queue\n"
+    )
     assert server.queued("nobody") == 0  # the abandoned job left the queue
+
+
+async def test_timeout_with_a_busy_worker_says_only_that_it_timed_out(
+    server: EmbeddedServer,
+) -> None:
+    async with await anyio.connect_tcp(server.host, server.port) as worker:
+        await worker.send(encode(CanDo(b"slow")))
+        with trio.fail_after(5):
+            while server.workers("slow") == 0:
+                await trio.testing.wait_all_tasks_blocked()
+        ran = await cli("submit", "slow", "x", "--timeout", "0.2", "--servers", server.address)
+    assert ran.status == 124
+    assert ran.err == "trio-gearman: timed out after 0.2 s\n"
 
 
 async def test_sigint_while_waiting_exits_130_without_a_traceback(server: EmbeddedServer) -> None:

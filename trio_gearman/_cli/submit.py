@@ -11,6 +11,7 @@ from typing import Final
 import anyio
 import anyio.to_thread
 
+from .._client.admin import AdminClient
 from .._client.client import Client
 from .._client.job import JobHandle, JobStatus
 from .._exceptions import GearmanError
@@ -114,6 +115,8 @@ async def run_submit(options: argparse.Namespace) -> int:
         async with client.submit_job(function, data, priority=priority, unique=unique) as job:
             if options.verbose:
                 error(f"job {job.handle} accepted by {job.handle.server}")
+            if options.timeout and job.handle.server:
+                options.timeout_hint = await _no_worker_hint(job.handle.server, function)
             async for update in job:
                 if isinstance(update, WorkData):
                     write_out(update.data)
@@ -124,6 +127,19 @@ async def run_submit(options: argparse.Namespace) -> int:
             result = job.result
         write_out(result)
     return 0
+
+
+async def _no_worker_hint(server: str, function: bytes) -> str | None:
+    """What to add to "timed out" when ``server`` has no worker for ``function``."""
+    try:
+        async with AdminClient(server) as admin:
+            rows = await admin.status()
+    except GearmanError:
+        return None  # no hint then; the job itself goes on
+    if any(row.function == function and row.workers for row in rows):
+        return None
+    name = function.decode(errors="replace")
+    return f"no worker has registered {name!r} on {server}; the job waits in its queue"
 
 
 def _status_row(key: bytes, status: JobStatus, *, by_unique: bool) -> bytes:

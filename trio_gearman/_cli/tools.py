@@ -21,6 +21,7 @@ from .admin import add_admin_parser
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
     EXIT_USAGE,
     PROG,
     UsageError,
@@ -106,6 +107,9 @@ async def execute(argv: Sequence[str] | None = None) -> int:
         if described is None:
             raise
         code, message = described
+        hint: str | None = getattr(options, "timeout_hint", None)
+        if hint and code == EXIT_TIMEOUT:
+            message = f"{message}: {hint}"
         error(message)
         return code
 
