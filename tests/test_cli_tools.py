@@ -684,6 +684,14 @@ async def test_load_a_worker_or_a_factory(user_module: Path) -> None:
         ("cli_jobs_b:make_nothing", "default", "returned int, not a trio_gearman.Worker"),
         ("cli_jobs_b:make_bare", "env", "has no functions registered"),
         ("cli_jobs_b:make_needs", "default", "cannot be called without arguments"),
+        (
+            "cli_jobs_b:reverse",
+            "default",
+            "cli_jobs_b:reverse is an async function, a job function perhaps; the command runs "
+            "a Worker: give it a Worker, or a function that returns one, e.g. 'worker = "
+            'Worker(); worker.register("reverse", reverse)\' in cli_jobs_b, then '
+            "'trio-gearman worker cli_jobs_b:worker'",
+        ),
         ("cli_jobs_b:not_a_worker", "default", "is a str, not a trio_gearman.Worker"),
         ("cli_jobs_b:missing", "default", "'cli_jobs_b' has no attribute 'missing'"),
         ("cli_jobs_b:holder.missing", "default", "'cli_jobs_b.holder' has no attribute 'missing'"),

@@ -121,6 +121,14 @@ def _call_factory(
         signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):  # some builtins have no signature: just call them
         signature = None
+    if inspect.iscoroutinefunction(factory):
+        module, _, name = target.partition(":")
+        raise UsageError(
+            f"{target} is an async function, a job function perhaps; the command runs a "
+            "Worker: give it a Worker, or a function that returns one, e.g. "
+            f'\'worker = Worker(); worker.register("{name.rpartition(".")[2]}", '
+            f"{name.rpartition('.')[2]})' in {module}, then 'trio-gearman worker {module}:worker'"
+        )
     kwargs: dict[str, object] = {}
     parameter = None if signature is None else signature.parameters.get("servers")
     if parameter is not None:
