@@ -84,6 +84,11 @@ async def test_tutorial_worker_and_client(job_server: str) -> None:
             assert await read_line(stdout) == "stopped"
 
 
+async def test_asyncio_program_with_a_worker_task_and_a_client(job_server: str) -> None:
+    lines = await run_example("asyncio_app.py", job_server)
+    assert lines == ["alpha -> ALPHA", "beta -> BETA", "gamma -> GAMMA"]
+
+
 async def test_background_jobs_with_status_polling(job_server: str) -> None:
     lines = await run_example("background_status.py", job_server)
     queued = [line.removeprefix("queued ") for line in lines[:2]]
