@@ -28,7 +28,7 @@ async def main(server: str) -> None:
     async with trio_gearman.Client([server]) as client:
         jobs = (client.submit("shout", word) for word in words)
         results = await asyncio.wait_for(asyncio.gather(*jobs), timeout=10)
-    for word, result in zip(words, results):
+    for word, result in zip(words, results, strict=True):
         print(f"{word.decode()} -> {result.decode()}", flush=True)
     worker.stop(timeout=5)  # stop grabbing; run() returns once running jobs are done
     await serving
