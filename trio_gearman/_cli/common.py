@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from .._address import server_list
@@ -17,9 +17,7 @@ from .._exceptions import (
     NoServersAvailable,
 )
 from .._net.stream import os_error_text
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+from .options import UsageError, leaves, seconds
 
 __all__ = [
     "DEFAULT_SERVERS",
@@ -61,10 +59,6 @@ EXIT_INTERRUPTED: Final = 130
 """Interrupted by SIGINT outside the worker (128 + SIGINT, as shells report it)."""
 
 
-class UsageError(Exception):
-    """A bad argument found after parsing: reported with the usage, exit status 2."""
-
-
 # --- options shared by the subcommands ----------------------------------------------------
 
 
@@ -73,16 +67,6 @@ def _servers(text: str) -> list[str]:
         return server_list(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, timeout: bool = True) -> None:
@@ -96,7 +80,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, timeout: bool = True)
     if timeout:
         parser.add_argument(
             "--timeout",
-            type=_timeout,
+            type=seconds(zero=False),
             metavar="SECONDS",
             help="give up after this many seconds (exit status 124)",
         )
@@ -186,26 +170,18 @@ def setup_logging(verbose: int, *, quiet_level: int = logging.ERROR) -> None:
 # --- errors --------------------------------------------------------------------------------
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def unwrap(exc: BaseException) -> BaseException:
     """The exception inside (nested) exception groups that says what went wrong.
 
     Task groups wrap errors in groups; the first GearmanError, TimeoutError or
     OSError inside is the one to report.
     """
-    leaves = list(_leaves(exc))
+    found = list(leaves(exc))
     for kind in (GearmanError, TimeoutError, OSError):
-        for leaf in leaves:
+        for leaf in found:
             if isinstance(leaf, kind):
                 return leaf
-    return leaves[0] if leaves else exc
+    return found[0] if found else exc
 
 
 def connect_failure(exc: ConnectFailed) -> str:
@@ -218,7 +194,7 @@ def _unreachable(exc: NoServersAvailable) -> str:
     cause = exc.__cause__
     failures = [
         connect_failure(leaf) if isinstance(leaf, ConnectFailed) else str(leaf)
-        for leaf in (_leaves(cause) if cause is not None else ())
+        for leaf in (leaves(cause) if cause is not None else ())
     ]
     if not failures:
         return f"no Gearman server could be reached: {', '.join(exc.servers)}"

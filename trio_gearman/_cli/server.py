@@ -32,6 +32,7 @@ from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
+from .options import UsageError, leaves, seconds
 
 __all__ = ["main"]
 
@@ -62,10 +63,6 @@ _QUEUE_TYPES: Final = ("postgres", "mysql", "redis", "libmemcached")
 _SQLITE_NAMES: Final = ("libsqlite3", "sqlite")
 
 
-class UsageError(Exception):
-    """A bad option or value: reported in one line, exit status 2."""
-
-
 # --- option values ---------------------------------------------------------------------------
 
 
@@ -87,16 +84,6 @@ def _port(text: str) -> int:
     value = _int_at_least(0)(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535)")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
 
 
@@ -253,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add(
         "--graceful-timeout",
-        type=_seconds,
+        type=seconds(zero=True),
         default=DEFAULT_GRACEFUL_TIMEOUT,
         metavar="SECONDS",
         help="on SIGUSR1, how long running jobs may take to finish "
@@ -439,17 +426,6 @@ async def _serve(
                     break
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError inside an exception (group), if there is one."""
-    if isinstance(exc, OSError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = _os_error(inner)
-        if found is not None:
-            return found
-    return None
-
-
 def _fatal(message: str, log_file: str) -> None:
     """Report why the server cannot run: on stderr, and in the log file if there is one."""
     if log_file.lower() not in ("stderr", "none"):
@@ -539,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, GearmanError):
             _fatal(str(exc), options.log_file)
             return 1
-        error = _os_error(exc)
+        error = next((e for e in leaves(exc) if isinstance(e, OSError)), None)
         if error is None or server.addresses:
             raise
         if isinstance(error, ListenFailed):

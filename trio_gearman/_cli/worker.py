@@ -26,6 +26,7 @@ from .common import (
     resolve_servers,
     setup_logging,
 )
+from .options import seconds
 
 __all__ = ["WorkerLoadError", "add_worker_parser", "load_worker", "run_worker", "serve_worker"]
 
@@ -50,16 +51,6 @@ class WorkerLoadError(Exception):
     """User code raised while the worker was imported or made: exit status 1."""
 
 
-def _drain_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not 0 or a positive number of seconds")
-    return value
-
-
 def add_worker_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``worker`` subcommand."""
     parser = commands.add_parser(
@@ -75,7 +66,7 @@ def add_worker_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     parser.add_argument(
         "--drain-timeout",
-        type=_drain_timeout,
+        type=seconds(zero=True),
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long running jobs may take to finish "
         "(default: the Worker's drain_timeout)",
