@@ -42,6 +42,7 @@ from .model import (
     Job,
     JobObserver,
     JobOutcome,
+    JobState,
     ServerConfig,
 )
 
@@ -216,7 +217,7 @@ class JobTable:
         self._set_aside(job, HELD)
         self._held.append(job)
 
-    def _set_aside(self, job: Job, state: int) -> None:
+    def _set_aside(self, job: Job, state: JobState) -> None:
         """Move a new or queued-off job to :data:`FUTURE` or :data:`HELD`: waiting apart."""
         job.state = state
         function = job.function

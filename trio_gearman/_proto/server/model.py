@@ -32,20 +32,37 @@ __all__ = [
     "Job",
     "JobObserver",
     "JobOutcome",
+    "JobState",
     "JobStore",
     "ServerConfig",
 ]
 
-QUEUED: Final = 0
-"""The job waits in its function's queue for its priority."""
-RUNNING: Final = 1
-"""A worker holds the job."""
-FUTURE: Final = 2
-"""A SUBMIT_JOB_EPOCH job waits in the timer heap for its time."""
-GONE: Final = 3
-"""The job is finished, cancelled or dropped. A queue may still hold it as a tombstone."""
-HELD: Final = 4
-"""The job's function is held (a test hook): the job waits apart, away from workers."""
+class JobState(enum.IntEnum):
+    """Where a job is. The job table moves jobs between states and keeps the counts.
+
+    A new job is QUEUED (or FUTURE, for an epoch job not due yet); QUEUED goes to
+    RUNNING when a worker grabs it, or to HELD while its function is held; FUTURE
+    and HELD go back to QUEUED; RUNNING goes back to QUEUED when its worker leaves;
+    every state ends in GONE.
+    """
+
+    QUEUED = 0
+    """The job waits in its function's queue for its priority."""
+    RUNNING = 1
+    """A worker holds the job."""
+    FUTURE = 2
+    """A SUBMIT_JOB_EPOCH job waits in the timer heap for its time."""
+    GONE = 3
+    """The job is finished, cancelled or dropped. A queue may still hold it as a tombstone."""
+    HELD = 4
+    """The job's function is held (a test hook): the job waits apart, away from workers."""
+
+
+QUEUED: Final = JobState.QUEUED
+RUNNING: Final = JobState.RUNNING
+FUTURE: Final = JobState.FUTURE
+GONE: Final = JobState.GONE
+HELD: Final = JobState.HELD
 
 
 @attrs.define(slots=True, eq=False, weakref_slot=False)
@@ -83,7 +100,7 @@ class Job:
     priority: int
     background: bool
     reducer: bytes = b""
-    state: int = QUEUED
+    state: JobState = QUEUED
     retries: int = 0
     numerator: int = 0
     denominator: int = 0
