@@ -192,12 +192,15 @@ class ClientConnection:
             await self._wait_change(submission)
 
     def _wake(self) -> None:
+        """Wake whoever waits for the requests the state changed; clear the list."""
         changed = self._changed
         waiters = self._waiters
-        for request in changed:
-            event = waiters.pop(request, None)
-            if event is not None:
-                event.set()
+        if waiters:
+            pop = waiters.pop
+            for request in changed:
+                event = pop(request, None)
+                if event is not None:
+                    event.set()
         changed.clear()
 
     # --- replies -------------------------------------------------------------------------
@@ -206,8 +209,16 @@ class ClientConnection:
         notice = self._receive(event)
         if notice is not None:
             logger.warning("%s", notice)
-        if self._changed:
-            self._wake()
+        changed = self._changed
+        if changed:  # inlined _wake: once or twice per packet
+            waiters = self._waiters
+            if waiters:
+                pop = waiters.pop
+                for request in changed:
+                    waiter = pop(request, None)
+                    if waiter is not None:
+                        waiter.set()
+            changed.clear()
 
     def _lost(self, error: ConnectionLost, *, server_lost: bool = False) -> None:
         self._state.connection_lost(error, server_lost=server_lost)
