@@ -371,7 +371,7 @@ class Client(Generic[R]):
             )
             try:
                 while submission.handle is None and not submission.done:
-                    await submission.next_change()
+                    await conn.next_change(submission)
             except BaseException:
                 conn.abandon(submission)
                 raise
@@ -487,7 +487,7 @@ class Client(Generic[R]):
             conn, submission = await self._place(request, lost)
             try:
                 while not submission.done:
-                    await submission.next_change()
+                    await conn.next_change(submission)
             finally:
                 if not submission.done:
                     conn.abandon(submission)
@@ -751,7 +751,7 @@ class Client(Generic[R]):
         links = self._link_set()
         conn = await links.acquire(order, within=self.wait_for_server)
         call = conn.call(message, reply_type)
-        await call.wait()
+        await conn.wait(call)
         if call.error is not None:
             raise call.error
         return call.reply

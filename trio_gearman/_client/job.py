@@ -140,21 +140,21 @@ class ForegroundJob(Generic[R]):
         Raises:
             JobFailed: the job failed (see :attr:`result`).
         """
-        submission = self._started()
+        conn, submission = self._following()
         while True:
             while not submission.done:
                 if submission.updates is not None:
                     submission.updates.clear()
-                await submission.next_change()
+                await conn.next_change(submission)
             if not await self._resubmitted(submission):
                 return self.result
-            submission = self._started()
+            conn, submission = self._following()
 
     def __aiter__(self) -> ForegroundJob[R]:
         return self
 
     async def __anext__(self) -> Update:
-        submission = self._started()
+        conn, submission = self._following()
         while True:
             updates = submission.updates
             if updates:
@@ -165,9 +165,9 @@ class ForegroundJob(Generic[R]):
                     raise StopAsyncIteration
                 if not await self._resubmitted(submission):
                     raise error
-                submission = self._started()
+                conn, submission = self._following()
                 continue
-            await submission.next_change()
+            await conn.next_change(submission)
 
     async def _resubmitted(self, submission: Submission) -> bool:
         """After the loss of the job's server, submit it again if the client retries."""
@@ -200,6 +200,11 @@ class ForegroundJob(Generic[R]):
         if self._submission is None:
             raise RuntimeError("enter the job first: 'async with client.submit_job(...) as job'")
         return self._submission
+
+    def _following(self) -> tuple[ClientConnection, Submission]:
+        submission = self._started()
+        assert self._conn is not None
+        return self._conn, submission
 
     def _server(self) -> str:
         assert self._conn is not None
