@@ -282,9 +282,10 @@ class ServerState(JobTable):
             self._detach(conn, job)
         conn.attached.clear()
         lost = conn.ability_list[:]
+        # A worker only runs jobs of functions it can do, and dropping them all
+        # re-queued every one of its running jobs.
         self._drop_abilities(conn, lost)
-        for job in list(conn.running.values()):
-            self._requeue(job)
+        assert not conn.running
         self._rewake(lost)
 
     @property
