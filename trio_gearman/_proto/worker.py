@@ -265,9 +265,9 @@ class WorkerConnectionState(Generic[A]):
         """The connection is up: register (SET_CLIENT_ID, CAN_DO*), then grab.
 
         Raises:
-            RuntimeError: called twice.
+            RuntimeError: called twice, or after :meth:`lose`.
         """
-        if self.connected:
+        if self.connected or self.lost:
             raise RuntimeError(f"{self!r} is already connected")
         self.connected = True
         self.slots._attach(self)
@@ -440,8 +440,9 @@ class WorkerConnectionState(Generic[A]):
             raise ValueError(f"a job's last packet is WORK_COMPLETE/FAIL/EXCEPTION: {messages}")
         for message in messages:
             self._owned(job, message)
-            if not isinstance(message, (*_PROGRESS, *_FINAL)):
-                raise ValueError(f"{type(message).__name__} is not a job's packet")
+        for message in messages[:-1]:
+            if not isinstance(message, _PROGRESS):
+                raise ValueError(f"{type(message).__name__} before a job's last packet")
         job.finished = True
         self.jobs.remove(job)
         for slots in self._members():
