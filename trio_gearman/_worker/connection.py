@@ -1,20 +1,11 @@
-"""One worker connection: its abilities, its GRABs and sleep, the jobs it runs.
+"""One worker connection: the I/O driver of its sans-IO ``WorkerConnectionState``.
 
-The grab cycle, per connection:
-
-* while awake and a job slot is free, send GRAB_JOB_UNIQ (several may be in
-  flight, each holding a slot until its answer);
-* JOB_ASSIGN_UNIQ starts the job in the worker's task group; its slot is held
-  until the job's final packet is queued;
-* NO_JOB means the queue is empty: no more GRABs; once every GRAB in flight is
-  answered, send PRE_SLEEP and sleep;
-* NOOP wakes the connection, and so does a timer when it has slept for
-  ``regrab_interval`` seconds (a lost NOOP never leaves work waiting).
-
-A worker whose functions have their own concurrency limits has one connection
-per limited function (per server), so that the server hands each connection only
-the jobs it can take; a :class:`SharedLimit` holds such a function's limit across
-the connections of every server.
+The protocol (abilities, the grab cycle, slots, which job belongs to which
+connection) lives in the sans-IO state; this module reads packets into it, sends
+what it queues, runs the re-grab timer (a sleeping connection grabs again after
+``regrab_interval`` seconds without a NOOP, so a lost NOOP never leaves work
+waiting) and the heartbeat, and hands assigned jobs to its owner (the worker),
+which reports their ends back with :meth:`WorkerConnection.finish`.
 
 A connection to a server that is one of several first asks for an ECHO and
 grabs only once the server has answered, so that a server that accepts
@@ -26,23 +17,19 @@ dropped (the server has re-queued the job).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
 
-from .._exceptions import ConnectionLost, JobException, JobFailed
+from .._exceptions import ConnectionLost
+from .._failover import Heartbeat
 from .._net.stream import PacketStream
 from .._proto import (
-    CanDo,
-    CanDoTimeout,
-    CantDo,
-    EchoReq,
     EchoRes,
     Error,
     Event,
-    GrabJobUniq,
     JobAssign,
     JobAssignAll,
     JobAssignUniq,
@@ -50,99 +37,75 @@ from .._proto import (
     NoJob,
     Noop,
     OptionRes,
-    PreSleep,
-    SetClientId,
-    WorkComplete,
-    WorkException,
     WorkFail,
-    WorkWarning,
     encode,
 )
-from .job import FunctionSpec, Job, result_bytes, wire_timeout
+from .._proto.worker import GRAB, AssignedJob, WorkerConnectionState
+from .job import FunctionSpec
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-__all__ = ["SharedLimit", "WorkerConnection"]
+__all__ = ["ConnectionOwner", "WorkerConnection"]
 
 logger = logging.getLogger("trio_gearman.worker")
 
-_GRAB = encode(GrabJobUniq())
-_PRE_SLEEP = encode(PreSleep())
-_ECHO = encode(EchoReq(b"heartbeat"))
+_GRAB: Final = encode(GRAB)
+_ASSIGNS: Final = (JobAssignUniq, JobAssign, JobAssignAll)
+_STATEFUL: Final = (*_ASSIGNS, NoJob, Noop, EchoRes)
 
 
-class SharedLimit:
-    """A function's own concurrency limit, shared by its connections to every server.
+class ConnectionOwner(Protocol):
+    """What a :class:`WorkerConnection` needs from the worker that owns it."""
 
-    Attributes:
-        size: the most jobs of the function at once.
-        used: GRABs in flight plus jobs running, over every connection.
-    """
+    def start_job(self, conn: WorkerConnection, job: AssignedJob[FunctionSpec]) -> bool:
+        """Run ``job`` in a task of its own; it ends with ``conn.finish(job, ...)``.
 
-    __slots__ = ("size", "used")
+        Returns:
+            ``False`` when the worker takes no more jobs (it is shutting down).
+        """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.used = 0
+    def flush(self) -> None:
+        """The protocol state changed: send what every connection has queued."""
+
+    def connection_ended(self, conn: WorkerConnection) -> None:
+        """``conn`` ended (its state has lost the connection); its jobs run on."""
 
 
 class WorkerConnection:
-    """The protocol state of one worker connection.
+    """Drives one worker connection's protocol state over a :class:`PacketStream`.
 
     Args:
-        worker: the worker that owns the job slots and the job task group.
-        functions: the functions this connection registers.
-        limit: the function's own limit (running plus GRABs in flight, shared with
-            its connections to other servers), or ``None`` for only the worker's.
-        handshake: send an ECHO_REQ after registering and grab only once the
-            server has answered.
+        owner: the worker, which runs the jobs.
+        state: the connection's protocol state (sharing the worker's slots).
+        client_id: sent as SET_CLIENT_ID on connecting, if set.
+        regrab_interval: while asleep, GRAB again after this many seconds.
+        heartbeat: when a silent server counts as gone.
+
+    Attributes:
+        state: as given.
+        stream: the connection, once :meth:`run` has it.
     """
 
     def __init__(
         self,
-        worker: Worker,
-        functions: list[FunctionSpec],
-        limit: SharedLimit | int | None = None,
+        owner: ConnectionOwner,
+        state: WorkerConnectionState[FunctionSpec],
         *,
-        handshake: bool = False,
+        client_id: bytes | None = None,
+        regrab_interval: float = 10.0,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
-        self._worker = worker
-        self.functions: dict[bytes, FunctionSpec] = {spec.wire: spec for spec in functions}
-        # Unregistered functions, for jobs that GRABs sent before the CANT_DO still bring.
-        self._retired: dict[bytes, FunctionSpec] = {}
-        self.limit = SharedLimit(limit) if isinstance(limit, int) else limit
+        self._owner = owner
+        self.state = state
+        self._client_id = client_id
+        self._regrab_interval = regrab_interval
+        self._heartbeat = heartbeat if heartbeat is not None else Heartbeat()
         self.stream: PacketStream | None = None
-        self.grabs = 0
-        self.running = 0
-        self.sleeping = False
-        self.drained = False
-        self.closed = False
-        self._handshake = handshake
-        self._echoes = 0
-        self._sleep_since = 0.0
+        self._slept_at = 0.0
         self._sleep_event: anyio.Event | None = None
-        self._dispatch: dict[type[Any], Callable[[Any], None]] = {
-            JobAssignUniq: self._on_assign,
-            JobAssign: self._on_assign,
-            JobAssignAll: self._on_assign,
-            NoJob: self._on_no_job,
-            Noop: self._on_noop,
-            Error: self._on_error,
-            OptionRes: _ignore,
-            EchoRes: self._on_echo,
-        }
 
     @property
     def server(self) -> str:
         """The server's address, once connected."""
         return self.stream.peer if self.stream is not None else "(not connected)"
-
-    @property
-    def open(self) -> bool:
-        """Whether packets can be sent: connected, and the connection has not ended."""
-        stream = self.stream
-        return stream is not None and stream.error is None and not self.closed
 
     @property
     def heard(self) -> int:
@@ -152,36 +115,51 @@ class WorkerConnection:
     @property
     def waiting(self) -> bool:
         """Whether the server owes an answer (to a GRAB or an ECHO_REQ)."""
-        return self.grabs > 0 or self._echoes > 0
+        return self.state.waiting
+
+    @property
+    def running(self) -> int:
+        """Jobs from this connection that run now."""
+        return len(self.state.jobs)
 
     def probe(self) -> None:
         """Send an ECHO_REQ (a heartbeat)."""
-        if self.stream is not None and self.open:
-            self.stream.send_encoded_nowait(_ECHO)
-            self._echoes += 1
-
-    # --- abilities -----------------------------------------------------------------------
+        self.state.probe()
+        self.flush()
 
     def add(self, spec: FunctionSpec) -> None:
         """Register a function; CAN_DO (or CAN_DO_TIMEOUT) goes out at once."""
-        self.functions[spec.wire] = spec
-        self._retired.pop(spec.wire, None)
-        if self.open:
-            self._send(self._can_do(spec))
-            self.wake()
+        self.state.add(spec)
+        self._owner.flush()
 
     def remove(self, spec: FunctionSpec) -> None:
         """Unregister a function; CANT_DO goes out at once."""
-        removed = self.functions.pop(spec.wire, None)
-        if removed is not None:
-            self._retired[spec.wire] = removed
-            if self.open:
-                self._send(CantDo(spec.wire))
+        self.state.remove(spec.wire)
+        self._owner.flush()
 
-    def _can_do(self, spec: FunctionSpec) -> Message:
-        if spec.timeout is None:
-            return CanDo(spec.wire)
-        return CanDoTimeout(spec.wire, wire_timeout(spec.timeout, self._worker.timeout_grace))
+    def flush(self) -> None:
+        """Send what the state has queued (dropped once the connection has ended)."""
+        outbox = self.state.outbox
+        if not outbox:
+            return
+        stream = self.stream
+        if stream is not None and stream.error is None:
+            for message in outbox:
+                if message is GRAB:
+                    stream.send_encoded_nowait(_GRAB)
+                else:
+                    stream.send_nowait(message)
+        outbox.clear()
+
+    def _after(self, was_sleeping: bool) -> None:
+        """Send what every connection queued; start the re-grab timer if asleep now."""
+        if self.state.sleeping and not was_sleeping:
+            self._slept_at = anyio.current_time()
+            event = self._sleep_event
+            if event is not None:
+                self._sleep_event = None
+                event.set()
+        self._owner.flush()
 
     # --- running -------------------------------------------------------------------------
 
@@ -193,218 +171,108 @@ class WorkerConnection:
     ) -> None:
         """Register, grab and serve until the connection ends or the task is cancelled.
 
-        Returns when the connection is lost; either way the worker learns that it
+        Returns when the connection is lost; either way the owner learns that it
         ended. The jobs it started run on.
         """
         self.stream = stream
-        client_id = self._worker.client_id
-        if client_id:
-            self._send(SetClientId(client_id))
-        for spec in self.functions.values():
-            self._send(self._can_do(spec))
-        if self._handshake:
-            self.probe()
         try:
+            self.state.connect(self._client_id)
+            self.flush()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._regrab_timer)
                 tg.start_soon(self._watch)
-                self.pump()
                 try:
                     await stream.serve(self._on_event, task_status=task_status)
                 except ConnectionLost as exc:
                     logger.debug("%s: %s", self.server, exc)
                 tg.cancel_scope.cancel()
         finally:
-            self.closed = True
-            self._worker._connection_ended(self)
+            self.state.lose()
+            self._owner.connection_ended(self)
 
     async def _watch(self) -> None:
-        reason = await self._worker.heartbeat.watch(self)
+        reason = await self._heartbeat.watch(self)
         logger.debug("%s: %s; dropping the connection", self.server, reason)
         assert self.stream is not None
         await self.stream.aclose(reason)
 
-    def _send(self, message: Message) -> None:
-        assert self.stream is not None
-        self.stream.send_nowait(message)
-
-    def pump(self) -> None:
-        """Send GRABs while this connection is awake and job slots are free."""
-        worker = self._worker
-        if self.sleeping or self.drained or worker.stopping or not self.open:
-            return
-        if not self.functions or self._handshake:
-            return
-        limit = self.limit
-        assert self.stream is not None
-        send = self.stream.send_encoded_nowait
-        while worker.free > 0 and self.grabs < worker.max_grabs:
-            if limit is not None:
-                if limit.used >= limit.size:
-                    break
-                limit.used += 1
-            send(_GRAB)
-            self.grabs += 1
-            worker.free -= 1
-
-    def wake(self) -> None:
-        """Leave sleep (a NOOP, the re-grab timer, a new ability) and grab."""
-        self.sleeping = False
-        self.drained = False
-        self.pump()
-
     async def drain(self) -> None:
         """Wait until every queued packet has been handed to the transport."""
-        if self.stream is not None and self.open:
+        if self.stream is not None and self.stream.error is None and not self.state.lost:
             await self.stream.drain()
 
     async def _regrab_timer(self) -> None:
-        interval = self._worker.regrab_interval
+        interval = self._regrab_interval
         while True:
-            if self.sleeping:
-                delay = self._sleep_since + interval - anyio.current_time()
+            if self.state.sleeping:
+                delay = self._slept_at + interval - anyio.current_time()
                 if delay > 0:
                     await anyio.sleep(delay)
                     continue
                 logger.debug("%s: no NOOP for %g s, grabbing again", self.server, interval)
-                self.wake()
+                self.state.wake()
+                self._owner.flush()
             else:
                 event = self._sleep_event = anyio.Event()
                 await event.wait()
 
-    # --- packets -------------------------------------------------------------------------
-
     def _on_event(self, event: Event) -> None:
-        handler = self._dispatch.get(type(event))
-        if handler is not None:
-            handler(event)
-        else:
-            logger.warning("%s sent an unexpected %r; ignored", self.server, event)
-
-    def _on_assign(self, message: JobAssignUniq | JobAssign | JobAssignAll) -> None:
-        worker = self._worker
-        self.grabs -= 1
-        spec = self.functions.get(message.function) or self._retired.get(message.function)
-        if spec is None or worker.jobs_tg is None:
+        if isinstance(event, _STATEFUL):
+            state = self.state
+            was_sleeping = state.sleeping
+            job = state.receive(event)
+            if isinstance(event, _ASSIGNS):
+                if job is None:
+                    logger.warning(
+                        "%s assigned job %r of %r, which is not registered here; failing it",
+                        self.server,
+                        event.handle,
+                        event.function,
+                    )
+                elif not self._owner.start_job(self, job):
+                    logger.warning(
+                        "%s assigned job %r while shutting down; failing it",
+                        self.server,
+                        job.handle,
+                    )
+                    state.finish(job, (WorkFail(job.handle),))
+            self._after(was_sleeping)
+        elif isinstance(event, Error):
             logger.warning(
-                "%s assigned job %r of %r, which is not registered here; failing it",
+                "%s sent ERROR %s: %s",
                 self.server,
-                message.handle,
-                message.function,
+                event.code.decode(errors="replace"),
+                event.text.decode(errors="replace"),
             )
-            self._send(WorkFail(message.handle))
-            if self.limit is not None:
-                self.limit.used -= 1
-            worker._release(self)
-            return
-        stream = self.stream
-        assert stream is not None
-        if isinstance(message, JobAssignUniq):
-            job = Job(stream, message.handle, spec.name, message.unique, message.data)
-        elif isinstance(message, JobAssign):
-            job = Job(stream, message.handle, spec.name, b"", message.data)
-        else:
-            job = Job(
-                stream, message.handle, spec.name, message.unique, message.data, message.reducer
-            )
-        self.running += 1
-        worker.jobs_running += 1
-        worker._start_job(self, job, spec)
-        self.drained = False  # the queue was not empty after all
-        self.pump()
-
-    def _on_no_job(self, message: NoJob) -> None:
-        self.grabs -= 1
-        if self.limit is not None:
-            self.limit.used -= 1
-        self.drained = True
-        if self.grabs == 0 and not self.sleeping and not self._worker.stopping:
-            assert self.stream is not None
-            self.stream.send_encoded_nowait(_PRE_SLEEP)
-            self.sleeping = True
-            self._sleep_since = anyio.current_time()
-            event = self._sleep_event
-            if event is not None:
-                self._sleep_event = None
-                event.set()
-        self._worker._release(self)
-
-    def _on_noop(self, message: Noop) -> None:
-        self.wake()
-
-    def _on_echo(self, message: EchoRes) -> None:
-        if self._echoes:
-            self._echoes -= 1
-        if self._handshake:  # the server answers: grab from it
-            self._handshake = False
-            self.pump()
-
-    def _on_error(self, message: Error) -> None:
-        logger.warning(
-            "%s sent ERROR %s: %s",
-            self.server,
-            message.code.decode(errors="replace"),
-            message.text.decode(errors="replace"),
-        )
+        elif not isinstance(event, OptionRes):
+            logger.warning("%s sent an unexpected %r; ignored", self.server, event)
 
     # --- jobs ----------------------------------------------------------------------------
 
-    async def run_job(self, job: Job, spec: FunctionSpec) -> None:
-        """Run one job and queue its final packet(s); a cancelled job sends WORK_FAIL."""
-        worker = self._worker
-        final: tuple[Message, ...] = ()
-        try:
-            try:
-                if spec.timeout is None:
-                    value = await spec.call(job, worker.limiter)
-                else:
-                    with anyio.move_on_after(spec.timeout) as scope:
-                        value = await spec.call(job, worker.limiter)
-                    if scope.cancelled_caught:
-                        logger.warning("%r ran over its %g s time limit", job, spec.timeout)
-                        final = self._failure(job, f"timed out after {spec.timeout:g} s")
-                if not final:
-                    final = (WorkComplete(job.handle, result_bytes(value)),)
-            except JobException as exc:
-                final = self._failure(job, exc.data)
-            except JobFailed as exc:
-                logger.info("%r failed: %s", job, exc)
-                final = (WorkFail(job.handle),)
-            except ConnectionLost:
-                pass  # from send_data() & co.: nothing more can be sent; run() reports it
-            except Exception as exc:
-                logger.exception("%r raised", job)
-                final = self._failure(job, f"{type(exc).__name__}: {exc}")
-        finally:
-            job._finished = True
-            self._finish(job, final or (WorkFail(job.handle),))
+    async def send_progress(self, job: AssignedJob[FunctionSpec], message: Message) -> None:
+        """Send a WORK_DATA, WORK_STATUS or WORK_WARNING of a running job.
 
-    def _failure(self, job: Job, text: bytes | str) -> tuple[Message, ...]:
-        data = text.encode() if isinstance(text, str) else text
-        if self._worker.send_exceptions:
-            return (WorkException(job.handle, data),)
-        return (WorkWarning(job.handle, data), WorkFail(job.handle))
+        Raises:
+            ConnectionLost: the connection has ended.
+            RuntimeError: the job has finished.
+        """
+        self.state.check_progress(job, message)
+        if self.stream is None:
+            raise ConnectionLost("not connected", server=self.server)
+        await self.stream.send(message)
 
-    def _finish(self, job: Job, packets: tuple[Message, ...]) -> None:
+    def finish(self, job: AssignedJob[FunctionSpec], messages: Sequence[Message]) -> None:
+        """A job ended: send its last packets (or drop them, when the connection is lost)."""
         stream = self.stream
-        if stream is not None and stream.error is None:
-            for packet in packets:
-                stream.send_nowait(packet)
-        else:
+        if stream is None or stream.error is not None:
+            self.state.lose()  # before run() learns it: nothing more goes out
+        if not self.state.finish(job, messages):
             logger.info(
-                "%s: connection lost; dropping the %s of %r (the server re-queues the job"
-                " if it still has it)",
+                "%s: connection lost; dropping the %s of <Job %s of %r> (the server re-queues"
+                " the job if it still has it)",
                 self.server,
-                type(packets[-1]).__name__,
-                job,
+                type(messages[-1]).__name__,
+                job.handle.decode(errors="replace"),
+                job.function.name,
             )
-        self.running -= 1
-        worker = self._worker
-        worker.jobs_running -= 1
-        if self.limit is not None:
-            self.limit.used -= 1
-        worker._release(self)
-
-
-def _ignore(message: Message) -> None:
-    pass
+        self._owner.flush()

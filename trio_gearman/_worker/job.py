@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
 import attrs
 
-from .._net.stream import PacketStream
 from .._payload import payload
 from .._proto import Message, WorkData, WorkStatus, WorkWarning
+from .._proto.worker import AssignedJob
 
-__all__ = ["FunctionSpec", "Handler", "Job", "result_bytes", "wire_timeout"]
+__all__ = ["FunctionSpec", "Handler", "Job", "ProgressSender", "result_bytes"]
+
+
+class ProgressSender(Protocol):
+    """Where a :class:`Job` sends its progress: the connection that owns it."""
+
+    async def send_progress(self, job: AssignedJob[FunctionSpec], message: Message) -> None:
+        """Send WORK_DATA, WORK_STATUS or WORK_WARNING for ``job``.
+
+        Raises:
+            ConnectionLost: the connection has ended.
+            RuntimeError: the job has finished.
+        """
 
 
 class Job:
@@ -29,6 +40,10 @@ class Job:
         data: the payload.
         reducer: the reducer name of a map/reduce job, else ``None``.
 
+    Args:
+        sender: the connection that owns the job (the worker builds jobs).
+        assigned: the job as the connection's protocol state holds it.
+
     Example:
         >>> async def reverse(job: Job) -> bytes:
         ...     await job.send_status(1, 2)
@@ -36,24 +51,16 @@ class Job:
         ...     return job.data[::-1]
     """
 
-    __slots__ = ("_finished", "_stream", "data", "function", "handle", "reducer", "unique")
+    __slots__ = ("_assigned", "_sender", "data", "function", "handle", "reducer", "unique")
 
-    def __init__(
-        self,
-        stream: PacketStream,
-        handle: bytes,
-        function: str,
-        unique: bytes,
-        data: bytes,
-        reducer: bytes | None = None,
-    ) -> None:
-        self._stream = stream
-        self._finished = False
-        self.handle = handle
-        self.function = function
-        self.unique = unique
-        self.data = data
-        self.reducer = reducer
+    def __init__(self, sender: ProgressSender, assigned: AssignedJob[FunctionSpec]) -> None:
+        self._sender = sender
+        self._assigned = assigned
+        self.handle = assigned.handle
+        self.function = assigned.function.name
+        self.unique = assigned.unique
+        self.data = assigned.data
+        self.reducer = assigned.reducer
 
     def __repr__(self) -> str:
         return (
@@ -91,9 +98,9 @@ class Job:
         await self._send(WorkStatus(self.handle, int(numerator), int(denominator)))
 
     async def _send(self, message: Message) -> None:
-        if self._finished:
+        if self._assigned.finished:
             raise RuntimeError(f"{self!r} has already finished")
-        await self._stream.send(message)
+        await self._sender.send_progress(self._assigned, message)
 
 
 Handler = Callable[[Job], object]
@@ -110,11 +117,6 @@ def result_bytes(value: object) -> bytes:
     if value is None:
         return b""
     return payload(value)
-
-
-def wire_timeout(timeout: float, grace: float) -> int:
-    """CAN_DO_TIMEOUT's milliseconds for a local limit of ``timeout`` seconds."""
-    return math.ceil((timeout + grace) * 1000)
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:

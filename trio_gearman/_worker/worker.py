@@ -12,11 +12,13 @@ import anyio
 import anyio.abc
 
 from .._address import Address, server_list
-from .._exceptions import ConnectionLost, GearmanError, NoServersAvailable
+from .._exceptions import ConnectionLost, GearmanError, JobException, JobFailed, NoServersAvailable
 from .._failover import Backoff, Heartbeat, Link, LinkSet, ServerHealth
 from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Connector, PacketStream, connect
-from .connection import SharedLimit, WorkerConnection
-from .job import FunctionSpec, Handler, Job
+from .._proto import Message, WorkComplete, WorkException, WorkFail, WorkWarning
+from .._proto.worker import AssignedJob, Slots, WorkerConnectionState
+from .connection import WorkerConnection
+from .job import FunctionSpec, Handler, Job, result_bytes
 
 __all__ = ["Worker"]
 
@@ -32,9 +34,117 @@ class _Slot:
 
     __slots__ = ("event", "work")
 
-    def __init__(self, work: tuple[WorkerConnection, Job, FunctionSpec]) -> None:
+    def __init__(self, work: tuple[WorkerConnection, AssignedJob[FunctionSpec]]) -> None:
         self.work = work
         self.event = anyio.Event()
+
+
+class _Jobs:
+    """One run of a worker: its slots, its connections and the tasks that run jobs.
+
+    It is the :class:`~.connection.ConnectionOwner` of the worker's connections.
+    """
+
+    def __init__(
+        self,
+        slots: Slots,
+        tg: anyio.abc.TaskGroup,
+        limiter: anyio.CapacityLimiter,
+        *,
+        send_exceptions: bool,
+    ) -> None:
+        self.slots = slots
+        self.conns: list[WorkerConnection] = []
+        self.tg: anyio.abc.TaskGroup | None = tg
+        self.limiter = limiter
+        self.send_exceptions = send_exceptions
+        self.idle_slots: list[_Slot] = []
+        self.idle: anyio.Event | None = None
+
+    def start_job(self, conn: WorkerConnection, job: AssignedJob[FunctionSpec]) -> bool:
+        """Hand a job to an idle job task, or start one (cheaper than a task per job)."""
+        if self.tg is None:
+            return False
+        if self.idle_slots:
+            slot = self.idle_slots.pop()
+            slot.work = (conn, job)
+            slot.event.set()
+        else:
+            self.tg.start_soon(self._run_slot, _Slot((conn, job)))
+        return True
+
+    def flush(self) -> None:
+        """Send what every connection has queued; wake a drain once no slot is used."""
+        for conn in self.conns:
+            conn.flush()
+        idle = self.idle
+        if idle is not None and self.slots.used == 0:
+            self.idle = None
+            idle.set()
+
+    def connection_ended(self, conn: WorkerConnection) -> None:
+        """A connection ended: its GRABs freed their slots for the others; its jobs run on."""
+        with contextlib.suppress(ValueError):
+            self.conns.remove(conn)
+        self.flush()
+
+    async def wait_idle(self) -> None:
+        """Wait until no slot is used (no GRAB in flight, no job running)."""
+        while self.slots.used > 0:
+            self.idle = anyio.Event()
+            await self.idle.wait()
+
+    def close(self) -> None:
+        """Take no more jobs (the job tasks are gone)."""
+        self.tg = None
+        self.idle_slots.clear()
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        idle = self.idle_slots
+        while True:
+            conn, job = slot.work
+            await self._run_job(conn, job)
+            # Idle before anything else runs: the GRAB that the job's end may have
+            # sent cannot be answered before this task waits.
+            slot.event = anyio.Event()
+            idle.append(slot)
+            await slot.event.wait()
+
+    async def _run_job(self, conn: WorkerConnection, assigned: AssignedJob[FunctionSpec]) -> None:
+        """Run one job and send its final packet(s); a cancelled job sends WORK_FAIL."""
+        spec = assigned.function
+        job = Job(conn, assigned)
+        final: tuple[Message, ...] = ()
+        try:
+            try:
+                if spec.timeout is None:
+                    value = await spec.call(job, self.limiter)
+                else:
+                    with anyio.move_on_after(spec.timeout) as scope:
+                        value = await spec.call(job, self.limiter)
+                    if scope.cancelled_caught:
+                        logger.warning("%r ran over its %g s time limit", job, spec.timeout)
+                        final = self._failure(job, f"timed out after {spec.timeout:g} s")
+                if not final:
+                    final = (WorkComplete(job.handle, result_bytes(value)),)
+            except JobException as exc:
+                final = self._failure(job, exc.data)
+            except JobFailed as exc:
+                logger.info("%r failed: %s", job, exc)
+                final = (WorkFail(job.handle),)
+            except ConnectionLost:
+                pass  # from send_data() & co.: nothing more can be sent; run() reports it
+            except Exception as exc:
+                logger.exception("%r raised", job)
+                final = self._failure(job, f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.finish(assigned, final or (WorkFail(job.handle),))
+
+    def _failure(self, job: Job, text: bytes | str) -> tuple[Message, ...]:
+        data = text.encode() if isinstance(text, str) else text
+        if self.send_exceptions:
+            return (WorkException(job.handle, data),)
+        return (WorkWarning(job.handle, data), WorkFail(job.handle))
 
 
 class _ServerConns:
@@ -168,24 +278,19 @@ class Worker:
         self.heartbeat = Heartbeat(
             min(connect_timeout, heartbeat_interval), heartbeat_interval, heartbeat_timeout
         )
-        self.limiter = anyio.CapacityLimiter(concurrency)
-        # The free job slots: concurrency minus (GRABs in flight + running jobs).
-        self.free = concurrency
-        self.jobs_running = 0
-        self.stopping = False
-        self.jobs_tg: anyio.abc.TaskGroup | None = None
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        # The job slots (GRABs in flight + running jobs), new for each run().
+        self._slots = Slots(concurrency)
+        self._jobs: _Jobs | None = None
         self._connector: Connector | None = None
         self._functions: dict[str, FunctionSpec] = {}
-        self._limits: dict[str, SharedLimit] = {}
-        self._conns: list[WorkerConnection] = []
+        self._limits: dict[str, Slots] = {}
         self._links: LinkSet[_ServerConns] | None = None
         self._running = False
         self._stop_requested = anyio.Event()
         self._stop_deadline = math.inf
         self._drain_scope: anyio.CancelScope | None = None
-        self._idle: anyio.Event | None = None
         self._error: GearmanError | None = None
-        self._idle_slots: list[_Slot] = []
 
     # --- functions -----------------------------------------------------------------------
 
@@ -197,7 +302,7 @@ class Worker:
     @property
     def running_jobs(self) -> int:
         """How many jobs run right now."""
-        return self.jobs_running
+        return self._slots.running
 
     def servers(self) -> list[ServerHealth]:
         """The health of the link to each server, in the configured order.
@@ -266,7 +371,7 @@ class Worker:
         spec = FunctionSpec.create(name, handler, timeout, concurrency)
         self._functions[name] = spec
         if concurrency is not None:
-            self._limits[name] = SharedLimit(concurrency)
+            self._limits[name] = Slots(concurrency)
         if self._links is None:
             return  # run() registers it on every server it connects to
         for conns in self._links.live():
@@ -316,12 +421,10 @@ class Worker:
         if self._running:
             raise RuntimeError("the worker is already running")
         self._running = True
-        self._conns = []
         try:
-            self.free = self.concurrency
-            self.jobs_running = 0
-            for limit in self._limits.values():
-                limit.used = 0
+            self._slots = Slots(self.concurrency)
+            for name in self._limits:
+                self._limits[name] = Slots(self._limits[name].size)
             links = LinkSet(
                 [
                     Link(
@@ -349,13 +452,11 @@ class Worker:
                 raise error
         finally:
             self._running = False
-            self.stopping = False
             self._stop_requested = anyio.Event()
             self._stop_deadline = math.inf
             self._drain_scope = None
             self._links = None
-            self.jobs_tg = None
-            self._idle_slots.clear()
+            self._jobs = None
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop grabbing; let running jobs finish, then close and return from :meth:`run`.
@@ -369,7 +470,7 @@ class Worker:
         """
         if not self._running:
             return
-        self.stopping = True
+        self._slots.stop()
         if timeout is not None:
             deadline = anyio.current_time() + timeout
             self._stop_deadline = min(self._stop_deadline, deadline)
@@ -389,7 +490,9 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as conns:
                     async with anyio.create_task_group() as jobs:
-                        self.jobs_tg = jobs
+                        runner = self._jobs = _Jobs(
+                            self._slots, jobs, self._limiter, send_exceptions=self.send_exceptions
+                        )
                         self._links = links
                         for link in links.links:
                             await conns.start(link.run)
@@ -403,14 +506,11 @@ class Worker:
                         await self._stop_requested.wait()
                         with anyio.CancelScope(deadline=self._stop_deadline) as drain:
                             self._drain_scope = drain
-                            while self.free < self.concurrency:
-                                self._idle = anyio.Event()
-                                await self._idle.wait()
+                            await runner.wait_idle()
                         jobs.cancel_scope.cancel()
-                    self.jobs_tg = None
-                    self._idle_slots.clear()
+                    runner.close()
                     with anyio.move_on_after(_FLUSH_TIMEOUT):
-                        for conn in list(self._conns):
+                        for conn in list(runner.conns):
                             with contextlib.suppress(ConnectionLost):
                                 await conn.drain()
                     conns.cancel_scope.cancel()
@@ -445,7 +545,7 @@ class Worker:
         # that register() reaches them either way.
         unlimited = [spec for spec in self._functions.values() if spec.concurrency is None]
         limited = [spec for spec in self._functions.values() if spec.concurrency is not None]
-        main = conns.main = WorkerConnection(self, unlimited, handshake=handshake)
+        main = conns.main = self._connection(unlimited, None, handshake=handshake)
         try:
             async with anyio.create_task_group() as tg:
                 conns.tg = tg
@@ -483,8 +583,8 @@ class Worker:
                 task_status.started()
                 conns.end(exc)  # the server is in trouble: reconnect everything
                 return
-        limit = self._limits.get(spec.name) or SharedLimit(spec.concurrency)
-        conn = WorkerConnection(self, [spec], limit, handshake=len(self.addresses) > 1)
+        limit = self._limits.get(spec.name) or Slots(spec.concurrency)
+        conn = self._connection([spec], limit, handshake=len(self.addresses) > 1)
         conns.extra[spec.name] = conn
         await self._run_conn(conns, conn, stream, task_status=task_status)
 
@@ -496,59 +596,29 @@ class Worker:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        self._conns.append(conn)
+        assert self._jobs is not None
+        self._jobs.conns.append(conn)
         try:
             await conn.run(stream, task_status=task_status)
         finally:
             conns.end(stream.error)
 
-    # --- slots and failures ----------------------------------------------------------------
-
-    def _start_job(self, conn: WorkerConnection, job: Job, spec: FunctionSpec) -> None:
-        """Hand a job to an idle job task, or start one (cheaper than a task per job)."""
-        if self._idle_slots:
-            slot = self._idle_slots.pop()
-            slot.work = (conn, job, spec)
-            slot.event.set()
-        else:
-            assert self.jobs_tg is not None
-            self.jobs_tg.start_soon(self._run_slot, _Slot((conn, job, spec)))
-
-    async def _run_slot(self, slot: _Slot) -> None:
-        idle = self._idle_slots
-        while True:
-            conn, job, spec = slot.work
-            await conn.run_job(job, spec)
-            # Idle before anything else runs: the GRAB that run_job's end may have
-            # sent cannot be answered before this task waits.
-            slot.event = anyio.Event()
-            idle.append(slot)
-            await slot.event.wait()
-
-    def _release(self, conn: WorkerConnection) -> None:
-        """A GRAB was answered with nothing, or a job ended: one slot is free again."""
-        self.free += 1
-        self._freed(conn)
-
-    def _freed(self, conn: WorkerConnection) -> None:
-        conns = self._conns
-        if len(conns) != 1 or conns[0] is not conn:  # the others first: none starves
-            for other in conns:
-                if other is not conn and self.free:
-                    other.pump()
-        conn.pump()
-        idle = self._idle
-        if idle is not None and self.free >= self.concurrency:
-            self._idle = None
-            idle.set()
-
-    def _connection_ended(self, conn: WorkerConnection) -> None:
-        """A connection ended: its GRABs will never be answered; its jobs run on."""
-        with contextlib.suppress(ValueError):
-            self._conns.remove(conn)
-        grabs, conn.grabs = conn.grabs, 0
-        if grabs:
-            self.free += grabs
-            if conn.limit is not None:
-                conn.limit.used -= grabs
-            self._freed(conn)
+    def _connection(
+        self, functions: list[FunctionSpec], limit: Slots | None, *, handshake: bool
+    ) -> WorkerConnection:
+        assert self._jobs is not None
+        state = WorkerConnectionState(
+            self._slots,
+            functions,
+            limit=limit,
+            max_grabs=self.max_grabs,
+            timeout_grace=self.timeout_grace,
+            handshake=handshake,
+        )
+        return WorkerConnection(
+            self._jobs,
+            state,
+            client_id=self.client_id,
+            regrab_interval=self.regrab_interval,
+            heartbeat=self.heartbeat,
+        )
