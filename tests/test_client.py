@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from trio_gearman._client.client import Client
+from trio_gearman._client.job import JobHandle
 from trio_gearman._exceptions import (
     ConnectFailed,
     ConnectionLost,
@@ -25,10 +26,12 @@ from trio_gearman._exceptions import (
     ServerLost,
     UniqueTooLong,
 )
+from trio_gearman._failover import Backoff, LinkState
 from trio_gearman._payload import JsonCodec
 from trio_gearman._proto import Priority, WorkData, WorkStatus, WorkWarning
 from trio_gearman._worker.job import Handler, Job
 from trio_gearman._worker.worker import Worker
+from trio_gearman.testing import open_test_server
 
 from .gearmand_peer import GearmandProcess, free_port, run_gearmand
 
@@ -603,14 +606,81 @@ async def test_the_first_reachable_server_is_used(gearmand: GearmandProcess) -> 
 
 async def test_no_reachable_server_keeps_every_error() -> None:
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    with pytest.raises(NoServersAvailable) as info:
-        async with Client(dead):
-            pass  # pragma: no cover
+    async with Client(dead, wait_for_server=0.2) as client:  # enters: the links keep trying
+        with pytest.raises(NoServersAvailable) as info:
+            await client.submit("reverse", b"x")
     assert info.value.servers == tuple(dead)
     group = info.value.__cause__
     assert isinstance(group, ExceptionGroup)
     assert [type(e) for e in group.exceptions] == [ConnectFailed, ConnectFailed]
     assert [e.server for e in group.exceptions] == dead
+
+
+def test_no_servers_available_names_each_server_with_its_reason() -> None:
+    error = NoServersAvailable(
+        ("a:1", "b:2", "c:3"),
+        [
+            ConnectFailed("cannot connect: Connection refused", server="a:1"),
+            ConnectionResetError("b:2: connection closed by the server"),
+            TimeoutError(),
+        ],
+    )
+    assert str(error) == (
+        "no job server available: a:1 (cannot connect: Connection refused), "
+        "b:2 (connection closed by the server), c:3 (TimeoutError)"
+    )
+    assert error.servers == ("a:1", "b:2", "c:3")
+    assert str(NoServersAvailable(("a:1",))) == "no Gearman server could be reached (tried a:1)"
+
+
+@pytest.mark.parametrize("call", ["submit", "submit_background", "echo", "get_status"])
+async def test_with_no_server_up_each_call_waits_then_names_every_reason(call: str) -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    async with Client(dead, wait_for_server=0.3) as client:
+        assert client.server is None
+        assert all(h.state is not LinkState.UP for h in client.servers())
+        calls = {
+            "submit": lambda: client.submit("reverse", b"x"),
+            "submit_background": lambda: client.submit_background("reverse", b"x"),
+            "echo": lambda: client.echo(b"x"),
+            "get_status": lambda: client.get_status(b"H:1"),
+        }
+        start = trio.current_time()
+        with trio.fail_after(10), pytest.raises(NoServersAvailable) as info:
+            await calls[call]()
+        assert trio.current_time() - start >= 0.3
+    message = str(info.value)
+    assert message == (
+        f"no job server available: {dead[0]} (cannot connect: Connection refused), "
+        f"{dead[1]} (cannot connect: Connection refused)"
+    )
+    group = info.value.__cause__
+    assert isinstance(group, ExceptionGroup)
+    assert [type(e) for e in group.exceptions] == [ConnectFailed, ConnectFailed]
+    assert [e.server for e in group.exceptions] == dead
+
+
+async def test_a_server_that_starts_after_the_client_entered_takes_the_waiting_call() -> None:
+    async with open_test_server() as server:
+        await server.pause_accepting()  # its port is reserved, and refuses connections
+        backoff = Backoff(initial=0.05, maximum=0.05, jitter=0.0)
+        async with Client(server.address, wait_for_server=30, backoff=backoff) as client:
+            assert client.server is None
+            handles: list[JobHandle] = []
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    async def submit() -> None:
+                        handles.append(await client.submit_background("resize", b"img-1"))
+
+                    nursery.start_soon(submit)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert handles == []  # it waits for a server
+                    await server.resume_accepting()
+            assert client.server == server.address
+            assert [h.server for h in handles] == [server.address]
+            assert await client.echo(b"up") == b"up"
+        assert server.queued("resize") == 1
 
 
 # --- interoperability with the gearman tool's worker -------------------------------------

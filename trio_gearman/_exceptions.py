@@ -7,6 +7,8 @@ Errors raised by the sans-IO protocol layer describe what the *peer* did wrong
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AdminError",
     "AdminLineTooLong",
@@ -150,15 +152,36 @@ class NoServersAvailable(GearmanError):
     """None of the configured servers could be reached.
 
     The per-server errors are kept: ``__cause__`` is an exception group holding one
-    :class:`ConnectFailed` per server.
+    error per server (a :class:`ConnectFailed`, or what broke its last
+    connection), and the message names each server with its reason, e.g.
+    ``no job server available: 127.0.0.1:4730 (cannot connect: Connection
+    refused), 127.0.0.1:4731 (did not come up within 5 s)``.
+
+    Args:
+        servers: the addresses that were tried, in order.
+        errors: each server's error, in the same order, for the message.
 
     Attributes:
         servers: the addresses that were tried, in order.
     """
 
-    def __init__(self, servers: tuple[str, ...]) -> None:
-        super().__init__(f"no Gearman server could be reached (tried {', '.join(servers)})")
+    def __init__(self, servers: tuple[str, ...], errors: Sequence[BaseException] = ()) -> None:
+        if errors:
+            reasons = ", ".join(
+                f"{server} ({_reason(server, error)})"
+                for server, error in zip(servers, errors, strict=True)
+            )
+            message = f"no job server available: {reasons}"
+        else:
+            message = f"no Gearman server could be reached (tried {', '.join(servers)})"
+        super().__init__(message)
         self.servers = servers
+
+
+def _reason(server: str, error: BaseException) -> str:
+    """An error's text without the server's name in front (the message names it)."""
+    text = str(error) or type(error).__name__
+    return text.removeprefix(f"{server}: ")
 
 
 class InvalidArgument(GearmanError, ValueError):

@@ -410,7 +410,8 @@ class LinkSet(Generic[C]):
 
         Raises:
             NoServersAvailable: no candidate came up in time; ``__cause__`` is an
-                exception group of every configured server's error.
+                exception group of every configured server's error, and the
+                message names each server with its reason.
         """
         conn = self.pick(order, turn)
         if conn is not None:
@@ -420,9 +421,8 @@ class LinkSet(Generic[C]):
                 await self.wait_changed()
                 conn = self.pick(order, turn)
             return conn
-        raise NoServersAvailable(tuple(self.addresses)) from self.errors(
-            errors, f"did not come up within {within:g} s"
-        )
+        group = self.errors(errors, f"did not come up within {within:g} s")
+        raise NoServersAvailable(tuple(self.addresses), group.exceptions) from group
 
     def settled(self) -> bool:
         """Whether every link is up or has failed at least once."""

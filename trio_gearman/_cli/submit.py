@@ -103,7 +103,8 @@ async def run_submit(options: argparse.Namespace) -> int:
     priority = PRIORITIES[options.priority]
     function = os.fsencode(options.function)
     unique = None if options.unique is None else os.fsencode(options.unique)
-    async with Client(servers) as client:
+    # A one-shot command fails at once when no server answered its first attempt.
+    async with Client(servers, wait_for_server=0) as client:
         if options.background:
             handle = await client.submit_background(
                 function, data, priority=priority, unique=unique
@@ -197,7 +198,8 @@ async def run_status(options: argparse.Namespace) -> int:
     """Run ``status``; return the exit status (errors are raised)."""
     servers, _ = resolve_servers(options.servers)
     key = os.fsencode(options.handle)
-    async with Client(servers) as client:
+    # A one-shot command fails at once when no server answered its first attempt.
+    async with Client(servers, wait_for_server=0) as client:
         server: str | None
         if options.unique:
             status = await client.get_status_unique(key)

@@ -105,7 +105,10 @@ class Client(Generic[R]):
       submitted again to another live server (at-least-once: it may run twice);
     * when no server is live, a request waits up to ``wait_for_server`` seconds
       for one, then raises :class:`~trio_gearman.NoServersAvailable` whose
-      ``__cause__`` groups every server's own error.
+      ``__cause__`` groups every server's own error (and whose message names
+      each server with its reason). Entering the client waits for each link's
+      first attempt but needs no server up: the links keep trying in the
+      background, and a server that comes up later takes the requests.
 
     Any number of tasks may use the client at once: requests share the
     connections and their replies are matched in order, results by job handle.
@@ -134,7 +137,7 @@ class Client(Generic[R]):
             many seconds is dropped (its link reconnects after back-off).
 
     Raises:
-        NoServersAvailable: on entry, when no server could be reached at all.
+        ValueError: a server is listed twice, or ``wait_for_server`` is negative.
 
     Example:
         >>> async def main():
@@ -266,10 +269,9 @@ class Client(Generic[R]):
                 await tg.start(link.run)
             # Every link gets its first attempt (each bounded by connect_timeout) and
             # its server a chance to answer, so that keyed jobs go to their own
-            # server from the first one on.
+            # server from the first one on. With none up the links keep trying;
+            # each request waits for one up to wait_for_server.
             await links.wait_settled()
-            if not links.live():
-                raise NoServersAvailable(tuple(self.addresses)) from links.errors()
             if len(self.addresses) > 1:
                 with anyio.move_on_after(self._connect_timeout):
                     for conn in links.live():
@@ -397,8 +399,9 @@ class Client(Generic[R]):
             if not order:
                 if len(tried) == 1:
                     raise next(iter(tried.values()))
-                raise NoServersAvailable(tuple(self.addresses)) from ExceptionGroup(
-                    "the request failed on every server", list(tried.values())
+                errors = [tried[address] for address in self.addresses]
+                raise NoServersAvailable(tuple(self.addresses), errors) from ExceptionGroup(
+                    "the request failed on every server", errors
                 )
         turn = None if key else next(self._turn)
         return await links.acquire(order, turn, within=self.wait_for_server, errors=tried)
