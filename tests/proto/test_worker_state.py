@@ -237,6 +237,9 @@ def test_each_assignment_packet_makes_a_job_that_keeps_the_grabs_slot() -> None:
     uniq = state.receive(JobAssignUniq(b"H:1", b"f", b"u", b"d1"))
     plain = state.receive(JobAssign(b"H:2", b"f", b"d2"))
     full = state.receive(JobAssignAll(b"H:3", b"f", b"u3", b"r", b"d3"))
+    assert uniq is not None
+    assert plain is not None
+    assert full is not None
     assert [attrs.astuple(job, recurse=False) for job in (uniq, plain, full)] == [
         (b"H:1", F, b"u", b"d1", None, False, False),
         (b"H:2", F, b"", b"d2", None, False, False),
@@ -260,7 +263,7 @@ def test_finishing_a_job_sends_its_end_frees_its_slot_and_grabs() -> None:
     take(state)
     job = assign(state, b"H:1")
     assert take(state) == []
-    end = [WorkWarning(b"H:1", b"w"), WorkFail(b"H:1")]
+    end: list[Message] = [WorkWarning(b"H:1", b"w"), WorkFail(b"H:1")]
     assert state.finish(job, end)
     assert take(state) == [*end, GRAB]
     assert job.finished
@@ -544,12 +547,13 @@ class WorkerMachine(RuleBasedStateMachine):
         running = [(conn, job) for conn, job in self.jobs if not job.finished]
         conn, job = running[i % len(running)]
         handle = job.handle
-        messages: list[Message] = {
+        endings: dict[str, list[Message]] = {
             "complete": [WorkData(handle, b"d"), WorkComplete(handle, b"")],
             "fail": [WorkFail(handle)],
             "exception": [WorkException(handle, b"e")],
             "warned": [WorkWarning(handle, b"w"), WorkFail(handle)],
-        }[final]
+        }
+        messages = endings[final]
         delivered = conn.state.finish(job, messages)
         assert delivered == (not job.orphaned)
         assert job.finished

@@ -37,6 +37,7 @@ __all__ = [
     "ServerConfig",
 ]
 
+
 class JobState(enum.IntEnum):
     """Where a job is. The job table moves jobs between states and keeps the counts.
 
