@@ -158,6 +158,7 @@ async def test_a_plain_function_over_its_timeout_fails_at_once(gearmand: Gearman
 
 async def test_concurrency_is_a_hard_limit(gearmand: GearmandProcess) -> None:
     release = trio.Event()
+    three_running = trio.Event()
     running = 0
     peak = 0
 
@@ -165,6 +166,8 @@ async def test_concurrency_is_a_hard_limit(gearmand: GearmandProcess) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
+        if running == 3:
+            three_running.set()
         await release.wait()
         running -= 1
         return job.data
@@ -183,6 +186,10 @@ async def test_concurrency_is_a_hard_limit(gearmand: GearmandProcess) -> None:
             nursery.start_soon(submit, n)
         # three run at once (several GRABs were in flight); four wait on the server
         await wait_for_status(gearmand.address, "hold", (7, 3, 1))
+        # gearmand counts a job as running once it has sent JOB_ASSIGN; the worker
+        # may not have read it yet
+        with trio.fail_after(10):
+            await three_running.wait()
         assert running == 3
         release.set()
     assert sorted(results) == [b"%d" % n for n in range(7)]
