@@ -27,7 +27,7 @@ import trio
 import trio.testing
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from trio_gearman import JobException, JobFailed, Priority, Worker
+from trio_gearman import Client, JobException, JobFailed, Priority, Worker
 from trio_gearman._cli.common import UsageError
 from trio_gearman._cli.tools import execute
 from trio_gearman._cli.worker import WorkerLoadError, load_worker, serve_worker
@@ -35,7 +35,7 @@ from trio_gearman._proto import CanDo, encode
 from trio_gearman._worker.job import Handler, Job
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
-from .gearmand_peer import GearmandProcess, free_port
+from .gearmand_peer import GearmandProcess, free_port, run_gearmand
 
 COMMAND = [
     sys.executable,
@@ -248,21 +248,32 @@ async def test_unreachable_servers_are_all_named_in_one_line() -> None:
     no_traceback(ran)
 
 
-async def test_the_worker_exits_3_when_no_server_is_reachable(tmp_path: Path) -> None:
-    (tmp_path / "unreached.py").write_text(
-        "import trio_gearman\n"
-        "def make(servers):\n"
-        "    worker = trio_gearman.Worker(servers)\n"
-        "    worker.register('f', lambda job: b'')\n"
-        "    return worker\n"
-    )
+@pytest.mark.gearmand
+async def test_a_worker_process_started_before_its_server_waits_for_it(tmp_path: Path) -> None:
+    (tmp_path / "early_jobs.py").write_text(WORKER_PROCESS_MODULE)
     port = free_port()
-    ran = await run_process(
-        "worker", "unreached:make", "--servers", f"127.0.0.1:{port}", cwd=tmp_path
+    address = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
+    process = await anyio.open_process(
+        [*COMMAND, "worker", "early_jobs:make", "--servers", address],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
-    assert ran.status == 3
-    assert f"127.0.0.1:{port}: cannot connect: Connection refused" in ran.err
-    no_traceback(ran)
+    async with process:
+        assert process.stderr is not None
+        stderr = BufferedByteReceiveStream(process.stderr)
+        with trio.fail_after(10):
+            said = (await stderr.receive_until(b"(pid ", 4096)).decode()
+        assert f"{address}: cannot connect: Connection refused" in said
+        assert f"worker serving reverse once a server is up (none is yet: {address})" in said
+        with run_gearmand(port=port) as gearmand:
+            async with Client(gearmand.address) as client:
+                with trio.fail_after(20):
+                    assert await client.submit("reverse", b"late server") == b"revres etal"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
 
 
 # --- submit ------------------------------------------------------------------------------

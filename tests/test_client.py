@@ -517,7 +517,7 @@ async def test_lost_connection_fails_a_waiting_job_promptly() -> None:
 
 
 async def _serve(address: str, functions: dict[str, Handler]) -> None:
-    worker = Worker([address], drain_timeout=0)
+    worker = Worker([address])
     for name, handler in functions.items():
         worker.register(name, handler)
     await worker.run()

@@ -14,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gearman._exceptions import JobException, JobFailed, NoServersAvailable
+from trio_gearman._exceptions import ConnectFailed, JobException, JobFailed
+from trio_gearman._net.stream import PacketStream
 from trio_gearman._proto import (
     CanDo,
     CanDoTimeout,
@@ -447,18 +448,18 @@ async def test_stop_deadline_cancels_running_jobs_which_send_work_fail(
         assert await server.receive() == [WorkFail(b"H:1")]
 
 
-async def test_cancelling_run_drains_for_drain_timeout(
+async def test_cancelling_run_fails_the_running_jobs_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    release = trio.Event()
-    worker = make_worker(concurrency=2, drain_timeout=60)
+    worker = make_worker(concurrency=2)
+    cancelled: list[bytes] = []
 
     @worker.function("f")
     async def f(job: Job) -> bytes:
-        if job.data == b"quick":
-            await release.wait()
-            return b"drained"
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(job.handle)
         raise AssertionError
 
     async with fake_servers() as servers:
@@ -475,16 +476,41 @@ async def test_cancelling_run_drains_for_drain_timeout(
             await server.receive_until(CanDo)
             await grabs(server, 2)
             await server.send(
-                JobAssignUniq(b"H:1", b"f", b"", b"quick"), JobAssignUniq(b"H:2", b"f", b"", b"")
+                JobAssignUniq(b"H:1", b"f", b"", b""), JobAssignUniq(b"H:2", b"f", b"", b"")
             )
             await trio.testing.wait_all_tasks_blocked()
+            assert worker.running_jobs == 2
             start = trio.current_time()
-            run_scope.cancel()  # run() is cancelled: it drains instead
-            await trio.testing.wait_all_tasks_blocked()
-            release.set()
-        assert trio.current_time() - start == pytest.approx(60)
-        assert await server.receive(2) == [WorkComplete(b"H:1", b"drained"), WorkFail(b"H:2")]
+            run_scope.cancel()
+        # no time passed: cancellation is prompt, and the server heard of both jobs
+        assert trio.current_time() == start
+        assert sorted(cancelled) == [b"H:1", b"H:2"]
+        assert sorted(await server.receive(2), key=repr) == [WorkFail(b"H:1"), WorkFail(b"H:2")]
         assert server.pending() == []
+        assert worker.running_jobs == 0
+
+
+async def test_stop_drains_while_cancel_does_not(autojump_clock: trio.testing.MockClock) -> None:
+    """stop(grace) lets a running job finish; cancelling run() during that drain ends it."""
+    release = trio.Event()
+    worker = make_worker()
+
+    @worker.function("f")
+    async def f(job: Job) -> bytes:
+        await release.wait()
+        return b"drained"
+
+    async with serving(worker) as servers:
+        server = servers.servers[0]
+        await server.receive_until(GrabJobUniq)
+        await server.send(JobAssignUniq(b"H:1", b"f", b"", b""))
+        await trio.testing.wait_all_tasks_blocked()
+        worker.stop(60)
+        await trio.sleep(30)  # half the grace: the job still runs, nothing is grabbed
+        assert worker.running_jobs == 1
+        assert server.pending() == []
+        release.set()
+        assert await server.receive() == [WorkComplete(b"H:1", b"drained")]
 
 
 async def test_a_lost_connection_lets_the_job_finish_and_the_worker_reconnects(
@@ -522,19 +548,74 @@ async def test_a_lost_connection_lets_the_job_finish_and_the_worker_reconnects(
     assert "dropping the WorkComplete of <Job H:1 of 'f'" in caplog.text
 
 
-async def test_run_raises_when_no_server_answers() -> None:
-    async def refuse(address: str) -> object:
-        from trio_gearman._exceptions import ConnectFailed
+async def test_run_keeps_trying_until_a_server_answers(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusals = 3
+    attempts = 0
 
-        raise ConnectFailed("refused", server=address)
+    async with fake_servers() as servers:
+
+        async def connect(address: str) -> PacketStream:
+            nonlocal attempts
+            attempts += 1
+            if attempts <= refusals:
+                raise ConnectFailed("refused", server=address)
+            return await servers(address)
+
+        worker = make_worker()
+        worker.register("f", lambda job: b"")
+        worker._connector = connect
+        async with trio.open_nursery() as nursery:
+            # started once the first attempt failed: the server is not up yet
+            await nursery.start(worker.run)
+            (health,) = worker.servers()
+            assert not health.up
+            assert isinstance(health.last_error, ConnectFailed)
+            assert "no server is up yet (memory:1); retrying until one is" in caplog.text
+            # the link keeps trying; the fourth attempt reaches the server
+            server = await servers.next_server()
+            assert await server.receive_until(CanDo) == [CanDo(b"f")]
+            assert attempts == refusals + 1
+            worker.stop(0)
+    # and the worker can run again later
+    attempts = 0
+    async with fake_servers() as servers:
+        worker._connector = connect
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            worker.stop(0)
+
+
+async def test_stop_before_any_server_answered_returns_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hang(address: str) -> PacketStream:
+        await trio.sleep_forever()
+        raise AssertionError
 
     worker = make_worker()
-    worker._connector = refuse  # type: ignore[assignment]
-    with pytest.raises(NoServersAvailable):
+    worker._connector = hang
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        worker.stop()
+    assert trio.current_time() == start
+
+
+async def test_cancelling_run_while_connecting_is_prompt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hang(address: str) -> PacketStream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    worker = make_worker()
+    worker._connector = hang
+    with trio.move_on_after(1):
         await worker.run()
-    # and the worker can run again later
-    with pytest.raises(NoServersAvailable):
-        await worker.run()
+    assert trio.current_time() == pytest.approx(1)
 
 
 async def test_run_twice_at_once_is_refused() -> None:

@@ -31,6 +31,7 @@ from .options import seconds
 __all__ = ["WorkerLoadError", "add_worker_parser", "load_worker", "run_worker", "serve_worker"]
 
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 
 _WORKER_HELP = """\
 Run the trio_gearman.Worker named by MODULE:OBJECT until SIGINT or SIGTERM, then
@@ -68,8 +69,9 @@ def add_worker_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--drain-timeout",
         type=seconds(zero=True),
         metavar="SECONDS",
+        default=DEFAULT_DRAIN_TIMEOUT,
         help="on SIGINT/SIGTERM, how long running jobs may take to finish "
-        "(default: the Worker's drain_timeout)",
+        f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     add_common_options(parser, timeout=False)
     parser.set_defaults(run=run_worker, parser=parser)
@@ -213,11 +215,8 @@ async def serve_worker(
         drain_timeout: after the first signal, the seconds running jobs get to
             finish; a second signal cancels them at once.
         signals: the signal numbers received.
-        task_status: started once the worker serves (its functions registered on
-            at least one server).
-
-    Raises:
-        NoServersAvailable: no server could be reached at the start.
+        task_status: started once every server has had its first connection
+            attempt (the worker goes on trying those that are not up).
     """
     async with anyio.create_task_group() as tg:
 
@@ -227,8 +226,13 @@ async def serve_worker(
 
         await tg.start(run)
         live = [health.address for health in worker.servers() if health.up]
+        where = (
+            f"on {', '.join(live)}"
+            if live
+            else f"once a server is up (none is yet: {', '.join(worker.addresses)})"
+        )
         error(
-            f"worker serving {', '.join(worker.functions)} on {', '.join(live)} "
+            f"worker serving {', '.join(worker.functions)} {where} "
             f"(pid {os.getpid()}); stop it with SIGINT or SIGTERM"
         )
         task_status.started()
@@ -258,7 +262,6 @@ async def run_worker(options: argparse.Namespace) -> int:
     except WorkerLoadError as exc:
         error(str(exc))
         return EXIT_FAILED
-    drain = worker.drain_timeout if options.drain_timeout is None else options.drain_timeout
     with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        await serve_worker(worker, drain, signals)
+        await serve_worker(worker, options.drain_timeout, signals)
     return EXIT_OK

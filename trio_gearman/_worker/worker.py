@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 
 from .._address import Address, server_list
-from .._exceptions import ConnectionLost, GearmanError, JobException, JobFailed, NoServersAvailable
+from .._exceptions import ConnectionLost, GearmanError, JobException, JobFailed
 from .._failover import Backoff, Heartbeat, Link, LinkSet, ServerHealth
 from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Connector, PacketStream, connect
 from .._proto import Message, WorkComplete, WorkException, WorkFail, WorkWarning
@@ -26,7 +26,8 @@ logger = logging.getLogger("trio_gearman.worker")
 
 H = TypeVar("H", bound=Handler)
 
-_FLUSH_TIMEOUT = 5.0  # seconds to hand the last packets to the transport at shutdown
+_FLUSH_TIMEOUT = 5.0  # seconds to hand the last packets to the transport after stop()
+_CANCEL_FLUSH_TIMEOUT = 1.0  # the same when run() is cancelled: cancellation is prompt
 
 
 class _Slot:
@@ -211,8 +212,6 @@ class Worker:
         concurrency: the most jobs at once, over all servers (a hard limit).
         regrab_interval: while asleep, GRAB again after this many seconds without a
             NOOP (so a lost NOOP never leaves work waiting).
-        drain_timeout: when :meth:`run` is cancelled, the seconds running jobs get
-            to finish before they are cancelled.
         send_exceptions: fail a job that raised with WORK_EXCEPTION and the error
             text (True), or with WORK_WARNING carrying the text then WORK_FAIL
             (False). gearmand 1.1.20 turns WORK_EXCEPTION into ``WORK_FAIL
@@ -248,7 +247,6 @@ class Worker:
         client_id: str | bytes | None = None,
         concurrency: int = 1,
         regrab_interval: float = 10.0,
-        drain_timeout: float = 10.0,
         send_exceptions: bool = True,
         timeout_grace: float = 1.0,
         max_grabs: int = 8,
@@ -269,7 +267,6 @@ class Worker:
         self.client_id = client_id.encode() if isinstance(client_id, str) else client_id
         self.concurrency = concurrency
         self.regrab_interval = regrab_interval
-        self.drain_timeout = drain_timeout
         self.send_exceptions = send_exceptions
         self.timeout_grace = timeout_grace
         self.max_grabs = max_grabs
@@ -290,7 +287,8 @@ class Worker:
         self._stop_requested = anyio.Event()
         self._stop_deadline = math.inf
         self._drain_scope: anyio.CancelScope | None = None
-        self._error: GearmanError | None = None
+        self._settling: anyio.CancelScope | None = None
+        self._flush_timeout = _FLUSH_TIMEOUT
 
     # --- functions -----------------------------------------------------------------------
 
@@ -405,18 +403,25 @@ class Worker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve jobs until :meth:`stop` or cancellation, then drain and return.
+        """Serve jobs until :meth:`stop` or cancellation.
 
         Calls ``task_status.started()`` once every server has had its first
-        connection attempt and at least one is connected (its functions
-        registered). Servers lost later are reconnected, however long it takes;
-        the worker never stops on its own. When cancelled, running jobs get
-        ``drain_timeout`` seconds to finish before they are cancelled (and
-        failed); nothing is grabbed meanwhile.
+        connection attempt: the functions are registered on each server that
+        answered. A server that is not up yet, or is lost later, is retried with
+        back-off however long it takes (each outage is logged once, as is its
+        end), and the worker registers there as soon as it is back: start
+        workers and servers in any order. The worker never stops on its own;
+        :meth:`servers` tells which links are up.
 
-        Raises:
-            NoServersAvailable: no server could be reached at the start;
-                ``__cause__`` groups every server's error.
+        Two ways to stop:
+
+        * :meth:`stop` is the graceful one: nothing more is grabbed, running jobs
+          finish (up to its ``timeout``), their results go out, and then
+          :meth:`run` returns;
+        * cancelling :meth:`run` is prompt, as Trio asks of cancellation: the
+          running jobs are cancelled at once and each is reported to its server
+          with WORK_FAIL (the server lets the client know, and re-queues
+          nothing), with at most a second spent handing those packets over.
         """
         if self._running:
             raise RuntimeError("the worker is already running")
@@ -439,22 +444,30 @@ class Worker:
             async with anyio.create_task_group() as outer:
                 try:
                     await outer.start(self._serve, links, finished)
-                    if self._error is None:
-                        task_status.started()
+                    with anyio.CancelScope() as self._settling:
+                        if not self._stop_requested.is_set():
+                            await links.wait_settled()
+                    self._settling = None
+                    if not links.live() and not self._stop_requested.is_set():
+                        logger.warning(
+                            "worker: no server is up yet (%s); retrying until one is",
+                            ", ".join(self.addresses),
+                        )
+                    task_status.started()
                     await finished.wait()
                 except anyio.get_cancelled_exc_class():
                     with anyio.CancelScope(shield=True):
-                        self.stop(self.drain_timeout)
+                        self._flush_timeout = _CANCEL_FLUSH_TIMEOUT
+                        self.stop(0)
                         await finished.wait()
                     raise
-            error, self._error = self._error, None
-            if error is not None:
-                raise error
         finally:
             self._running = False
             self._stop_requested = anyio.Event()
             self._stop_deadline = math.inf
             self._drain_scope = None
+            self._settling = None
+            self._flush_timeout = _FLUSH_TIMEOUT
             self._links = None
             self._jobs = None
 
@@ -476,6 +489,8 @@ class Worker:
             self._stop_deadline = min(self._stop_deadline, deadline)
             if self._drain_scope is not None:
                 self._drain_scope.deadline = self._stop_deadline
+        if self._settling is not None:
+            self._settling.cancel()  # stopped before every server had its first try
         self._stop_requested.set()
 
     async def _serve(
@@ -496,12 +511,6 @@ class Worker:
                         self._links = links
                         for link in links.links:
                             await conns.start(link.run)
-                        await links.wait_settled()
-                        if not links.live():
-                            error = NoServersAvailable(tuple(self.addresses))
-                            error.__cause__ = links.errors()
-                            self._error = error
-                            self._stop_requested.set()
                         task_status.started()
                         await self._stop_requested.wait()
                         with anyio.CancelScope(deadline=self._stop_deadline) as drain:
@@ -509,7 +518,7 @@ class Worker:
                             await runner.wait_idle()
                         jobs.cancel_scope.cancel()
                     runner.close()
-                    with anyio.move_on_after(_FLUSH_TIMEOUT):
+                    with anyio.move_on_after(self._flush_timeout):
                         for conn in list(runner.conns):
                             with contextlib.suppress(ConnectionLost):
                                 await conn.drain()
