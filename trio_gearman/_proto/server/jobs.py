@@ -131,7 +131,6 @@ class JobTable:
                 continue
             job.timer = 0
             if job.state == FUTURE:
-                self._take_back(job)
                 self._enqueue(job)
             else:
                 self._requeue(job)
@@ -198,7 +197,6 @@ class JobTable:
                 if held is not None and held(job.function.name):
                     still.append(job)
                     continue
-                self._take_back(job)
                 self._enqueue(job)
             self._held = still
         if held is None:
@@ -209,32 +207,56 @@ class JobTable:
             for queue in function.queues:
                 if queue:
                     for job in [job for job in queue if job.state == QUEUED]:
-                        self._unqueue(job)
-                        self._park(job)
+                        self._move(job, HELD)  # its queue entry becomes a tombstone
+                        self._held.append(job)
 
-    def _park(self, job: Job) -> None:
-        """Hold ``job`` apart from its queue (its function is held)."""
-        self._set_aside(job, HELD)
-        self._held.append(job)
+    def _move(self, job: Job, to: JobState) -> None:
+        """Move ``job`` to state ``to``: the one place where a job's state changes.
 
-    def _set_aside(self, job: Job, state: JobState) -> None:
-        """Move a new or queued-off job to :data:`FUTURE` or :data:`HELD`: waiting apart."""
-        job.state = state
+        It keeps every count: the server's and the function's per state (and per
+        priority for QUEUED and HELD), and, for QUEUED, the round-robin sets of
+        functions with work (a queue left with no live job is cleared of its
+        tombstones). The tables that hold the job itself (its queue, its worker's
+        running table, the timer heap, the handle table) are the caller's.
+        """
+        was = job.state
         function = job.function
-        if state == HELD:
-            function.held[job.priority] += 1
-        else:
-            function.future += 1
-        self._future += 1
-
-    def _take_back(self, job: Job) -> None:
-        """Count a :data:`FUTURE` or :data:`HELD` job out, before it moves on."""
-        function = job.function
-        if job.state == HELD:
-            function.held[job.priority] -= 1
-        else:
+        priority = job.priority
+        if was == QUEUED:
+            self._queued -= 1
+            counts = function.counts
+            left = counts[priority] - 1
+            counts[priority] = left
+            if left == 0:
+                del self._ready[priority][function]
+                queue = function.queues[priority]
+                assert queue is not None
+                queue.clear()
+        elif was == RUNNING:
+            function.running -= 1
+            self._running -= 1
+        elif was == FUTURE:
             function.future -= 1
-        self._future -= 1
+            self._future -= 1
+        elif was == HELD:
+            function.held[priority] -= 1
+            self._future -= 1
+        job.state = to
+        if to == QUEUED:
+            self._queued += 1
+            counts = function.counts
+            counts[priority] += 1
+            if counts[priority] == 1:
+                self._ready[priority][function] = None
+        elif to == RUNNING:
+            function.running += 1
+            self._running += 1
+        elif to == FUTURE:
+            function.future += 1
+            self._future += 1
+        elif to == HELD:
+            function.held[priority] += 1
+            self._future += 1
 
     def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
         observer = self.observer
@@ -268,11 +290,7 @@ class JobTable:
                 if job.background and self._store is not None:
                     self._store.done(job)
             return True
-        if job.state == QUEUED:
-            self._unqueue(job)
-        else:  # FUTURE or HELD
-            self._take_back(job)
-        self._forget(job)
+        self._forget(job)  # QUEUED, FUTURE or HELD
         self._ended(job, JobOutcome.CANCELLED)
         return True
 
@@ -340,38 +358,29 @@ class JobTable:
     # --- queues -------------------------------------------------------------------------------
 
     def _enqueue(self, job: Job) -> None:
-        """Put a job at the tail of its queue and wake sleepers that can run it."""
+        """Put a job at the tail of its queue and wake sleepers that can run it.
+
+        The job is NEW, FUTURE, HELD or RUNNING (its worker left). While its
+        function is held it waits apart (:data:`HELD`) instead.
+        """
         function = job.function
         if self._hold is not None and self._hold(function.name):
-            self._park(job)
+            self._move(job, HELD)
+            self._held.append(job)
             return
         priority = job.priority
         queue = function.queues[priority]
         if queue is None:
             queue = function.queues[priority] = deque()
         queue.append(job)
-        job.state = QUEUED
-        self._queued += 1
-        counts = function.counts
-        counts[priority] += 1
-        if counts[priority] == 1:
-            self._ready[priority][function] = None
+        self._move(job, QUEUED)
         if function.sleepers:
             self._wake(function)
 
-    def _unqueue(self, job: Job) -> None:
-        """Take a QUEUED job out of the count; its queue entry becomes a tombstone."""
-        function = job.function
-        priority = job.priority
-        job.state = GONE
-        self._queued -= 1
-        counts = function.counts
-        counts[priority] -= 1
-        if counts[priority] == 0:
-            del self._ready[priority][function]
-            queue = function.queues[priority]
-            assert queue is not None
-            queue.clear()
+    def _schedule(self, job: Job, due: float) -> None:
+        """A NEW epoch job waits in the timer heap until ``due`` (a loop time)."""
+        self._move(job, FUTURE)
+        self._arm(job, due)
 
     def _find(self, conn: ConnectionState, rotate: bool) -> tuple[Function, int] | None:
         """The function and priority of the job ``conn`` would get now, if any."""
@@ -398,33 +407,28 @@ class JobTable:
         return None
 
     def _take(self, function: Function, priority: int) -> Job:
-        """Pop the oldest live job of ``function`` at ``priority`` (one must exist)."""
+        """Pop the oldest live job of ``function`` at ``priority`` (one must exist).
+
+        The function goes to the back of the round-robin of its priority; the
+        job stays QUEUED until :meth:`_assign` moves it.
+        """
         queue = function.queues[priority]
         assert queue is not None
         job = queue.popleft()
         while job.state != QUEUED:
             job = queue.popleft()
-        self._queued -= 1
-        counts = function.counts
-        left = counts[priority] - 1
-        counts[priority] = left
         ready = self._ready[priority]
-        if left == 0:
-            del ready[function]
-            if queue:
-                queue.clear()
-        elif len(ready) > 1:
+        if len(ready) > 1 and function.counts[priority] > 1:
             del ready[function]
             ready[function] = None
         return job
 
     def _assign(self, conn: ConnectionState, job: Job, now: float) -> None:
-        job.state = RUNNING
+        """A worker takes a QUEUED job that :meth:`_take` popped."""
+        self._move(job, RUNNING)
         job.worker = conn
         conn.running[job.handle] = job
         function = job.function
-        function.running += 1
-        self._running += 1
         timeout = conn.abilities[function]
         if timeout:
             self._arm(job, now + timeout / 1000)
@@ -435,8 +439,6 @@ class JobTable:
         assert worker is not None
         del worker.running[job.handle]
         job.worker = None
-        job.function.running -= 1
-        self._running -= 1
         self._disarm(job)
         job.numerator = job.denominator = 0
         if job.cancelled or (not job.background and job.clients is None):
@@ -458,13 +460,11 @@ class JobTable:
         """The worker reported a terminal result; the job is gone."""
         del conn.running[job.handle]
         job.worker = None
-        job.function.running -= 1
-        self._running -= 1
         self._forget(job)
 
     def _forget(self, job: Job) -> None:
-        """Remove a job that no queue or worker holds any more from every table."""
-        job.state = GONE
+        """The job is gone: remove it from every table (a queue keeps a tombstone)."""
+        self._move(job, GONE)
         if job.timer:
             self._disarm(job)
         del self._jobs[job.handle]
@@ -492,13 +492,7 @@ class JobTable:
         left = [client for client in clients if client is not conn]
         job.clients = left or None
         # A running job keeps running; its result goes nowhere.
-        if left or job.background:
-            return
-        if job.state == QUEUED:
-            self._unqueue(job)
-        elif job.state == HELD:
-            self._take_back(job)
-        else:
+        if left or job.background or job.state not in (QUEUED, HELD):
             return
         self._forget(job)
         self._ended(job, JobOutcome.LOST)

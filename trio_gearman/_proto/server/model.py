@@ -25,6 +25,7 @@ __all__ = [
     "FUTURE",
     "GONE",
     "HELD",
+    "NEW",
     "QUEUED",
     "RUNNING",
     "ConnectionState",
@@ -41,10 +42,11 @@ __all__ = [
 class JobState(enum.IntEnum):
     """Where a job is. The job table moves jobs between states and keeps the counts.
 
-    A new job is QUEUED (or FUTURE, for an epoch job not due yet); QUEUED goes to
-    RUNNING when a worker grabs it, or to HELD while its function is held; FUTURE
-    and HELD go back to QUEUED; RUNNING goes back to QUEUED when its worker leaves;
-    every state ends in GONE.
+    A NEW job becomes QUEUED (or FUTURE, for an epoch job not due yet, or HELD
+    while its function is held); QUEUED goes to RUNNING when a worker grabs it, or
+    to HELD when its function becomes held; FUTURE and HELD go to QUEUED; RUNNING
+    goes back to QUEUED (or HELD) when its worker leaves; every state ends in GONE.
+    Every move is one call of the job table's ``_move``, which keeps every count.
     """
 
     QUEUED = 0
@@ -57,6 +59,8 @@ class JobState(enum.IntEnum):
     """The job is finished, cancelled or dropped. A queue may still hold it as a tombstone."""
     HELD = 4
     """The job's function is held (a test hook): the job waits apart, away from workers."""
+    NEW = 5
+    """The job is made but not placed yet (it is in no count)."""
 
 
 QUEUED: Final = JobState.QUEUED
@@ -64,6 +68,7 @@ RUNNING: Final = JobState.RUNNING
 FUTURE: Final = JobState.FUTURE
 GONE: Final = JobState.GONE
 HELD: Final = JobState.HELD
+NEW: Final = JobState.NEW
 
 
 @attrs.define(slots=True, eq=False, weakref_slot=False)
@@ -81,8 +86,8 @@ class Job:
         priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
         background: no client waits for the result; never dropped because a client left.
         reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        state: :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`, :data:`HELD` or
-            :data:`GONE`.
+        state: :data:`NEW`, :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`,
+            :data:`HELD` or :data:`GONE`.
         retries: how many times the job was re-queued after losing its worker.
         numerator: the last WORK_STATUS numerator (reset on re-queue).
         denominator: the last WORK_STATUS denominator (reset on re-queue).
@@ -101,7 +106,7 @@ class Job:
     priority: int
     background: bool
     reducer: bytes = b""
-    state: JobState = QUEUED
+    state: JobState = NEW
     retries: int = 0
     numerator: int = 0
     denominator: int = 0

@@ -92,7 +92,6 @@ from .._packets import (
 from .admin import AdminHandler
 from .jobs import JobTable
 from .model import (
-    FUTURE,
     RUNNING,
     ConnectionState,
     Function,
@@ -388,8 +387,7 @@ class ServerState(JobTable):
         out += handle
         self.dirty.add(conn)
         if due > now:
-            self._set_aside(job, FUTURE)
-            self._arm(job, due)
+            self._schedule(job, due)
         else:
             self._enqueue(job)
         observer = self.observer
@@ -441,8 +439,7 @@ class ServerState(JobTable):
             index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
             index.setdefault(key, job)
         if due is not None:
-            self._set_aside(job, FUTURE)
-            self._arm(job, due)
+            self._schedule(job, due)
         else:
             self._enqueue(job)
         return job
