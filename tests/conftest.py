@@ -1,4 +1,9 @@
-"""Shared fixtures: real peers (gearmand, the gearman tools) started on loopback."""
+"""Shared fixtures: real peers (gearmand, the gearman tools) started on loopback.
+
+Also the AnyIO backends: modules marked ``pytest.mark.anyio`` (the client and worker
+tests) run each async test once per backend, ``test_x[trio]`` and ``test_x[asyncio]``;
+every other async test runs under Trio through pytest-trio's ``trio_mode``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,28 @@ from collections.abc import Iterator
 import pytest
 
 from .gearmand_peer import GearmandProcess, require_tool, run_gearmand
+
+BACKENDS = ("trio", "asyncio")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The event loop an ``anyio``-marked test runs on: each of Trio and asyncio."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Leave ``anyio``-marked tests to AnyIO's plugin.
+
+    ``trio_mode`` marks every async test ``trio``, and pytest-trio then runs it under
+    Trio whatever its ``anyio_backend`` says: ``test_x[asyncio]`` would run on Trio.
+    This hook runs after pytest-trio's and takes that mark off again.
+    """
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [mark for mark in item.own_markers if mark.name != "trio"]
 
 
 @pytest.fixture

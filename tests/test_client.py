@@ -1,7 +1,11 @@
-"""The Client against the real gearmand 1.1.20 (jobs run by our Worker unless noted)."""
+"""The Client against the real gearmand 1.1.20 (jobs run by our Worker unless noted).
+
+Every async test runs under each AnyIO backend, Trio and asyncio (``test_x[asyncio]``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
@@ -11,7 +15,6 @@ from typing import Any
 import anyio
 import pytest
 import trio
-import trio.testing
 
 from trio_gearman._client.client import Client
 from trio_gearman._client.job import JobHandle
@@ -38,9 +41,19 @@ from .gearmand_peer import GearmandProcess, free_port, run_gearmand
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.gearmand
+pytestmark = [pytest.mark.gearmand, pytest.mark.anyio]
 
 # --- helpers shared with the worker tests ------------------------------------------------
+
+
+def running_backend() -> str:
+    """The event loop the calling task runs on: ``"trio"`` or ``"asyncio"``."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        asyncio.get_running_loop()  # RuntimeError outside any event loop
+        return "asyncio"
+    return "trio"
 
 
 async def admin(address: str, command: str) -> str:
@@ -73,8 +86,8 @@ async def running_worker(
     worker = Worker([address], **options)
     for name, handler in functions.items():
         worker.register(name, handler)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
         yield worker
         worker.stop(0)
 
@@ -90,19 +103,24 @@ async def echo(job: Job) -> bytes:
 # --- submitting --------------------------------------------------------------------------
 
 
+async def test_each_variant_runs_on_the_backend_in_its_id(anyio_backend: str) -> None:
+    # trio_mode claims every async test; test_x[asyncio] must not quietly run on Trio
+    assert running_backend() == anyio_backend
+
+
 async def test_submit_returns_the_workers_result(gearmand: GearmandProcess) -> None:
     async with (
         running_worker(gearmand.address, {"reverse": reverse}),
         Client([gearmand.address], client_id="web-1") as client,
     ):
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             assert await client.submit("reverse", b"hello") == b"olleh"
             assert await client.submit(b"reverse", bytearray(b"abc")) == b"cba"
 
 
 async def test_str_data_is_sent_as_utf8(gearmand: GearmandProcess) -> None:
     async with running_worker(gearmand.address, {"echo": echo}), Client(gearmand.address) as client:
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             assert await client.submit("echo", "héllo ☃") == "héllo ☃".encode()
 
 
@@ -119,11 +137,11 @@ async def test_json_codec_per_client_and_per_call(gearmand: GearmandProcess) -> 
 
     async with running_worker(gearmand.address, {"add": add}):
         async with Client([gearmand.address], codec=JsonCodec()) as client:
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 assert await client.submit("add", [1, 2, 3]) == {"sum": 6}
                 assert await client.map("add", [[1], [2, 2]]) == [{"sum": 1}, {"sum": 4}]
         async with Client([gearmand.address]) as raw:
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 assert await raw.submit("add", [4, 5], codec=JsonCodec()) == {"sum": 9}
                 assert await raw.submit("add", b"[4]") == b'{"sum":4}'
 
@@ -140,17 +158,17 @@ async def test_a_thousand_concurrent_submissions_each_get_their_own_result(
         async def one(n: int) -> None:
             results[n] = await client.submit("reverse", b"job-%d" % n)
 
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
                 for n in range(1000):
-                    nursery.start_soon(one, n)
+                    tg.start_soon(one, n)
     assert results == {n: (b"job-%d" % n)[::-1] for n in range(1000)}
 
 
 async def test_map_returns_results_in_input_order(gearmand: GearmandProcess) -> None:
     async def slow_for_small(job: Job) -> bytes:
         # later items finish first: the order must come from the input, not completion
-        await trio.sleep(0.001 * (20 - int(job.data)))
+        await anyio.sleep(0.001 * (20 - int(job.data)))
         return job.data
 
     async with (
@@ -158,7 +176,7 @@ async def test_map_returns_results_in_input_order(gearmand: GearmandProcess) -> 
         Client(gearmand.address) as client,
     ):
         items = [b"%d" % n for n in range(20)]
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             assert await client.map("f", items, concurrency=100) == items
             assert await client.map("f", []) == []
 
@@ -173,13 +191,13 @@ async def test_map_raises_the_first_failure(gearmand: GearmandProcess) -> None:
         running_worker(gearmand.address, {"picky": picky}, concurrency=4),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10), pytest.raises(JobFailed, match="picky"):
+        with anyio.fail_after(10), pytest.raises(JobFailed, match="picky"):
             await client.map("picky", [b"a", b"bad", b"c"])
 
 
 async def test_echo(gearmand: GearmandProcess) -> None:
     async with Client(gearmand.address) as client:
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             assert await client.echo(b"ping") == b"ping"
             assert await client.echo(b"x" * 100_000) == b"x" * 100_000
 
@@ -205,7 +223,7 @@ async def test_foreground_priorities_order_the_queue(gearmand: GearmandProcess) 
             ]
         ]
         async with running_worker(gearmand.address, {"ordered": record}):
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 for job in jobs:
                     await job.wait()
     assert order == [b"high", b"normal", b"low"]
@@ -213,7 +231,7 @@ async def test_foreground_priorities_order_the_queue(gearmand: GearmandProcess) 
 
 async def test_background_priorities_and_status(gearmand: GearmandProcess) -> None:
     order: list[bytes] = []
-    done = trio.Event()
+    done = anyio.Event()
 
     async def record(job: Job) -> None:
         order.append(job.data)
@@ -233,7 +251,7 @@ async def test_background_priorities_and_status(gearmand: GearmandProcess) -> No
         status = await client.get_status(handles[0])
         assert (status.known, status.running) == (True, False)
         async with running_worker(gearmand.address, {"bg": record}):
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 await done.wait()
         assert order == [b"high", b"normal", b"low"]
         status = await client.get_status(str(handles[0]))
@@ -243,8 +261,8 @@ async def test_background_priorities_and_status(gearmand: GearmandProcess) -> No
 async def test_status_reports_progress_of_a_running_background_job(
     gearmand: GearmandProcess,
 ) -> None:
-    reported = trio.Event()
-    release = trio.Event()
+    reported = anyio.Event()
+    release = anyio.Event()
 
     async def progress(job: Job) -> None:
         await job.send_status(7, 9)
@@ -254,7 +272,7 @@ async def test_status_reports_progress_of_a_running_background_job(
     async with Client(gearmand.address) as client:
         handle = await client.submit_background("progress", b"", unique="p-1")
         async with running_worker(gearmand.address, {"progress": progress}):
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 await reported.wait()
                 # the status travels on the worker's connection: ask until it shows
                 while (status := await client.get_status(handle)).numerator != 7:
@@ -282,7 +300,7 @@ async def test_status_by_unique_counts_waiting_foreground_clients(
 
 async def test_same_unique_runs_once_for_every_submitter(gearmand: GearmandProcess) -> None:
     calls: list[bytes] = []
-    release = trio.Event()
+    release = anyio.Event()
 
     async def once(job: Job) -> bytes:
         calls.append(job.data)
@@ -299,7 +317,7 @@ async def test_same_unique_runs_once_for_every_submitter(gearmand: GearmandProce
         assert job_a.handle.handle == job_b.handle.handle
         async with running_worker(gearmand.address, {"once": once}):
             release.set()
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 results = [await job_a.wait(), await job_b.wait()]
     assert calls == [b"a"]
     assert results == [b"shared", b"shared"]
@@ -323,7 +341,7 @@ async def test_unique_longer_than_64_bytes_is_refused_before_sending(
 async def test_at_submits_an_epoch_job_that_waits_for_its_time(
     gearmand: GearmandProcess,
 ) -> None:
-    ran = trio.Event()
+    ran = anyio.Event()
 
     async def later(job: Job) -> None:
         ran.set()
@@ -335,7 +353,7 @@ async def test_at_submits_an_epoch_job_that_waits_for_its_time(
             status = await client.get_status(handle)
             assert (status.known, status.running) == (True, False)
             past = await client.submit_background("later", b"", at=datetime(2000, 1, 1))
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 await ran.wait()  # a past time runs at once
             assert not (await client.get_status(past)).known
             assert (await client.get_status(handle)).known
@@ -371,7 +389,7 @@ async def test_submit_job_streams_updates_then_the_result(gearmand: GearmandProc
         Client(gearmand.address) as client,
     ):
         updates: list[Any] = []
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with client.submit_job("count", b"2") as job:
                 assert job.handle.server == gearmand.address
                 done_at_start = job.done
@@ -413,7 +431,7 @@ async def test_work_fail_raises_job_failed_naming_server_function_and_handle(
         running_worker(gearmand.address, {"refuse": refuse}),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10), pytest.raises(JobFailed) as info:
+        with anyio.fail_after(10), pytest.raises(JobFailed) as info:
             await client.submit("refuse", b"x")
     error = info.value
     assert type(error) is JobFailed
@@ -434,7 +452,7 @@ async def test_work_exception_raises_job_exception_with_the_workers_text(
         running_worker(gearmand.address, {"broken": broken}),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10), pytest.raises(JobException) as info:
+        with anyio.fail_after(10), pytest.raises(JobException) as info:
             await client.submit("broken", b"x")
         assert info.value.data == b"ValueError: bad input 42"
         assert info.value.function == "broken"
@@ -453,7 +471,7 @@ async def test_without_the_exceptions_option_an_exception_is_a_failure(
         Client(gearmand.address, exceptions=False) as client,
     ):
         # gearmand sends "WORK_FAIL handle\0" to such clients; it still matches
-        with trio.fail_after(10), pytest.raises(JobFailed) as info:
+        with anyio.fail_after(10), pytest.raises(JobFailed) as info:
             await client.submit("broken", b"x")
         assert type(info.value) is JobFailed
 
@@ -473,10 +491,10 @@ async def test_server_errors_are_matched_to_their_requests_in_order(
             except JobError as exc:
                 outcomes[n] = exc
 
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
                 for n in range(40):
-                    nursery.start_soon(one, n)
+                    tg.start_soon(one, n)
     for n, outcome in outcomes.items():
         if n % 2:
             assert isinstance(outcome, JobError), n
@@ -489,11 +507,11 @@ async def test_server_errors_are_matched_to_their_requests_in_order(
 
 
 async def test_lost_connection_fails_a_waiting_job_promptly() -> None:
-    started = trio.Event()
+    started = anyio.Event()
 
     async def hang(job: Job) -> bytes:
         started.set()
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
         raise AssertionError
 
     with run_gearmand() as server:
@@ -502,13 +520,13 @@ async def test_lost_connection_fails_a_waiting_job_promptly() -> None:
             await started.wait()
             server.process.kill()
 
-        async with Client(server.address) as client, trio.open_nursery() as nursery:
+        async with Client(server.address) as client, anyio.create_task_group() as tg:
             functions: dict[str, Handler] = {"hang": hang}
-            nursery.start_soon(_serve, server.address, functions)
-            nursery.start_soon(kill_when_running)
-            with trio.fail_after(10), pytest.raises(ServerLost) as info:
+            tg.start_soon(_serve, server.address, functions)
+            tg.start_soon(kill_when_running)
+            with anyio.fail_after(10), pytest.raises(ServerLost) as info:
                 await client.submit("hang", b"x")
-            nursery.cancel_scope.cancel()  # the worker would wait for the server forever
+            tg.cancel_scope.cancel()  # the worker would wait for the server forever
         error = info.value
         assert error.server == server.address
         assert error.function == "hang"
@@ -531,10 +549,10 @@ async def test_the_client_reconnects_after_the_server_came_back() -> None:
             assert await client.echo(b"1") == b"1"
             server.process.kill()
             server.process.wait()
-            with trio.fail_after(5), pytest.raises((ConnectionLost, NoServersAvailable)):
+            with anyio.fail_after(5), pytest.raises((ConnectionLost, NoServersAvailable)):
                 await client.echo(b"2")
             servers.enter_context(run_gearmand(port=port))
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 assert await client.echo(b"3") == b"3"
 
 
@@ -545,12 +563,12 @@ async def test_a_cancelled_submit_detaches_and_the_connection_goes_on(
     gearmand: GearmandProcess,
 ) -> None:
     async with Client(gearmand.address) as client:
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             scope.cancel()  # cancelled before its JOB_CREATED can arrive
             await client.submit("reverse", b"abandoned")
         assert scope.cancelled_caught
         async with running_worker(gearmand.address, {"reverse": reverse}):
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 # had the abandoned job's FIFO slot not been consumed, this call would
                 # take its handle and get b"denodnaba"
                 assert await client.submit("reverse", b"fresh") == b"hserf"
@@ -560,7 +578,7 @@ async def test_a_cancelled_submit_detaches_and_the_connection_goes_on(
 
 async def test_timeouts_are_cancel_scopes(gearmand: GearmandProcess) -> None:
     async with Client(gearmand.address) as client:
-        with trio.move_on_after(0.1) as scope:
+        with anyio.move_on_after(0.1) as scope:
             await client.submit("nobody-serves-this", b"")
         assert scope.cancelled_caught
         assert await client.echo(b"ok") == b"ok"
@@ -569,18 +587,18 @@ async def test_timeouts_are_cancel_scopes(gearmand: GearmandProcess) -> None:
 async def test_closing_the_client_fails_calls_in_other_tasks_and_stops_everything(
     gearmand: GearmandProcess,
 ) -> None:
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tg:
         async with Client(gearmand.address) as client:
-            failed = trio.Event()
+            failed = anyio.Event()
 
             async def waiter() -> None:
                 with pytest.raises(ConnectionLost, match="closed"):
                     await client.submit("nobody", b"")
                 failed.set()
 
-            nursery.start_soon(waiter)
-            await trio.testing.wait_all_tasks_blocked()
-        with trio.fail_after(5):
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(5):
             await failed.wait()
     with pytest.raises(RuntimeError, match="closed"):
         await client.submit("nobody", b"")
@@ -645,10 +663,10 @@ async def test_with_no_server_up_each_call_waits_then_names_every_reason(call: s
             "echo": lambda: client.echo(b"x"),
             "get_status": lambda: client.get_status(b"H:1"),
         }
-        start = trio.current_time()
-        with trio.fail_after(10), pytest.raises(NoServersAvailable) as info:
+        start = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(NoServersAvailable) as info:
             await calls[call]()
-        assert trio.current_time() - start >= 0.3
+        assert anyio.current_time() - start >= 0.3
     message = str(info.value)
     assert message == (
         f"no job server available: {dead[0]} (cannot connect: Connection refused), "
@@ -667,14 +685,14 @@ async def test_a_server_that_starts_after_the_client_entered_takes_the_waiting_c
         async with Client(server.address, wait_for_server=30, backoff=backoff) as client:
             assert [client.server] == [None]  # (a list: no narrowing, it changes below)
             handles: list[JobHandle] = []
-            with trio.fail_after(10):
-                async with trio.open_nursery() as nursery:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
 
                     async def submit() -> None:
                         handles.append(await client.submit_background("resize", b"img-1"))
 
-                    nursery.start_soon(submit)
-                    await trio.testing.wait_all_tasks_blocked()
+                    tg.start_soon(submit)
+                    await anyio.wait_all_tasks_blocked()
                     assert not handles  # it waits for a server
                     await server.resume_accepting()
             assert client.server == server.address
@@ -704,7 +722,7 @@ async def test_results_from_the_gearman_tools_worker(
         cli_worker(gearman_cli, gearmand.address, "-f", "rev", "--", "rev"),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             assert await client.submit("rev", b"hello\n") == b"olleh\n"
 
 
@@ -717,7 +735,7 @@ async def test_the_gearman_tools_line_mode_streams_work_data(
         cli_worker(gearman_cli, gearmand.address, "-n", "-f", "lines", "--", "printf", "a\\nb\\n"),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with client.submit_job("lines", b"") as job:
                 chunks = [update.data async for update in job if isinstance(update, WorkData)]
         assert chunks == [b"a\n", b"a\nb\n"]
@@ -733,7 +751,7 @@ async def test_a_failing_program_under_the_gearman_tool_fails_the_job(
         ),
         Client(gearmand.address) as client,
     ):
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             async with client.submit_job("fail", b"") as job:
                 # its output comes as WORK_DATA, then WORK_FAIL
                 assert await job.__anext__() == WorkData(job.handle.handle, b"oops\n")
