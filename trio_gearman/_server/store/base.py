@@ -1,0 +1,114 @@
+"""What every persistent queue implements: the contract between the server and a store.
+
+A store is blocking code (a database driver) that the server drives from one
+thread of its own, never from the event loop, and never from two threads at
+once. The server batches its work: every background job accepted while a
+transaction is being written goes into the next one (group commit), together
+with the handles of the jobs that ended meanwhile.
+
+The durability contract: :meth:`QueueStore.commit` returns only once its
+transaction is on disk (or in the database); the server sends JOB_CREATED for
+a background job, and hands the job to a worker, only after the commit that
+holds it returned. A job's row is deleted after the job ended, in a later
+commit: a crash in between runs the job again after the restart (at least once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from ..._exceptions import GearmanError
+
+__all__ = ["QueueStore", "StoreContents", "StoreError", "StoredJob"]
+
+
+class StoreError(GearmanError):
+    """The store could not do what it was asked (its message says why).
+
+    A failed :meth:`QueueStore.commit` has changed nothing; the store must accept
+    later calls again (reconnecting or reopening as it needs) once the cause is
+    gone.
+    """
+
+
+@attrs.frozen
+class StoredJob:
+    """One background job as a store holds it.
+
+    Attributes:
+        handle: the job handle.
+        function: the function name.
+        unique: the unique key (empty: none; ``-``: coalesced by payload).
+        data: the payload.
+        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+        epoch: when an epoch job is due, in seconds since the Unix epoch, else ``None``.
+    """
+
+    handle: bytes
+    function: bytes
+    unique: bytes
+    data: bytes
+    priority: int
+    reducer: bytes = b""
+    epoch: int | None = None
+
+
+@attrs.frozen
+class StoreContents:
+    """What a store holds when the server starts.
+
+    Attributes:
+        jobs: every stored job, in the order they were first committed.
+        handle_limit: the highest handle number reserved so far (0: none). Handle
+            numbers up to it may have been issued, to background and foreground
+            jobs alike; a restarted server issues only numbers above it.
+    """
+
+    jobs: Sequence[StoredJob]
+    handle_limit: int
+
+
+class QueueStore(Protocol):
+    """A persistent queue: SQLite, PostgreSQL, or a test double.
+
+    Every method blocks and is called from the server's store thread, one call
+    at a time.
+    """
+
+    @property
+    def description(self) -> str:
+        """What the store is, for log lines (``"sqlite /var/lib/q.db"``); no secrets."""
+        ...
+
+    def open(self) -> StoreContents:
+        """Connect (creating the tables when missing) and read what is stored.
+
+        Raises:
+            StoreError: the store cannot be reached or read, or its tables have
+                another layout.
+        """
+        ...
+
+    def commit(
+        self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
+    ) -> None:
+        """Write one transaction: insert ``added`` (in order), delete ``removed``.
+
+        Args:
+            added: new jobs, none of whose handles is stored yet.
+            removed: handles of jobs that ended (an unknown handle is no error).
+            handle_limit: the new highest reserved handle number, or ``None`` to
+                keep the stored one. It only grows.
+
+        Raises:
+            StoreError: nothing was written (the transaction was rolled back).
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the connection; no call follows. Must not raise."""
+        ...
