@@ -136,7 +136,7 @@ async def expect_exit(server: ServerProcess, code: int = 0) -> bytes:
         (["-p", "70000"], "not a TCP port"),
         (["--verbose", "LOUD"], "'LOUD' is not one of FATAL"),
         (["-j", "-1"], "-1 is less than 0"),
-        (["-q", "mysql"], "queue type 'mysql' is not supported yet"),
+        (["-q", "mysql"], "queue type 'mysql' is not supported;"),
         (["-q", "nosuch"], "unknown queue type 'nosuch'"),
         (["--graceful-timeout", "soon"], "not a number of seconds"),
         (["--config-file", "/nonexistent/gearmand.conf"], "cannot read the config file"),

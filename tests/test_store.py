@@ -1,214 +1,248 @@
-"""The SQLite persistent queue, driven through the server's state machine (no sockets)."""
+"""The SQLite queue store, alone and driving a real GearmanServer (group commit, failure)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
+from trio_gearman import Client, JobFailed, Worker
 from trio_gearman._exceptions import GearmanError
-from trio_gearman._proto._packets import (
-    Error,
-    GetStatus,
-    GrabJobUniq,
-    JobAssignUniq,
-    JobCreated,
-    Priority,
-    StatusRes,
-    SubmitJob,
-    SubmitJobEpoch,
-    SubmitReduceJob,
-    WorkComplete,
-    WorkFail,
-)
-from trio_gearman._server.store import SqliteStore, StoredJob
+from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server.server import GearmanServer
+from trio_gearman._server.store import SqliteStore, StoredJob, StoreError
 
-from .proto.test_server_state_harness import PREFIX, Harness, handle
+RESERVE = 1_000_000
 
 
-def open_store(path: Path, table: str = "gearman_queue") -> SqliteStore:
-    return SqliteStore(path, PREFIX, table, busy_timeout=0)
+def job(n: int, **fields: object) -> StoredJob:
+    values: dict[str, object] = {
+        "handle": b"H:t:%d" % n,
+        "function": b"f",
+        "unique": b"",
+        "data": b"data %d" % n,
+        "priority": 1,
+    }
+    values.update(fields)
+    return StoredJob(**values)  # type: ignore[arg-type]
 
 
-def restart(path: Path, old: Harness | None = None) -> tuple[Harness, SqliteStore]:
-    """A new server on the same database, as a restarted trio-gearmand builds it."""
-    store = open_store(path)
-    harness = Harness(store=store)
-    harness.state.wall_offset = time.time() - harness.now
-    store.replay(harness.state, time.time())
-    return harness, store
+# --- the store alone ---------------------------------------------------------------------------
 
 
-def test_add_done_and_load_in_submission_order(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "q.db")
-    harness = Harness(store=store)
-    client = harness.connect()
-    replies = client.request(
-        SubmitJob(b"f", b"", b"one", background=True),
-        SubmitJob(b"g", b"", b"two", priority=Priority.HIGH, background=True),
-        SubmitJob(b"f", b"", b"foreground"),
-        SubmitJob(b"f", b"", b"three", priority=Priority.LOW, background=True),
-    )
-    assert replies == [JobCreated(handle(n)) for n in (1, 2, 3, 4)]
-    assert [job.data for job in store.load()] == [b"one", b"two", b"three"]
-    worker = harness.worker(b"g")
-    worker.send(GrabJobUniq())
-    worker.send(WorkComplete(handle(2), b"ok"))
-    assert store.load() == [
-        StoredJob(handle(1), b"f", b"", b"one", 1, b"", None),
-        StoredJob(handle(4), b"f", b"", b"three", 2, b"", None),
+def test_commit_then_open_returns_every_field_in_submission_order(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = SqliteStore(path)
+    assert (list(store.open().jobs), store.open().handle_limit) == ([], 0)
+    jobs = [
+        job(3, data=b"\0\xff binary", priority=0, unique=b"key"),
+        job(1, reducer=b"sum", priority=2),
+        job(2, epoch=4_000_000_000, unique=b"-"),
     ]
+    store.commit(jobs[:2], [], 100)
+    store.commit(jobs[2:], [b"H:t:unknown"], None)
     store.close()
-    # What was committed is in the file for any other reader.
-    assert len(open_store(tmp_path / "q.db").load()) == 2
+    again = SqliteStore(path)
+    contents = again.open()
+    assert list(contents.jobs) == jobs
+    assert contents.handle_limit == 100
+    again.commit([], [b"H:t:3"], 50)  # the limit only grows
+    assert [j.handle for j in again.open().jobs] == [b"H:t:1", b"H:t:2"]
+    assert again.open().handle_limit == 100
+    again.close()
 
 
-def test_failed_and_cancelled_jobs_leave_the_store(tmp_path: Path) -> None:
-    harness, store = restart(tmp_path / "q.db")
-    client = harness.connect()
-    client.send(*(SubmitJob(b"f", b"", b"%d" % i, background=True) for i in range(3)))
-    assert harness.connect().admin(b"cancel job " + handle(3)) == b"OK\r\n"
-    worker = harness.worker(b"f")
-    worker.send(GrabJobUniq())
-    worker.send(WorkFail(handle(1)))
-    assert [job.handle for job in store.load()] == [handle(2)]
-
-
-def test_replay_keeps_handles_and_never_reuses_them(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    first, store = restart(path)
-    client = first.connect()
-    client.send(*(SubmitJob(b"f", b"", b"%d" % i, background=True) for i in range(1, 4)))
-    worker = first.worker(b"f")
-    worker.send(GrabJobUniq())
-    worker.send(WorkComplete(handle(1), b""))
-    client.send(SubmitJob(b"f", b"", b"4", background=True))
-    # The newest job (the highest handle) finishes too: its number stays used.
-    assert first.connect().admin(b"cancel job " + handle(4)) == b"OK\r\n"
-    assert [job.handle for job in store.load()] == [handle(2), handle(3)]
-    assert store.handles_issued == 4
-    store.close()  # a crash: no counter written at shutdown
-
-    second, store = restart(path)
-    assert second.state.handles_issued == 4
-    worker = second.worker(b"f")
-    worker.send(GrabJobUniq(), GrabJobUniq())
-    assigned = worker.received()
-    assert [(m.handle, m.data) for m in assigned if isinstance(m, JobAssignUniq)] == [
-        (handle(2), b"2"),
-        (handle(3), b"3"),
-    ]
-    assert second.connect().request(SubmitJob(b"f", b"", b"5", background=True)) == [
-        JobCreated(handle(5))
-    ]
-    assert second.connect().request(GetStatus(handle(2))) == [
-        StatusRes(handle(2), True, True, 0, 0)
-    ]
-
-
-def test_clean_shutdown_records_foreground_handles(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    first, store = restart(path)
-    first.connect().send(*(SubmitJob(b"f", b"", b"fg%d" % i) for i in range(7)))
-    store.close(first.state.handles_issued)
-    second, _ = restart(path)
-    assert second.connect().request(SubmitJob(b"f", b"", b"x", background=True)) == [
-        JobCreated(handle(8))
-    ]
-
-
-def test_empty_uniques_do_not_collide(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    first, store = restart(path)
-    client = first.connect()
-    client.send(
-        SubmitJob(b"f", b"", b"a", background=True),
-        SubmitJob(b"f", b"", b"b", background=True),
-        SubmitJob(b"f", b"-", b"c", background=True),
-        SubmitJob(b"f", b"-", b"c", background=True),  # coalesced by data
-        SubmitJob(b"f", b"key", b"d", background=True),
-    )
-    store.close()
-    second, store = restart(path)
-    assert [(j.unique, j.data) for j in store.load()] == [
-        (b"", b"a"),
-        (b"", b"b"),
-        (b"-", b"c"),
-        (b"key", b"d"),
-    ]
-    assert second.state.jobs_queued == 4
-    # The unique indexes are rebuilt: a resubmission coalesces onto the old job.
-    assert second.connect().request(SubmitJob(b"f", b"key", b"other", background=True)) == [
-        JobCreated(handle(4))
-    ]
-
-
-def test_reducer_and_epoch_are_kept(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    first, store = restart(path)
-    later = int(time.time()) + 3600
-    first.connect().send(
-        SubmitReduceJob(b"f", b"u", b"r", b"", b"reduce me", background=True),
-        SubmitJobEpoch(b"f", b"", later, b"later"),
-        SubmitJobEpoch(b"f", b"", int(time.time()) - 10, b"past"),
-    )
-    assert [(j.reducer, j.epoch) for j in store.load()] == [(b"r", None), (b"", later), (b"", None)]
+def test_a_big_batch_is_one_transaction(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db")
+    store.open()
+    store.commit([job(n) for n in range(10_000)], [], None)
+    with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+        store.commit([job(10_000), job(0)], [], None)  # job 0 exists: nothing is written
+    assert len(store.open().jobs) == 10_000
     store.close()
 
-    second, store = restart(path)
-    assert second.state.jobs_queued == 3
-    ((job, due),) = second.state.scheduled_jobs()
-    assert job.data == b"later"
-    assert due + second.state.wall_offset == pytest.approx(later)
-    worker = second.worker(b"f")
-    worker.send(GrabJobUniq(), GrabJobUniq(), GrabJobUniq())
-    assert [m.data for m in worker.received() if isinstance(m, JobAssignUniq)] == [
-        b"reduce me",
-        b"past",
-    ]
-    second.advance(3601)
-    assert second.state.jobs_queued == 1
-    assert store.load()[0].reducer == b"r"
 
-
-def test_a_failed_add_refuses_the_submit_with_queue_error(tmp_path: Path) -> None:
-    path = tmp_path / "q.db"
-    harness, store = restart(path)
-    client = harness.connect()
-    assert client.request(SubmitJob(b"f", b"", b"ok", background=True)) == [JobCreated(handle(1))]
-    # Another process holds the write lock: the insert fails at once.
-    other = sqlite3.connect(path, timeout=0)
-    other.execute("BEGIN IMMEDIATE")
-    assert client.request(SubmitJob(b"f", b"", b"refused", background=True)) == [
-        Error(b"QUEUE_ERROR", b"QUEUE_ERROR")
-    ]
-    assert client.request(SubmitJob(b"f", b"", b"foreground")) == [JobCreated(handle(2))]
-    other.rollback()
-    other.close()
-    assert client.request(SubmitJob(b"f", b"", b"again", background=True)) == [
-        JobCreated(handle(3))
-    ]
-    assert [job.data for job in store.load()] == [b"ok", b"again"]
-    assert harness.state.jobs_queued == 3
+def test_a_full_database_refuses_commits_until_jobs_free_room(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db", max_size=64 * 1024)
+    store.open()
+    big = b"x" * 2000
+    added = 0
+    while True:
+        try:
+            store.commit([job(added, data=big)], [], None)
+        except StoreError as exc:
+            error = str(exc)
+            break
+        added += 1
+    assert "database or disk is full" in error
+    assert added > 5
+    assert len(store.open().jobs) == added  # nothing acknowledged is lost
+    store.commit([], [job(n).handle for n in range(added)], None)
+    store.commit([job(added, data=big)], [], None)
+    store.close()
 
 
 def test_a_table_of_another_layout_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "gearmand.db"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE gearman_queue (unique_key TEXT, function_name TEXT, data BLOB)")
-    db.commit()
-    db.close()
-    with pytest.raises(GearmanError, match="not a trio-gearmand queue"):
-        open_store(path)
-    assert open_store(path, "jobs").load() == []
+    path = tmp_path / "q.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE gearman_queue (unique_key TEXT, function_name TEXT)")
+    with pytest.raises(StoreError, match="is not a trio-gearmand queue"):
+        SqliteStore(path).open()
+    SqliteStore(path, "other").open()  # another table is fine
+
+
+def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="not a table name"):
-        open_store(path, "jobs; DROP TABLE x")
+        SqliteStore("q.db", "a; DROP TABLE x")
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore("q.db", synchronous="SOMETIMES")
 
 
-def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
-    open_store(tmp_path / "q.db").close()
-    db = sqlite3.connect(tmp_path / "q.db")
-    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    db.close()
+def test_an_unreadable_path_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot use the queue database"):
+        SqliteStore(tmp_path).open()  # a directory
+
+
+def test_wal_mode_and_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = SqliteStore(path)
+    store.open()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
+    assert store.description == f"sqlite {path}"
+
+
+def test_a_queue_of_the_earlier_layout_keeps_its_handle_counter(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = SqliteStore(path)
+    store.open()
+    store.close()
+    with sqlite3.connect(path) as db:  # as the earlier version left it
+        db.execute("DELETE FROM gearman_queue_meta")
+        db.execute("INSERT INTO gearman_queue_meta VALUES ('handles_issued', 41)")
+    assert SqliteStore(path).open().handle_limit == 41
+
+
+# --- driving a server --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def durable_server(store: SqliteStore) -> AsyncIterator[GearmanServer]:
+    server = GearmanServer(ServerConfig(job_handle_prefix=b"H:t"), [("127.0.0.1", 0)], store=store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        yield server
+        await server.aclose()
+
+
+def address(server: GearmanServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def test_concurrent_submissions_share_commits_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    submitted: list[bytes] = []
+    async with durable_server(SqliteStore(path)) as server:
+
+        async def submit_many(n: int) -> None:
+            async with Client(address(server)) as client, trio.open_nursery() as inner:
+                for i in range(100):
+
+                    async def one(i: int = i) -> None:
+                        job = await client.submit_background("f", b"%d-%d" % (n, i))
+                        submitted.append(job.handle)
+
+                    inner.start_soon(one)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(submit_many, n)
+        writer = server._writer
+        assert writer is not None
+        assert writer.jobs_committed == 1000
+        assert writer.commits < 500  # group commit: many jobs per transaction
+    # every acknowledged job is on disk, once
+    async with durable_server(SqliteStore(path)) as server:
+        assert server.replayed == 1000
+        assert sorted(job.handle for job in server.state.jobs) == sorted(submitted)
+        async with Client(address(server)) as client:
+            # no handle of the first run is issued again
+            new = await client.submit_background("f", b"new")
+        assert int(new.handle.rsplit(b":", 1)[1]) > RESERVE
+
+
+async def test_a_full_store_refuses_background_jobs_and_recovers_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trio_gearman.server.store")
+    store = SqliteStore(tmp_path / "q.db", max_size=64 * 1024)
+    async with durable_server(store) as server, Client(address(server)) as client:
+        accepted: list[object] = []
+        with trio.fail_after(30):
+            while True:
+                try:
+                    accepted.append(await client.submit_background("f", b"x" * 2000))
+                except GearmanError as exc:
+                    refusal = str(exc)
+                    break
+        assert "QUEUE_ERROR" in refusal
+        assert "database or disk is full" in refusal
+        assert len(accepted) > 5
+        assert "database or disk is full" in caplog.text
+        # foreground work goes on meanwhile
+        worker = Worker(address(server))
+
+        async def reverse(job: object) -> bytes:
+            return b"fg ok"
+
+        worker.register("fg", reverse)
+        ran: list[bytes] = []
+        all_ran = trio.Event()
+
+        async def drain(job: object) -> bytes:
+            ran.append(b"")
+            if len(ran) == len(accepted):
+                all_ran.set()
+            return b""
+
+        worker.register("f", drain)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            with trio.fail_after(10):
+                assert await client.submit("fg", b"") == b"fg ok"
+            # the worker runs the stored jobs; their deletions free room
+            with trio.fail_after(30):
+                await all_ran.wait()
+            with trio.fail_after(10):
+                await client.submit_background("f", b"after")
+            worker.stop(0)
+        assert len(ran) >= len(accepted)
+        said = [r.getMessage() for r in caplog.records if r.name == "trio_gearman.server.store"]
+        failures = [line for line in said if "failed" in line]
+        recoveries = [line for line in said if line.endswith("works again")]
+        assert (len(failures), len(recoveries)) == (1, 1), said
+
+
+async def test_a_refused_foreground_job_is_unaffected_by_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db", max_size=64 * 1024)
+    async with durable_server(store) as server, Client(address(server)) as client:
+        worker = Worker(address(server))
+
+        async def fail(job: object) -> bytes:
+            raise JobFailed()
+
+        worker.register("g", fail)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            with trio.fail_after(10), pytest.raises(JobFailed):
+                await client.submit("g", b"x" * 100_000)
+            worker.stop(0)

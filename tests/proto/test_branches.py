@@ -10,7 +10,6 @@ import tracemalloc
 
 import pytest
 
-from trio_gearman import GearmanError
 from trio_gearman._exceptions import BadAdminReply, UnknownPacketType
 from trio_gearman._proto import Decoder, Magic, encode
 from trio_gearman._proto._admin import (
@@ -35,7 +34,6 @@ from trio_gearman._proto._packets import (
     WorkComplete,
     WorkException,
 )
-from trio_gearman._proto.server.model import Job
 
 from .test_server_state_harness import Harness, Peer, handle
 
@@ -43,21 +41,6 @@ from .test_server_state_harness import Harness, Peer, handle
 def _grab(worker: Peer) -> Message:
     (reply,) = worker.request(GrabJob())
     return reply
-
-
-class _EpochStore:
-    """A job store that records each add with its epoch; refuses data ``b"refuse"``."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, bytes, int]] = []
-
-    def add(self, job: Job, epoch: int = 0) -> None:
-        if job.data == b"refuse":
-            raise GearmanError("disk full")
-        self.log.append(("add", job.handle, epoch))
-
-    def done(self, job: Job) -> None:
-        self.log.append(("done", job.handle, 0))
 
 
 # --- the admin reply parser -------------------------------------------------------------------
@@ -172,20 +155,6 @@ def test_get_function_finds_a_known_function_and_none_for_an_unknown_one() -> No
     assert harness.state.get_function(b"g") is None
 
 
-def test_cancelling_a_running_background_job_tells_the_store_once() -> None:
-    store = _EpochStore()
-    harness = Harness(store=store)
-    harness.connect().send(SubmitJob(b"f", b"", b"x", background=True))
-    worker = harness.worker(b"f")
-    assert _grab(worker) == JobAssign(handle(1), b"f", b"x")
-    assert harness.state.cancel_job(handle(1)) is True
-    assert harness.state.cancel_job(handle(1)) is True  # still running, already cancelled
-    assert store.log == [("add", handle(1), 0), ("done", handle(1), 0)]
-    worker.send(WorkComplete(handle(1), b""))
-    assert store.log == [("add", handle(1), 0), ("done", handle(1), 0)]
-    assert harness.state.get_job(handle(1)) is None
-
-
 def test_taking_the_last_live_job_drops_the_tombstones_behind_it() -> None:
     harness = Harness()
     client = harness.connect()
@@ -274,37 +243,6 @@ def test_disconnecting_worker_requeues_its_running_job_for_another_worker() -> N
     assert harness.state.jobs_running == 0
     assert harness.state.jobs_queued == 1
     assert _grab(harness.worker(b"f")) == JobAssign(handle(1), b"f", b"x")
-
-
-def test_store_is_given_the_wall_clock_epoch_of_a_future_background_job() -> None:
-    store = _EpochStore()
-    harness = Harness(store=store)
-    harness.state.wall_offset = 1_700_000_000.0 - harness.now
-    client = harness.connect()
-    assert client.request(SubmitJobEpoch(b"f", b"", 1_700_000_060, b"later")) == [
-        JobCreated(handle(1))
-    ]
-    assert client.request(SubmitJobEpoch(b"f", b"", 1_600_000_000, b"past")) == [
-        JobCreated(handle(2))
-    ]
-    assert store.log == [("add", handle(1), 1_700_000_060), ("add", handle(2), 0)]
-
-
-def test_refused_store_add_keeps_a_coalesced_foreground_job_foreground() -> None:
-    store = _EpochStore()
-    harness = Harness(store=store)
-    waiter, submitter = harness.connect(), harness.connect()
-    assert waiter.request(SubmitJob(b"f", b"u", b"refuse")) == [JobCreated(handle(1))]
-    assert submitter.request(SubmitJob(b"f", b"u", b"refuse", background=True)) == [
-        Error(b"QUEUE_ERROR", b"QUEUE_ERROR")
-    ]
-    assert store.log == []
-    job = harness.state.get_job(handle(1))
-    assert job is not None
-    assert not job.background
-    waiter.close()  # nobody waits for the foreground job any more: it goes
-    assert harness.state.jobs_queued == 0
-    assert harness.state.get_job(handle(1)) is None
 
 
 def test_work_exception_of_a_background_job_finishes_it_silently() -> None:

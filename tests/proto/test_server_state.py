@@ -524,7 +524,7 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "pid": 0,
         "verbose": b"ERROR",
         "max_unique": 64,
-        "store": None,
+        "durable": False,
     }
 
 

@@ -1,10 +1,9 @@
-"""The job server state machine: disconnects, retries, timers and the store seam."""
+"""The job server state machine: disconnects, retries and timers."""
 
 from __future__ import annotations
 
 import pytest
 
-from trio_gearman import GearmanError
 from trio_gearman._proto._packets import (
     CanDoTimeout,
     Error,
@@ -24,7 +23,6 @@ from trio_gearman._proto._packets import (
     WorkFail,
     WorkStatus,
 )
-from trio_gearman._proto.server.model import Job
 
 from .test_server_state_harness import Harness, Peer, handle
 
@@ -367,72 +365,3 @@ def test_advance_with_nothing_due_does_nothing() -> None:
     assert harness.state.next_deadline() is None
     harness.advance(100)
     assert harness.state.jobs_queued == 0
-
-
-# --- the store seam -------------------------------------------------------------------------------
-
-
-class RecordingStore:
-    """Records what the server asks a store to do; refuses data ``b"refuse"``."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, bytes]] = []
-
-    def add(self, job: Job) -> None:
-        if job.data == b"refuse":
-            raise GearmanError("disk full")
-        self.log.append(("add", job.handle))
-
-    def done(self, job: Job) -> None:
-        self.log.append(("done", job.handle))
-
-
-def test_store_sees_background_jobs_added_and_finished() -> None:
-    store = RecordingStore()
-    harness = Harness(store=store)
-    client = harness.connect()
-    replies = client.request(
-        SubmitJob(b"f", b"", b"bg", background=True),
-        SubmitJob(b"f", b"", b"fg"),
-        SubmitJob(b"f", b"", b"refuse", background=True),
-        SubmitJobEpoch(b"f", b"", 0, b"epoch"),
-    )
-    assert replies == [
-        JobCreated(handle(1)),
-        JobCreated(handle(2)),
-        Error(b"QUEUE_ERROR", b"QUEUE_ERROR"),
-        JobCreated(handle(3)),
-    ]
-    assert store.log == [("add", handle(1)), ("add", handle(3))]
-    worker = harness.worker(b"f")
-    worker.send(GrabJob(), GrabJob(), GrabJob())
-    worker.send(WorkComplete(handle(1), b""), WorkFail(handle(2)), WorkFail(handle(3)))
-    assert store.log[2:] == [("done", handle(1)), ("done", handle(3))]
-
-
-def test_store_sees_a_foreground_job_become_background() -> None:
-    store = RecordingStore()
-    harness = Harness(store=store)
-    waiter, submitter = harness.connect(), harness.connect()
-    waiter.send(SubmitJob(b"f", b"u", b"x"))
-    submitter.send(SubmitJob(b"f", b"u", b"x", background=True))
-    assert store.log == [("add", handle(1))]
-    waiter.close()
-    assert harness.state.jobs_queued == 1
-
-
-def test_store_sees_cancel_and_retry_drop() -> None:
-    store = RecordingStore()
-    harness = Harness(store=store, job_retries=1)
-    client = harness.connect()
-    client.send(*(SubmitJob(b"f", b"", b"%d" % i, background=True) for i in range(2)))
-    assert harness.connect().admin(b"cancel job " + handle(1)) == b"OK\r\n"
-    worker = harness.worker(b"f")
-    worker.send(GrabJob())
-    worker.close()
-    assert store.log == [
-        ("add", handle(1)),
-        ("add", handle(2)),
-        ("done", handle(1)),
-        ("done", handle(2)),
-    ]

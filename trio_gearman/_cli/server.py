@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, NoReturn
@@ -29,7 +28,7 @@ from .._exceptions import GearmanError
 from .._proto.server.state import ServerConfig
 from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
-from .._server.store import SqliteStore
+from .._server.store import QueueStore, SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
 from .options import UsageError, leaves, seconds
@@ -59,8 +58,17 @@ _LEVEL_NAMES: Final = {
     logging.INFO: "INFO",
     logging.DEBUG: "DEBUG",
 }
-_QUEUE_TYPES: Final = ("postgres", "mysql", "redis", "libmemcached")
-_SQLITE_NAMES: Final = ("libsqlite3", "sqlite")
+_QUEUE_NAMES: Final = {
+    "memory": "memory",
+    "builtin": "memory",
+    "sqlite": "sqlite",
+    "libsqlite3": "sqlite",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "libpq": "postgres",
+}
+"""Queue types by every name they go by (gearmand's spellings too), lowercased."""
+_UNSUPPORTED: Final = ("mysql", "libdrizzle", "redis", "hiredis", "libmemcached", "tokyocabinet")
 
 
 # --- option values ---------------------------------------------------------------------------
@@ -95,18 +103,15 @@ def _level(text: str) -> str:
 
 
 def _queue_type(text: str) -> str:
-    name = text.lower()
-    if name == "builtin":
+    name = _QUEUE_NAMES.get(text.lower())
+    if name is not None:
         return name
-    if name in _SQLITE_NAMES:
-        return "libsqlite3"
-    if name in _QUEUE_TYPES:
+    if text.lower() in _UNSUPPORTED:
         raise argparse.ArgumentTypeError(
-            f"queue type {text!r} is not supported yet "
-            "(only 'builtin', without persistence, and 'libsqlite3')"
+            f"queue type {text!r} is not supported; 'memory', 'sqlite' and 'postgres' are available"
         )
     raise argparse.ArgumentTypeError(
-        f"unknown queue type {text!r}; 'builtin' and 'libsqlite3' are available"
+        f"unknown queue type {text!r}; 'memory', 'sqlite' and 'postgres' are available"
     )
 
 
@@ -218,25 +223,46 @@ def _parser() -> argparse.ArgumentParser:
         "-q",
         "--queue-type",
         type=_queue_type,
-        default="builtin",
-        help="persistent queue for background jobs: 'builtin' (none, the default) "
-        "or 'libsqlite3' (alias 'sqlite')",
+        default="memory",
+        help="where background jobs are kept: 'memory' (lost when the server stops; "
+        "the default), 'sqlite' (a file; alias 'libsqlite3') or 'postgres' (a "
+        "PostgreSQL database; aliases 'Postgres', 'libpq'; needs the 'postgres' extra)",
     )
     add(
+        "--sqlite-db",
         "--libsqlite3-db",
+        dest="sqlite_db",
         metavar="PATH",
-        help="with -q libsqlite3: the database file (created if missing)",
+        help="with -q sqlite: the database file (created if missing)",
     )
     add(
+        "--sqlite-table",
         "--libsqlite3-table",
+        dest="sqlite_table",
         metavar="NAME",
-        help="with -q libsqlite3: the table of jobs (default gearman_queue)",
+        help=f"with -q sqlite: the table of jobs (default {DEFAULT_TABLE})",
+    )
+    add(
+        "--postgres-dsn",
+        "--libpq-conninfo",
+        dest="postgres_dsn",
+        metavar="DSN",
+        help="with -q postgres: the connection string, e.g. "
+        "'host=db dbname=gearman user=gearman' or 'postgresql://gearman@db/gearman' "
+        "(a password is better kept in ~/.pgpass or $PGPASSWORD)",
+    )
+    add(
+        "--postgres-table",
+        "--libpq-table",
+        dest="postgres_table",
+        metavar="NAME",
+        help=f"with -q postgres: the table of jobs (default {DEFAULT_TABLE})",
     )
     add(
         "--store-queue-on-shutdown",
         action="store_true",
-        help="with -q libsqlite3, accepted for compatibility: the queue is written as "
-        "jobs are submitted, so it is always current",
+        help="with a persistent queue, accepted for compatibility: the queue is "
+        "written as jobs are submitted, so it is always current",
     )
     add(
         "--graceful-timeout",
@@ -319,21 +345,25 @@ def parse_options(
         options.job_handle_prefix = "H:" + socket.gethostname()
     if not options.job_handle_prefix:
         raise UsageError("argument --job-handle-prefix: must not be empty")
-    if options.queue_type == "libsqlite3":
-        if not options.libsqlite3_db:
-            raise UsageError("--queue-type libsqlite3 needs --libsqlite3-db PATH")
-    else:
-        for given, name in (
-            (options.libsqlite3_db, "--libsqlite3-db"),
-            (options.libsqlite3_table, "--libsqlite3-table"),
-            (options.store_queue_on_shutdown, "--store-queue-on-shutdown"),
-        ):
-            if given:
-                raise UsageError(
-                    f"{name} needs --queue-type libsqlite3 (there is no queue to store)"
-                )
-    if options.libsqlite3_table is None:
-        options.libsqlite3_table = DEFAULT_TABLE
+    queue = options.queue_type
+    if queue == "sqlite" and not options.sqlite_db:
+        raise UsageError("--queue-type sqlite needs --sqlite-db PATH")
+    if queue == "postgres" and not options.postgres_dsn:
+        raise UsageError("--queue-type postgres needs --postgres-dsn DSN")
+    for given, name, needs in (
+        (options.sqlite_db, "--sqlite-db", "sqlite"),
+        (options.sqlite_table, "--sqlite-table", "sqlite"),
+        (options.postgres_dsn, "--postgres-dsn", "postgres"),
+        (options.postgres_table, "--postgres-table", "postgres"),
+        (options.store_queue_on_shutdown, "--store-queue-on-shutdown", queue),
+    ):
+        if given and (queue != needs or queue == "memory"):
+            raise UsageError(
+                f"{name} needs --queue-type {needs if needs != 'memory' else 'sqlite or postgres'}"
+                + (" (there is no queue to store)" if queue == "memory" else "")
+            )
+    options.sqlite_table = options.sqlite_table or DEFAULT_TABLE
+    options.postgres_table = options.postgres_table or DEFAULT_TABLE
     return options
 
 
@@ -382,24 +412,31 @@ def _setup_logging(log_file: str, level: str) -> None:
 # --- running -------------------------------------------------------------------------------
 
 
-def _replay(server: GearmanServer, store: SqliteStore) -> None:
-    """Queue the stored background jobs again, before the server listens."""
-    now = time.time()
-    server.state.wall_offset = now - anyio.current_time()
-    count = store.replay(server.state, now)
-    startup_logger.info("Queue: libsqlite3 %s (%d background jobs replayed)", store.path, count)
+def _make_store(options: argparse.Namespace) -> QueueStore | None:
+    """The store that ``-q`` names, or ``None`` for the in-memory queue.
+
+    Raises:
+        UsageError: a table name is not a plain SQL name.
+        StoreError: the store cannot be used (e.g. its extra is not installed).
+    """
+    try:
+        if options.queue_type == "sqlite":
+            return SqliteStore(options.sqlite_db, options.sqlite_table)
+        if options.queue_type == "postgres":
+            from .._server.store.postgres import PostgresStore
+
+            return PostgresStore(options.postgres_dsn, options.postgres_table)
+    except ValueError as exc:
+        raise UsageError(f"argument --{options.queue_type}-table: {exc}") from None
+    return None
 
 
-async def _serve(
-    server: GearmanServer, graceful_timeout: float, store: SqliteStore | None = None
-) -> None:
+async def _serve(server: GearmanServer, graceful_timeout: float) -> None:
     signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
     with anyio.open_signal_receiver(*signals) as received:
-        if store is not None:
-            _replay(server, store)
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)
-            if store is None:
+            if server.store is None:
                 startup_logger.info("Queue: in memory (background jobs are lost when it stops)")
 
             async def drain() -> None:
@@ -455,20 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"trio-gearmand: cannot open the log file: {exc}", file=sys.stderr)
         return 1
-    store = None
-    if options.queue_type == "libsqlite3":
-        try:
-            store = SqliteStore(
-                options.libsqlite3_db,
-                options.job_handle_prefix.encode(),
-                options.libsqlite3_table,
-            )
-        except ValueError as exc:
-            print(f"trio-gearmand: error: --libsqlite3-table: {exc}", file=sys.stderr)
-            return 2
-        except GearmanError as exc:
-            _fatal(str(exc), options.log_file)
-            return 1
+    try:
+        store = _make_store(options)
+    except UsageError as exc:
+        print(f"trio-gearmand: error: {exc} (see trio-gearmand --help)", file=sys.stderr)
+        return 2
+    except GearmanError as exc:
+        _fatal(str(exc), options.log_file)
+        return 1
     if options.store_queue_on_shutdown:
         logger.info(
             "--store-queue-on-shutdown: nothing to do, "
@@ -482,7 +513,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=__version__.encode(),
         pid=os.getpid(),
         verbose=options.verbose.encode(),
-        store=store,
     )
     keepalive = None
     if options.keepalive:
@@ -498,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog=options.backlog,
         keepalive=keepalive,
         fd_limit=options.file_descriptors,
+        store=store,
     )
     pid_file = Path(options.pid_file) if options.pid_file else None
     try:
@@ -508,12 +539,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logger.info("Starting up with pid %d, verbose is set to %s", os.getpid(), options.verbose)
     try:
-        anyio.run(_serve, server, options.graceful_timeout, store, backend="trio")
+        anyio.run(_serve, server, options.graceful_timeout, backend="trio")
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
-        if isinstance(exc, GearmanError):
-            _fatal(str(exc), options.log_file)
+        failed = next((e for e in leaves(exc) if isinstance(e, GearmanError)), None)
+        if failed is not None:
+            _fatal(str(failed), options.log_file)
             return 1
         error = next((e for e in leaves(exc) if isinstance(e, OSError)), None)
         if error is None or server.addresses:
@@ -525,8 +557,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fatal(f"cannot listen: {error}", options.log_file)
         return 1
     finally:
-        if store is not None:
-            store.close(server.state.handles_issued)
         if pid_file is not None:
             try:
                 if pid_file.read_text().strip() == str(os.getpid()):

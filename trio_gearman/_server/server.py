@@ -30,6 +30,8 @@ from .sockets import (
     raise_fd_limit,
     wait_readable,
 )
+from .store.base import QueueStore
+from .store.writer import StoreWriter
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -81,6 +83,12 @@ class GearmanServer:
         max_packet_size: the largest packet body accepted from a peer.
         keepalive: TCP keepalive settings for accepted connections, or ``None``.
         fd_limit: the open-file limit to set at start (``None``: the hard limit).
+        store: a persistent queue for background jobs, or ``None`` to keep them in
+            memory. With one, :meth:`run` replays the stored jobs before it
+            listens, and each background submission is acknowledged (JOB_CREATED)
+            and queued only after the store committed it; submissions that arrive
+            during a commit share the next one. The store is driven from a
+            thread, never from the event loop.
 
     Example:
         >>> async def main():
@@ -100,9 +108,15 @@ class GearmanServer:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
+        store: QueueStore | None = None,
     ) -> None:
-        self.config = config if config is not None else ServerConfig()
+        config = config if config is not None else ServerConfig()
+        if store is not None and not config.durable:
+            config = attrs.evolve(config, durable=True)
+        self.config = config
         self.state = ServerState(self.config)
+        self.store = store
+        self.replayed = 0
         self.max_packet_size = max_packet_size
         self.addresses: tuple[tuple[str, int], ...] = ()
         self._listen = tuple(listen)
@@ -124,6 +138,9 @@ class GearmanServer:
         self._not_listening: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._closed = False
+        self._writer: StoreWriter | None = None
+        if store is not None:
+            self._writer = StoreWriter(store, self.state, self._hub.send_pending)
 
     @property
     def port(self) -> int:
@@ -164,15 +181,25 @@ class GearmanServer:
 
         Raises:
             OSError: an address could not be bound.
+            StoreError: the store could not be opened or read.
             RuntimeError: the server was already run.
         """
         if self._stopped is not None or self._closed:
             raise RuntimeError("a GearmanServer runs once")
         self._stopped = anyio.Event()
         self._not_listening = anyio.Event()
+        writer = self._writer
         try:
             limit = raise_fd_limit(self._fd_limit)
             logger.debug("open-file limit: %d", limit)
+            self.state.wall_offset = time.time() - anyio.current_time()
+            if writer is not None:
+                self.replayed = await writer.open(time.time())
+                startup_logger.info(
+                    "Queue: %s (%d background jobs replayed)",
+                    writer.store.description,
+                    self.replayed,
+                )
             listeners = await open_listeners(self._listen, self._backlog)
             self.addresses = tuple(
                 (str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in listeners
@@ -184,6 +211,8 @@ class GearmanServer:
                     self._run_scope = tg.cancel_scope
                     self._hub.open(tg, poll=HAVE_EPOLL)
                     tg.start_soon(self._timer_loop)
+                    if writer is not None:
+                        tg.start_soon(writer.run)
                     self._start_listening(listeners)
                     listeners = []
                     task_status.started(self)
@@ -194,6 +223,8 @@ class GearmanServer:
             self._closed = True
             self._task_group = None
             self._hub.shut()
+            if writer is not None:
+                await writer.close()
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -340,6 +371,8 @@ class GearmanServer:
                 self._timer_scope.deadline = deadline
         if self._drained is not None and state.jobs_running == 0:
             self._drained.set()
+        if self._writer is not None and state.store_work:
+            self._writer.wake()
 
     async def _timer_loop(self) -> None:
         """Call ``state.advance`` at every deadline the state names.

@@ -35,6 +35,7 @@ from .model import (
     FUTURE,
     GONE,
     HELD,
+    PENDING,
     QUEUED,
     RUNNING,
     ConnectionState,
@@ -44,6 +45,7 @@ from .model import (
     JobOutcome,
     JobState,
     ServerConfig,
+    StoreWrite,
 )
 
 __all__ = ["JobTable"]
@@ -77,7 +79,9 @@ class JobTable:
         self._held: list[Job] = []
         self._retries = max(config.job_retries, 0)
         self._wakeup = max(config.worker_wakeup, 0)
-        self._store = config.store
+        self._durable = config.durable
+        # The store's next transaction: durable jobs to add, handles to delete.
+        self._write = StoreWrite()
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         # Per priority: the functions with at least one QUEUED job of that priority,
@@ -137,7 +141,7 @@ class JobTable:
 
     @property
     def jobs_queued(self) -> int:
-        """Jobs waiting for a worker, including epoch jobs that are not due yet."""
+        """Jobs waiting for a worker: queued, epoch jobs not due yet, held, being stored."""
         return self._queued + self._future
 
     @property
@@ -241,6 +245,9 @@ class JobTable:
         elif was == HELD:
             function.held[priority] -= 1
             self._future -= 1
+        elif was == PENDING:
+            function.pending -= 1
+            self._future -= 1
         job.state = to
         if to == QUEUED:
             self._queued += 1
@@ -256,6 +263,9 @@ class JobTable:
             self._future += 1
         elif to == HELD:
             function.held[priority] += 1
+            self._future += 1
+        elif to == PENDING:
+            function.pending += 1
             self._future += 1
 
     def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
@@ -287,10 +297,9 @@ class JobTable:
             if not job.cancelled:
                 job.cancelled = True
                 self._unindex(job)
-                if job.background and self._store is not None:
-                    self._store.done(job)
+                self._unstore(job)
             return True
-        self._forget(job)  # QUEUED, FUTURE or HELD
+        self._forget(job)  # QUEUED, FUTURE, HELD or PENDING
         self._ended(job, JobOutcome.CANCELLED)
         return True
 
@@ -474,8 +483,14 @@ class JobTable:
             for client in job.clients:
                 client.attached.pop(job, None)
             job.clients = None
-        if job.background and not job.cancelled and self._store is not None:
-            self._store.done(job)
+        if job.stored:
+            self._unstore(job)
+
+    def _unstore(self, job: Job) -> None:
+        """The job's row goes in the store's next transaction."""
+        if job.stored:
+            job.stored = False
+            self._write.removed.append(job.handle)
 
     def _unindex(self, job: Job) -> None:
         function = job.function

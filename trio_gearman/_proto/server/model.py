@@ -3,7 +3,7 @@
 These are plain slotted records, shared by the job table (:mod:`._server_jobs`),
 the state machine (:mod:`._server_state`) and its admin commands
 (:mod:`._server_admin`). They hold data and do no bookkeeping of their own; every
-rule lives in the state machine. :class:`JobStore` is the seam for persistence;
+rule lives in the state machine. :class:`StoreWrite` is the seam for persistence;
 :class:`JobObserver` the seam for test tools (every job's start and end).
 
 A million queued jobs must fit in memory, so :class:`Job` carries only what the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -26,16 +26,19 @@ __all__ = [
     "GONE",
     "HELD",
     "NEW",
+    "PENDING",
     "QUEUED",
     "RUNNING",
+    "Ack",
     "ConnectionState",
     "Function",
     "Job",
     "JobObserver",
     "JobOutcome",
     "JobState",
-    "JobStore",
     "ServerConfig",
+    "StoreWrite",
+    "StoredJob",
 ]
 
 
@@ -43,8 +46,9 @@ class JobState(enum.IntEnum):
     """Where a job is. The job table moves jobs between states and keeps the counts.
 
     A NEW job becomes QUEUED (or FUTURE, for an epoch job not due yet, or HELD
-    while its function is held); QUEUED goes to RUNNING when a worker grabs it, or
-    to HELD when its function becomes held; FUTURE and HELD go to QUEUED; RUNNING
+    while its function is held), after PENDING while a durable store commits it.
+    QUEUED goes to RUNNING when a worker grabs it, or to HELD when its function
+    becomes held; FUTURE and HELD go to QUEUED; RUNNING
     goes back to QUEUED (or HELD) when its worker leaves; every state ends in GONE.
     Every move is one call of the job table's ``_move``, which keeps every count.
     """
@@ -61,6 +65,8 @@ class JobState(enum.IntEnum):
     """The job's function is held (a test hook): the job waits apart, away from workers."""
     NEW = 5
     """The job is made but not placed yet (it is in no count)."""
+    PENDING = 6
+    """A durable job waits for the store's commit before it is queued or acknowledged."""
 
 
 QUEUED: Final = JobState.QUEUED
@@ -69,6 +75,7 @@ FUTURE: Final = JobState.FUTURE
 GONE: Final = JobState.GONE
 HELD: Final = JobState.HELD
 NEW: Final = JobState.NEW
+PENDING: Final = JobState.PENDING
 
 
 @attrs.define(slots=True, eq=False, weakref_slot=False)
@@ -97,6 +104,11 @@ class Job:
         timer: the sequence number of the job's live timer-heap entry (its epoch or
             its CAN_DO_TIMEOUT deadline), or 0 for none.
         cancelled: the admin ``cancel job`` command hit the job while it ran.
+        stored: the store holds the job's row (or is writing it): its end must
+            delete it.
+        acks: the JOB_CREATED replies that wait for the commit of this job (a
+            durable submission, or one that coalesced onto a job being stored),
+            or ``None``.
     """
 
     handle: bytes
@@ -114,6 +126,29 @@ class Job:
     worker: ConnectionState | None = None
     timer: int = 0
     cancelled: bool = False
+    stored: bool = False
+    acks: list[Ack] | None = None
+
+
+class Ack:
+    """A reply that waits for a commit of the store, in its connection's order.
+
+    A durable submission's JOB_CREATED (or QUEUE_ERROR) is known only once the
+    store has committed (or failed); any other reply to that connection waits
+    behind it, so that a connection's replies keep the order of its requests.
+
+    Attributes:
+        conn: the connection to answer.
+        job: the job whose commit the reply waits for, or ``None``.
+        reply: the encoded reply once known, else ``None``.
+    """
+
+    __slots__ = ("conn", "job", "reply")
+
+    def __init__(self, conn: ConnectionState, job: Job | None, reply: bytes | None = None) -> None:
+        self.conn = conn
+        self.job = job
+        self.reply = reply
 
 
 class Function:
@@ -127,6 +162,7 @@ class Function:
         counts: the number of live QUEUED jobs per priority.
         future: the number of epoch jobs of this function that are not due yet.
         held: the number of its held jobs (:data:`HELD`) per priority.
+        pending: the number of its jobs that wait for the store (:data:`PENDING`).
         running: the number of jobs of this function that workers hold.
         workers: the connections registered for this function, in order.
         sleepers: connections that slept (PRE_SLEEP) while able to run this
@@ -144,6 +180,7 @@ class Function:
         "held",
         "max_queue",
         "name",
+        "pending",
         "queues",
         "running",
         "sleepers",
@@ -157,6 +194,7 @@ class Function:
         self.counts = [0, 0, 0]
         self.future = 0
         self.held = [0, 0, 0]
+        self.pending = 0
         self.running = 0
         self.workers: dict[ConnectionState, None] = {}
         self.sleepers: dict[ConnectionState, None] = {}
@@ -166,9 +204,19 @@ class Function:
 
     @property
     def queued(self) -> int:
-        """Jobs waiting to run: queued at any priority, epoch jobs not due yet, held jobs."""
+        """Jobs waiting to run: queued at any priority, epoch jobs not due yet, held
+        jobs, and jobs the store is writing."""
         counts, held = self.counts, self.held
-        return counts[0] + counts[1] + counts[2] + self.future + held[0] + held[1] + held[2]
+        return (
+            counts[0]
+            + counts[1]
+            + counts[2]
+            + self.future
+            + held[0]
+            + held[1]
+            + held[2]
+            + self.pending
+        )
 
     @property
     def total(self) -> int:
@@ -202,11 +250,17 @@ class ConnectionState:
         noop_sent: a NOOP went out since the last PRE_SLEEP or GRAB.
         running: the jobs this worker holds, by handle.
         attached: the foreground jobs this client waits for.
+        acks: its JOB_CREATED replies waiting for the store, in submission order,
+            or ``None``.
+        paused: the events received while ``acks`` wait that must not be answered
+            before them (anything but another durable submission), in order, or
+            ``None``.
     """
 
     __slots__ = (
         "abilities",
         "ability_list",
+        "acks",
         "address",
         "attached",
         "client_id",
@@ -217,6 +271,7 @@ class ConnectionState:
         "id",
         "noop_sent",
         "outgoing",
+        "paused",
         "rr",
         "running",
         "sleeping",
@@ -238,36 +293,62 @@ class ConnectionState:
         self.noop_sent = False
         self.running: dict[bytes, Job] = {}
         self.attached: dict[Job, None] = {}
+        self.acks: deque[Ack] | None = None
+        self.paused: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"
 
 
-class JobStore(Protocol):
-    """Where background jobs are made durable (the persistence seam).
+@attrs.frozen
+class StoredJob:
+    """One background job as a store holds it.
 
-    The server calls :meth:`add` before it answers JOB_CREATED for a new
-    background job (or for a foreground job that a background submission
-    coalesced onto), and :meth:`done` once such a job is finished, failed,
-    cancelled or dropped. Jobs are keyed by :attr:`Job.handle`.
+    Attributes:
+        handle: the job handle.
+        function: the function name.
+        unique: the unique key (empty: none; ``-``: coalesced by payload).
+        data: the payload.
+        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+        epoch: when an epoch job is due, in seconds since the Unix epoch, else ``None``.
     """
 
-    def add(self, job: Job, epoch: int = 0) -> None:
-        """Make ``job`` durable.
+    handle: bytes
+    function: bytes
+    unique: bytes
+    data: bytes
+    priority: int
+    reducer: bytes = b""
+    epoch: int | None = None
 
-        Args:
-            job: the new background job.
-            epoch: for a SUBMIT_JOB_EPOCH job that is not due yet, its time in
-                seconds since the Unix epoch (it waits for it after a restart
-                too); 0 for a job that is queued at once. Only passed when not 0.
 
-        Raises:
-            GearmanError: the job cannot be stored; the submission is refused with
-                ``ERROR QUEUE_ERROR``.
-        """
+@attrs.define
+class StoreWrite:
+    """One transaction for the store to commit: the effect of a durable server.
 
-    def done(self, job: Job) -> None:
-        """Forget ``job``: it is finished. Must not raise."""
+    The state machine makes it (:meth:`ServerState.take_store_write
+    <trio_gearman._proto.server.state.ServerState.take_store_write>`); the I/O
+    layer commits it and reports how that went (``store_written`` or
+    ``store_failed``).
+
+    Attributes:
+        added: the new durable jobs, in submission order.
+        removed: the handles of stored jobs that ended; never one of ``added``
+            (so a store may delete first, freeing room, then insert).
+        handle_limit: a new highest reserved handle number, or ``None``.
+        jobs: the jobs of ``added``, in the same order (the state's own records).
+        due: for each of ``jobs``, the loop time an epoch job is due at, else 0.
+    """
+
+    added: list[StoredJob] = attrs.Factory(list)
+    removed: list[bytes] = attrs.Factory(list)
+    handle_limit: int | None = None
+    jobs: list[Job] = attrs.Factory(list)
+    due: list[float] = attrs.Factory(list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.handle_limit is not None)
 
 
 class JobOutcome(str, enum.Enum):
@@ -330,7 +411,8 @@ class ServerConfig:
         pid: the reply to the admin ``getpid`` command.
         verbose: the reply to the admin ``verbose`` command.
         max_unique: the longest unique key a submission may carry.
-        store: where background jobs are made durable, or ``None``.
+        durable: background jobs are made durable: each is acknowledged (and
+            queued) only after the store has committed it (see :class:`StoreWrite`).
     """
 
     job_handle_prefix: bytes = b"H:localhost"
@@ -341,4 +423,4 @@ class ServerConfig:
     pid: int = 0
     verbose: bytes = b"ERROR"
     max_unique: int = 64
-    store: JobStore | None = None
+    durable: bool = False

@@ -37,12 +37,12 @@ fan-out of every WORK_* packet to every attachment, coalescing on unique keys,
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ..._exceptions import (
     BadArgumentCount,
-    GearmanError,
     PacketTooLarge,
     ProtocolError,
     UnknownPacketType,
@@ -92,12 +92,20 @@ from .._packets import (
 from .admin import AdminHandler
 from .jobs import JobTable
 from .model import (
+    FUTURE,
+    GONE,
+    HELD,
+    PENDING,
+    QUEUED,
     RUNNING,
+    Ack,
     ConnectionState,
     Function,
     Job,
     JobOutcome,
     ServerConfig,
+    StoredJob,
+    StoreWrite,
 )
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
@@ -128,6 +136,23 @@ _PROTOCOL_ERROR_CODES: Final[dict[type[ProtocolError], bytes]] = {
 _Handler = Callable[[ConnectionState, Any, float], None]
 
 
+def _durable_submission(event: Event) -> bool:
+    """Whether ``event`` submits a background job (handled at once behind pending acks)."""
+    if isinstance(event, (SubmitJob, SubmitReduceJob)):
+        return event.background
+    return isinstance(event, SubmitJobEpoch)
+
+
+_RESERVE: Final = 1_000_000
+"""Handle numbers reserved in the store at a time (a new block is asked for at half)."""
+
+
+def _frame(message: Message) -> bytes:
+    """``message`` as a RES packet."""
+    body = b"\0".join(message.wire_parts())
+    return _pack(_RES_BYTES, message.packet_type, len(body)) + body
+
+
 class ServerState(JobTable):
     """The job server's functions, queues, jobs, workers and clients.
 
@@ -156,6 +181,9 @@ class ServerState(JobTable):
         self._prefix = config.job_handle_prefix + b":"
         self._max_unique = config.max_unique
         self._next_handle = 1
+        # Durable servers reserve handle numbers in the store ahead of use.
+        self._handle_limit = 0
+        self._reserving: int | None = None
         self._next_conn = 1
         self._connections: dict[int, ConnectionState] = {}
         self._admin = AdminHandler(self, self._connections.values())
@@ -234,7 +262,34 @@ class ServerState(JobTable):
         """
         if conn.closing:
             return
+        if conn.acks is not None:
+            self._receive_behind_acks(conn, event, now)
+            return
         self._handlers[type(event)](conn, event, now)
+
+    def _receive_behind_acks(self, conn: ConnectionState, event: Event, now: float) -> None:
+        """``conn`` waits for JOB_CREATED replies that the store must commit first.
+
+        Another durable submission is handled at once (so that one connection's
+        submissions share a commit); its reply, if it has one now, queues behind
+        the others. Anything else waits, in order, until every reply before it
+        went out.
+        """
+        if conn.paused is not None or not _durable_submission(event):
+            if conn.paused is None:
+                conn.paused = [event]
+            else:
+                conn.paused.append(event)
+            return
+        out = conn.outgoing
+        conn.outgoing = bytearray()
+        try:
+            self._handlers[type(event)](conn, event, now)
+        finally:
+            said, conn.outgoing = conn.outgoing, out
+        if said:
+            assert conn.acks is not None
+            conn.acks.append(Ack(conn, None, bytes(said)))
 
     def protocol_error(self, conn: ConnectionState, error: ProtocolError, now: float) -> None:
         """The decoder of ``conn`` failed: answer where that helps, and close.
@@ -304,6 +359,7 @@ class ServerState(JobTable):
         handles unique with ``reserve_handles(earlier.handles_issued)``.
         """
         self._next_handle = max(self._next_handle, count + 1)
+        self._handle_limit = max(self._handle_limit, count)
 
     # --- requests that concern no job -----------------------------------------------------
 
@@ -366,15 +422,6 @@ class ServerState(JobTable):
                 return
         handle = self._prefix + b"%d" % self._next_handle
         job = Job(handle, function, unique, data, priority, background, reducer)
-        if background and self._store is not None:
-            try:
-                if due > now:
-                    self._store.add(job, round(due + self.wall_offset))
-                else:
-                    self._store.add(job)
-            except GearmanError:
-                self._error(conn, b"QUEUE_ERROR", b"QUEUE_ERROR")
-                return
         self._next_handle += 1
         self._jobs[handle] = job
         if index is not None:
@@ -382,6 +429,14 @@ class ServerState(JobTable):
         if not background:
             job.clients = [conn]
             conn.attached[job] = None
+        elif self._durable:
+            self._store_job(job, due if due > now else 0.0)
+            self._move(job, PENDING)
+            self._ack_later(conn, job)
+            observer = self.observer
+            if observer is not None:
+                observer.job_created(job)
+            return
         out = conn.outgoing
         out += _pack(_RES_BYTES, _JOB_CREATED, len(handle))
         out += handle
@@ -434,6 +489,7 @@ class ServerState(JobTable):
             self._next_handle = max(self._next_handle, int(handle[len(prefix) :]) + 1)
         owner = self.create_function(function)
         job = Job(handle, owner, unique, data, priority, True, reducer)
+        job.stored = self._durable
         self._jobs[handle] = job
         if unique:
             index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
@@ -454,14 +510,169 @@ class ServerState(JobTable):
         elif not job.background:
             # A background request joins a foreground job: the job must now survive
             # its clients, and be stored like any background job.
-            if self._store is not None:
-                try:
-                    self._store.add(job)
-                except GearmanError:
-                    self._error(conn, b"QUEUE_ERROR", b"QUEUE_ERROR")
-                    return
             job.background = True
-        self._send(conn, JobCreated(job.handle))
+            if self._durable:
+                self._store_job(job, 0.0)
+        if job.acks is not None:
+            self._ack_later(conn, job)  # the job is being stored: its reply waits
+        else:
+            self._send(conn, JobCreated(job.handle))
+
+    # --- durable jobs: the store's transactions ---------------------------------------------
+
+    def _store_job(self, job: Job, due: float) -> None:
+        """Put ``job`` in the store's next transaction; its replies wait for the commit."""
+        epoch = round(due + self.wall_offset) if due else None
+        write = self._write
+        write.added.append(
+            StoredJob(
+                job.handle,
+                job.function.name,
+                job.unique,
+                job.data,
+                job.priority,
+                job.reducer,
+                epoch,
+            )
+        )
+        write.jobs.append(job)
+        write.due.append(due)
+        job.stored = True
+        job.acks = []
+
+    def _ack_later(self, conn: ConnectionState, job: Job) -> None:
+        """``conn``'s JOB_CREATED for ``job`` waits for the commit that stores it."""
+        ack = Ack(conn, job)
+        assert job.acks is not None
+        job.acks.append(ack)
+        if conn.acks is None:
+            conn.acks = deque((ack,))
+        else:
+            conn.acks.append(ack)
+
+    @property
+    def store_work(self) -> bool:
+        """Whether :meth:`take_store_write` has anything to give."""
+        write = self._write
+        return bool(write) or (self._durable and self._wants_handles())
+
+    def _wants_handles(self) -> bool:
+        return self._reserving is None and self._next_handle + _RESERVE // 2 > self._handle_limit
+
+    def take_store_write(self) -> StoreWrite | None:
+        """The store's next transaction, or ``None`` when there is nothing to write.
+
+        Every durable job accepted since the last call, the handles of stored
+        jobs that ended, and, when handles run low, a new reservation of handle
+        numbers (so that no handle is issued twice, even after a crash). Commit
+        it, then call :meth:`store_written` or :meth:`store_failed` with it;
+        take the next one only then.
+        """
+        write = self._write
+        if self._durable and self._wants_handles():
+            write.handle_limit = self._reserving = self._next_handle + _RESERVE
+        if not write:
+            return None
+        self._write = StoreWrite()
+        if write.removed and write.added:
+            # A job that ended before it was ever written (cancelled while it
+            # waited) needs neither its row nor its deletion.
+            both = {job.handle for job in write.added}.intersection(write.removed)
+            if both:
+                write.added = [job for job in write.added if job.handle not in both]
+                write.removed = [handle for handle in write.removed if handle not in both]
+        return write
+
+    def store_written(self, write: StoreWrite, now: float) -> None:
+        """The store committed ``write``: acknowledge its jobs and queue them.
+
+        Args:
+            write: what :meth:`take_store_write` gave.
+            now: the event loop's time, in seconds.
+        """
+        if write.handle_limit is not None:
+            self._handle_limit = max(self._handle_limit, write.handle_limit)
+            self._reserving = None
+        touched = self._settle(write, b"")
+        for job, due in zip(write.jobs, write.due, strict=True):
+            if job.state == PENDING:
+                if due > now:
+                    self._move(job, FUTURE)
+                    self._arm(job, due)
+                else:
+                    self._enqueue(job)
+        self._answer(touched, now)
+
+    def store_failed(self, write: StoreWrite, reason: bytes, now: float) -> None:
+        """The store could not commit ``write``: refuse its jobs, keep its deletions.
+
+        Each submission it held gets ``ERROR QUEUE_ERROR reason``; its new jobs
+        are gone (a foreground job a background submission had joined runs on).
+        The deletions go into the next transaction again.
+
+        Args:
+            write: what :meth:`take_store_write` gave.
+            reason: the text of the errors (what the store said).
+            now: the event loop's time, in seconds.
+        """
+        if write.handle_limit is not None:
+            self._reserving = None
+        self._write.removed[:0] = write.removed
+        touched = self._settle(write, reason)
+        for job in write.jobs:
+            job.stored = False
+            if job.state == PENDING:
+                self._forget(job)
+                self._ended(job, JobOutcome.LOST)
+            elif job.state != GONE:
+                # A foreground job that the failed submission was to make durable
+                # stays foreground, and goes if nobody waits for it any more.
+                job.background = False
+                if job.clients is None and job.state in (QUEUED, HELD):
+                    self._forget(job)
+                    self._ended(job, JobOutcome.LOST)
+        self._answer(touched, now)
+
+    def _settle(self, write: StoreWrite, error: bytes) -> list[ConnectionState]:
+        """Give the acks of ``write``'s jobs their reply; the connections they concern."""
+        touched: list[ConnectionState] = []
+        failed = _frame(Error(b"QUEUE_ERROR", error)) if error else b""
+        for job in write.jobs:
+            acks = job.acks or ()
+            job.acks = None
+            reply = failed or _frame(JobCreated(job.handle))
+            for ack in acks:
+                ack.reply = reply
+                touched.append(ack.conn)
+        return touched
+
+    def _answer(self, conns: list[ConnectionState], now: float) -> None:
+        """Send the answered acks at the head of each connection's queue, in order,
+        then handle what each connection sent meanwhile."""
+        for conn in conns:
+            acks = conn.acks
+            if acks is None:
+                continue  # answered already (it appeared twice)
+            if conn.closed:
+                conn.acks = conn.paused = None
+                continue
+            out = conn.outgoing
+            while acks:
+                reply = acks[0].reply
+                if reply is None:
+                    break
+                acks.popleft()
+                out += reply
+            self.dirty.add(conn)
+            if acks:
+                continue
+            conn.acks = None
+            paused = conn.paused
+            conn.paused = None
+            if paused:
+                # In order; a durable submission among them makes the rest wait again.
+                for event in paused:
+                    self.receive(conn, event, now)
 
     # --- sleeping workers ---------------------------------------------------------------------
 

@@ -1,13 +1,13 @@
 """Persistent queues for the job server: background jobs that survive a restart.
 
-A store implements :class:`~trio_gearman._proto.server.model.JobStore` (the state
-machine tells it of every background job's start and end) and replays what it
-holds into a fresh :class:`~trio_gearman._proto.server.state.ServerState` before
-the server accepts connections.
+A store implements :class:`~.base.QueueStore`; the server drives it from a
+thread with :class:`~.writer.StoreWriter` (group commit), and replays what it
+holds before it accepts connections.
 """
 
 from __future__ import annotations
 
-from .sqlite import SqliteStore, StoredJob
+from .base import QueueStore, StoreContents, StoredJob, StoreError
+from .sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "StoredJob"]
+__all__ = ["QueueStore", "SqliteStore", "StoreContents", "StoreError", "StoredJob"]

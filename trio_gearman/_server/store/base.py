@@ -21,6 +21,7 @@ from typing import Protocol
 import attrs
 
 from ..._exceptions import GearmanError
+from ..._proto.server.model import StoredJob
 
 __all__ = ["QueueStore", "StoreContents", "StoreError", "StoredJob"]
 
@@ -32,29 +33,6 @@ class StoreError(GearmanError):
     later calls again (reconnecting or reopening as it needs) once the cause is
     gone.
     """
-
-
-@attrs.frozen
-class StoredJob:
-    """One background job as a store holds it.
-
-    Attributes:
-        handle: the job handle.
-        function: the function name.
-        unique: the unique key (empty: none; ``-``: coalesced by payload).
-        data: the payload.
-        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
-        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        epoch: when an epoch job is due, in seconds since the Unix epoch, else ``None``.
-    """
-
-    handle: bytes
-    function: bytes
-    unique: bytes
-    data: bytes
-    priority: int
-    reducer: bytes = b""
-    epoch: int | None = None
 
 
 @attrs.frozen
@@ -96,11 +74,14 @@ class QueueStore(Protocol):
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
     ) -> None:
-        """Write one transaction: insert ``added`` (in order), delete ``removed``.
+        """Write one transaction: delete ``removed``, then insert ``added`` (in order).
+
+        Deleting first frees room in a store that is full.
 
         Args:
             added: new jobs, none of whose handles is stored yet.
-            removed: handles of jobs that ended (an unknown handle is no error).
+            removed: handles of jobs that ended (an unknown handle is no error);
+                never one of ``added``.
             handle_limit: the new highest reserved handle number, or ``None`` to
                 keep the stored one. It only grows.
 

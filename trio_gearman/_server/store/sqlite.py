@@ -1,13 +1,14 @@
-"""A SQLite file as the job server's persistent queue (``--queue-type libsqlite3``).
+"""A SQLite file as the job server's persistent queue (``--queue-type sqlite``).
 
-One row per background job, keyed by its handle, written and committed before the
-client hears JOB_CREATED and deleted once the job is finished, failed, cancelled or
-dropped. A second table keeps the highest handle number issued, so a restarted
-server never hands out a handle again, even when the jobs that had the highest
-ones are long gone.
+One row per durable background job, keyed by its handle, inserted in a group
+commit before the client hears JOB_CREATED and deleted in a later one once the
+job is finished, failed, cancelled or dropped. A second table keeps the highest
+handle number reserved, so a restarted server never hands out a handle again,
+foreground or background, even after a crash.
 
-The calls block the event loop for the time of one small transaction, as
-gearmand's own SQLite queue blocks its processing thread.
+The store runs on the server's store thread (:mod:`.writer`), never on the
+event loop. WAL mode with ``synchronous=FULL``: a commit has reached the disk
+when it returns.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-import attrs
+from ..._proto.server.model import StoredJob
+from .base import StoreContents, StoreError
 
-from ..._exceptions import GearmanError
-from ..._proto.server.model import Job
-from ..._proto.server.state import ServerState
+__all__ = ["DEFAULT_TABLE", "SqliteStore"]
 
-__all__ = ["SqliteStore", "StoredJob"]
-
-logger = logging.getLogger("trio_gearman.server")
+logger = logging.getLogger("trio_gearman.server.store")
 
 DEFAULT_TABLE: Final = "gearman_queue"
 _TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -42,51 +41,28 @@ _COLUMNS: Final = (
 )
 
 
-@attrs.frozen
-class StoredJob:
-    """One background job as the store holds it.
-
-    Attributes:
-        handle: the job handle.
-        function: the function name.
-        unique: the unique key (empty: none).
-        data: the payload.
-        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
-        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        epoch: when an epoch job is due, in seconds since the Unix epoch, else ``None``.
-    """
-
-    handle: bytes
-    function: bytes
-    unique: bytes
-    data: bytes
-    priority: int
-    reducer: bytes
-    epoch: int | None
-
-
 class SqliteStore:
-    """Background jobs in a SQLite database file (WAL mode).
+    """Background jobs in a SQLite database file (WAL mode): a :class:`~.base.QueueStore`.
 
     Args:
         path: the database file; created with its tables when missing.
-        handle_prefix: the server's ``--job-handle-prefix`` (without the ``:``);
-            handle numbers are counted for it.
-        table: the jobs table; the handle counter lives in ``<table>_meta``.
+        table: the jobs table; the handle reservation lives in ``<table>_meta``.
         synchronous: SQLite's ``synchronous`` setting: ``FULL`` (the default)
-            makes every accepted job survive a power cut, ``NORMAL`` only a crash
-            of the process.
-        busy_timeout: how long a write waits, in seconds, while another process
-            holds the file's write lock (the whole server waits with it) before the
-            submission is refused.
+            makes every acknowledged job survive a power cut, ``NORMAL`` only a
+            crash of the process.
+        busy_timeout: how long a commit waits, in seconds, while another process
+            holds the file's write lock, before it fails.
+        max_size: the most bytes the database may grow to, or ``None`` for no
+            limit: past it, new jobs are refused (QUEUE_ERROR) until finished
+            jobs free room, as when the disk is full.
 
     Raises:
-        GearmanError: the file cannot be opened, or its table has another layout.
-        ValueError: the table name is not a plain SQL name.
+        ValueError: the table name is not a plain SQL name, or ``synchronous``
+            is not one of SQLite's settings.
 
     Example:
-        >>> store = SqliteStore(":memory:", b"H:x")
-        >>> store.load()
+        >>> store = SqliteStore(":memory:")
+        >>> store.open().jobs
         []
         >>> store.close()
     """
@@ -94,11 +70,11 @@ class SqliteStore:
     def __init__(
         self,
         path: str | Path,
-        handle_prefix: bytes,
         table: str = DEFAULT_TABLE,
         *,
         synchronous: str = "FULL",
-        busy_timeout: float = 0.5,
+        busy_timeout: float = 5.0,
+        max_size: int | None = None,
     ) -> None:
         if not _TABLE_NAME.fullmatch(table):
             raise ValueError(f"{table!r} is not a table name (letters, digits, _)")
@@ -106,31 +82,106 @@ class SqliteStore:
             raise ValueError(f"{synchronous!r} is not a SQLite synchronous setting")
         self.path = str(path)
         self.table = table
-        self._prefix = handle_prefix + b":"
-        self._issued = 0
-        try:
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise GearmanError(f"cannot open the queue database {self.path}: {exc}") from None
-        try:
-            self._setup(synchronous.upper())
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise GearmanError(f"cannot use the queue database {self.path}: {exc}") from None
-        except GearmanError:
-            self._db.close()
-            raise
+        self._synchronous = synchronous.upper()
+        self._busy_timeout = busy_timeout
+        self._max_size = max_size
+        self._db: sqlite3.Connection | None = None
         self._insert = (
             f"INSERT INTO {table} (handle, function, unique_key, data, priority, reducer,"
             " when_epoch) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
         self._delete = f"DELETE FROM {table} WHERE handle = ?"
-        self._count = f"UPDATE {table}_meta SET value = ? WHERE key = 'handles_issued'"
+        self._limit = f"UPDATE {table}_meta SET value = max(value, ?) WHERE key = 'handle_limit'"
 
-    def _setup(self, synchronous: str) -> None:
-        db, table = self._db, self.table
+    @property
+    def description(self) -> str:
+        """``sqlite PATH``."""
+        return f"sqlite {self.path}"
+
+    def open(self) -> StoreContents:
+        """Open the file (creating the tables) and read every job, in submission order.
+
+        Raises:
+            StoreError: the file cannot be opened or read, or its table has
+                another layout.
+        """
+        try:
+            db = self._connect()
+            rows = db.execute(
+                f"SELECT handle, function, unique_key, data, priority, reducer, when_epoch"
+                f" FROM {self.table} ORDER BY created"
+            ).fetchall()
+            (limit,) = db.execute(
+                f"SELECT value FROM {self.table}_meta WHERE key = 'handle_limit'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot use the queue database {self.path}: {exc}") from None
+        jobs = [
+            StoredJob(bytes(h), bytes(f), bytes(u), bytes(d), int(p), bytes(r), w)
+            for h, f, u, d, p, r, w in rows
+        ]
+        return StoreContents(jobs, int(limit))
+
+    def commit(
+        self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
+    ) -> None:
+        """Delete ``removed``, insert ``added``, raise the handle limit: one transaction.
+
+        Raises:
+            StoreError: SQLite failed (disk full, read-only file, locked, ...);
+                nothing was written.
+        """
+        try:
+            db = self._db if self._db is not None else self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if removed:
+                    db.executemany(self._delete, [(handle,) for handle in removed])
+                if added:
+                    db.executemany(
+                        self._insert,
+                        [
+                            (j.handle, j.function, j.unique, j.data, j.priority, j.reducer, j.epoch)
+                            for j in added
+                        ],
+                    )
+                if handle_limit is not None:
+                    db.execute(self._limit, (handle_limit,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the queue database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        """Close the database file."""
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error as exc:
+                logger.error("Cannot close the queue database %s: %s", self.path, exc)
+
+    def _connect(self) -> sqlite3.Connection:
+        # The store thread of the writer may change between calls (one at a time).
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._setup(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        table = self.table
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {table} ("
             " created INTEGER PRIMARY KEY,"
@@ -144,160 +195,19 @@ class SqliteStore:
         )
         columns = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
         if columns != _COLUMNS:
-            raise GearmanError(
+            raise StoreError(
                 f"the table {table!r} in {self.path} is not a trio-gearmand queue"
                 f" (columns {', '.join(columns)}); choose another table name"
             )
         db.execute(
             f"CREATE TABLE IF NOT EXISTS {table}_meta (key TEXT PRIMARY KEY, value NOT NULL)"
         )
+        # Stores of earlier versions counted the handles issued: that is a limit too.
         db.execute(
-            f"INSERT OR IGNORE INTO {table}_meta VALUES ('handles_issued', 0), ('prefix', ?)",
-            (self._prefix[:-1],),
+            f"INSERT OR IGNORE INTO {table}_meta SELECT 'handle_limit', value"
+            f" FROM {table}_meta WHERE key = 'handles_issued'"
         )
-        meta = dict(db.execute(f"SELECT key, value FROM {table}_meta"))
-        self._issued = int(meta["handles_issued"])
-        if meta["prefix"] != self._prefix[:-1]:
-            logger.warning(
-                "The queue %s was written with the job handle prefix %r, now %r: "
-                "its jobs keep their handles",
-                self.path,
-                bytes(meta["prefix"]).decode(errors="replace"),
-                self._prefix[:-1].decode(errors="replace"),
-            )
-            db.execute(
-                f"UPDATE {table}_meta SET value = ? WHERE key = 'prefix'", (self._prefix[:-1],)
-            )
-
-    # --- the JobStore protocol --------------------------------------------------------------
-
-    def add(self, job: Job, epoch: int = 0) -> None:
-        """Write ``job`` and commit, before the client hears JOB_CREATED.
-
-        Args:
-            job: the new background job.
-            epoch: when an epoch job is due (seconds since the Unix epoch), else 0.
-
-        Raises:
-            GearmanError: SQLite failed (disk full, read-only file, ...): the
-                submission is refused with ``ERROR QUEUE_ERROR``.
-        """
-        handle = job.handle
-        number = self._number(handle)
-        db = self._db
-        try:
-            db.execute("BEGIN")
-            try:
-                db.execute(
-                    self._insert,
-                    (
-                        handle,
-                        job.function.name,
-                        job.unique,
-                        job.data,
-                        job.priority,
-                        job.reducer,
-                        epoch or None,
-                    ),
-                )
-                if number > self._issued:
-                    db.execute(self._count, (number,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            logger.error("Cannot store the job %s: %s", handle.decode(errors="replace"), exc)
-            raise GearmanError(f"cannot store the job: {exc}") from None
-        if number > self._issued:
-            self._issued = number
-
-    def done(self, job: Job) -> None:
-        """Delete ``job``: it finished. Errors are logged, never raised.
-
-        Args:
-            job: the job that ended.
-        """
-        try:
-            self._db.execute(self._delete, (job.handle,))
-        except sqlite3.Error as exc:
-            logger.error(
-                "Cannot delete the job %s from the queue: %s", job.handle.decode("latin-1"), exc
-            )
-
-    # --- restarts ----------------------------------------------------------------------------
-
-    @property
-    def handles_issued(self) -> int:
-        """The highest handle number (of this prefix) the store knows was issued."""
-        return self._issued
-
-    def load(self) -> list[StoredJob]:
-        """Every stored job, in the order they were submitted.
-
-        Raises:
-            GearmanError: SQLite failed.
-        """
-        try:
-            rows = self._db.execute(
-                f"SELECT handle, function, unique_key, data, priority, reducer, when_epoch"
-                f" FROM {self.table} ORDER BY created"
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise GearmanError(f"cannot read the queue {self.path}: {exc}") from None
-        return [
-            StoredJob(bytes(h), bytes(f), bytes(u), bytes(d), int(p), bytes(r), w)
-            for h, f, u, d, p, r, w in rows
-        ]
-
-    def replay(self, state: ServerState, wall_time: float) -> int:
-        """Give every stored job back to a server that accepts no connections yet.
-
-        The jobs keep their handles and their order; no later handle repeats one
-        the store saw issued. Epoch jobs keep their time.
-
-        Args:
-            state: the new server's state; its ``wall_offset`` must be current.
-            wall_time: the wall-clock time now (``time.time()``).
-
-        Returns:
-            How many jobs were replayed.
-
-        Raises:
-            GearmanError: SQLite failed.
-        """
-        state.reserve_handles(self._issued)
-        jobs = self.load()
-        for job in jobs:
-            due = None
-            if job.epoch is not None and job.epoch > wall_time:
-                due = job.epoch - state.wall_offset
-            state.restore_job(
-                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, due
-            )
-        return len(jobs)
-
-    def close(self, handles_issued: int = 0) -> None:
-        """Record the handle counter and close the database.
-
-        Args:
-            handles_issued: the server's
-                :attr:`~trio_gearman._proto.server.state.ServerState.handles_issued`
-                at shutdown (foreground jobs' handles count too).
-        """
-        try:
-            if handles_issued > self._issued:
-                self._db.execute(self._count, (handles_issued,))
-                self._issued = handles_issued
-        except sqlite3.Error as exc:
-            logger.error("Cannot record the handle counter in %s: %s", self.path, exc)
-        finally:
-            self._db.close()
-
-    def _number(self, handle: bytes) -> int:
-        prefix = self._prefix
-        if handle.startswith(prefix):
-            digits = handle[len(prefix) :]
-            if digits.isdigit():
-                return int(digits)
-        return 0
+        db.execute(f"INSERT OR IGNORE INTO {table}_meta VALUES ('handle_limit', 0)")
+        if self._max_size is not None:
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            db.execute(f"PRAGMA max_page_count = {max(self._max_size // page_size, 1)}")

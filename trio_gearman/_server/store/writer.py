@@ -1,0 +1,142 @@
+"""The store's writer: group commits on a thread of their own, off the event loop.
+
+The state machine collects what must be written (:class:`~trio_gearman._proto.
+server.model.StoreWrite`); the writer task takes all of it at once, commits it
+in a worker thread while the loop serves on, and reports back. Every durable
+submission that arrives meanwhile goes into the next transaction, so a loaded
+server commits many jobs per transaction and each acknowledgement still means
+"committed".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ..._proto.server.model import StoreWrite
+from ..._proto.server.state import ServerState
+from .base import QueueStore, StoreError
+
+__all__ = ["StoreWriter"]
+
+logger = logging.getLogger("trio_gearman.server.store")
+
+T = TypeVar("T")
+
+_CLOSE_TIMEOUT = 10.0  # seconds the last transaction may take at shutdown
+
+
+class StoreWriter:
+    """Drives a :class:`~.base.QueueStore` for a :class:`ServerState`.
+
+    Args:
+        store: the store, not opened yet.
+        state: the state of a durable server (``ServerConfig(durable=True)``).
+        send_pending: sends the replies a commit released.
+    """
+
+    def __init__(
+        self, store: QueueStore, state: ServerState, send_pending: Callable[[], None]
+    ) -> None:
+        self.store = store
+        self.state = state
+        self._send_pending = send_pending
+        self._wake = anyio.Event()
+        self._failing = False
+        self._limiter = anyio.CapacityLimiter(1)
+        self.commits = 0
+        self.jobs_committed = 0
+
+    async def open(self, wall_time: float) -> int:
+        """Open the store, give its jobs back to the state, reserve handles.
+
+        Runs before the server listens. Jobs keep their handles, priorities,
+        unique keys, reducers and epoch times, in submission order.
+
+        Args:
+            wall_time: the wall-clock time now (``time.time()``); epoch jobs
+                already due are queued at once.
+
+        Returns:
+            How many jobs were replayed.
+
+        Raises:
+            StoreError: the store cannot be opened, or the first handle
+                reservation cannot be written.
+        """
+        contents = await self._run(self.store.open)
+        state = self.state
+        state.reserve_handles(contents.handle_limit)
+        offset = state.wall_offset
+        for job in contents.jobs:
+            due = None
+            if job.epoch is not None and job.epoch > wall_time:
+                due = job.epoch - offset
+            state.restore_job(
+                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, due
+            )
+        write = state.take_store_write()
+        if write is not None:
+            await self._commit(write)
+            state.store_written(write, anyio.current_time())
+        return len(contents.jobs)
+
+    def wake(self) -> None:
+        """The state has something to write (called after every batch)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Commit what the state collects, one transaction at a time, until cancelled."""
+        state = self.state
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            write = state.take_store_write()
+            while write is not None:
+                await self._write(write)
+                write = state.take_store_write()
+
+    async def close(self) -> None:
+        """Write what is left (the deletions of the last jobs), then close the store."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            write = self.state.take_store_write()
+            if write is not None and (write.added or write.removed):
+                await self._write(write)
+        with anyio.CancelScope(shield=True):
+            await self._run(self.store.close)
+
+    async def _write(self, write: StoreWrite) -> None:
+        state = self.state
+        try:
+            await self._commit(write)
+        except Exception as exc:
+            if not isinstance(exc, StoreError):
+                logger.exception("The queue store %s raised", self.store.description)
+            if not self._failing:
+                self._failing = True
+                logger.error(
+                    "The queue store %s failed: %s; durable submissions get QUEUE_ERROR "
+                    "until it recovers",
+                    self.store.description,
+                    exc,
+                )
+            state.store_failed(write, str(exc).encode("utf-8", "replace"), anyio.current_time())
+        else:
+            if self._failing:
+                self._failing = False
+                logger.warning("The queue store %s works again", self.store.description)
+            self.commits += 1
+            self.jobs_committed += len(write.added)
+            state.store_written(write, anyio.current_time())
+        self._send_pending()
+
+    async def _commit(self, write: StoreWrite) -> None:
+        await self._run(self.store.commit, write.added, write.removed, write.handle_limit)
+
+    async def _run(self, func: Callable[..., T], *args: object) -> T:
+        # One thread at a time: a store is never called concurrently.
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
