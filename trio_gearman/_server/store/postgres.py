@@ -50,6 +50,7 @@ _COLUMNS: Final = (
 )
 _META_COLUMNS: Final = (("key", "text"), ("value", "bigint"))
 _FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epoch"
+_COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
 
 
 def _import_psycopg() -> None:
@@ -261,24 +262,24 @@ class PostgresStore:
         wrote = False
         with conn.cursor() as cursor:
             if added:
-                cursor.executemany(
-                    self._sql(
-                        f"INSERT INTO {{}} ({_FIELDS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        table,
-                    ),
-                    [
-                        (
-                            job.handle,
-                            job.function,
-                            job.unique,
-                            job.data,
-                            job.priority,
-                            job.reducer,
-                            job.epoch,
+                # COPY keeps the order, like INSERTs; it takes a batch of 10,000 jobs
+                # about four times faster than executemany() (bench/store_postgres.py).
+                with cursor.copy(
+                    self._sql(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
+                ) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for job in added:
+                        copy.write_row(
+                            (
+                                job.handle,
+                                job.function,
+                                job.unique,
+                                job.data,
+                                job.priority,
+                                job.reducer,
+                                job.epoch,
+                            )
                         )
-                        for job in added
-                    ],
-                )
                 wrote = True
             if removed:
                 cursor.execute(
