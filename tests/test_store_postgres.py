@@ -326,6 +326,93 @@ def test_a_database_restarted_while_the_store_is_idle_is_no_error(
     assert reopen(make_store) == StoreContents([job(1), job(2)], 2)
 
 
+def test_open_after_a_restart_while_idle_is_no_error(
+    postgres_cluster: PostgresCluster, make_store: Callable[[], PostgresStore]
+) -> None:
+    store = make_store()
+    store.open()
+    store.commit([job(1)], [], 1)
+    with postgres_cluster.stopped():
+        pass
+    assert store.open() == StoreContents([job(1)], 1)
+
+
+def test_the_connection_lost_inside_a_transaction(
+    postgres_dsn: str,
+    table: str,
+    make_store: Callable[[], PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    store = make_store()
+    store.open()
+    store.commit([job(1)], [], 1)
+    # The backend kills itself in the middle of the COPY: after BEGIN, before COMMIT.
+    query(
+        postgres_dsn,
+        "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$",
+    )
+    query(postgres_dsn, f"CREATE TRIGGER die BEFORE INSERT ON {table} EXECUTE FUNCTION die()")
+    try:
+        with pytest.raises(StoreError, match=r"cannot reach PostgreSQL at .*: terminating"):
+            store.commit([job(2)], [b"H:test:1"], 2)
+    finally:
+        query(postgres_dsn, f"DROP TRIGGER die ON {table}")
+        query(postgres_dsn, "DROP FUNCTION die()")
+    assert _count(caplog, "PostgreSQL queue unreachable") == 1
+    assert _count(caplog, "Reconnecting") == 0  # it had begun: no second try
+    assert reopen(make_store) == StoreContents([job(1)], 1)
+    store.commit([job(3)], [], 3)
+    assert _count(caplog, "PostgreSQL queue reachable again") == 1
+    assert reopen(make_store) == StoreContents([job(1), job(3)], 3)
+
+
+def test_a_failing_statement_keeps_the_connection(
+    postgres_dsn: str, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    store = PostgresStore(postgres_dsn + " options='-c lock_timeout=50'", table)
+    try:
+        store.open()
+        with psycopg.connect(postgres_dsn) as other:
+            other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE".encode())
+            with pytest.raises(StoreError) as caught:
+                store.commit([job(1)], [], 1)
+        assert str(caught.value).startswith(
+            "cannot write the queue to PostgreSQL at postgres@127.0.0.1:"
+        )
+        assert "canceling statement due to lock timeout" in str(caught.value)
+        store.commit([job(2)], [], 2)
+    finally:
+        store.close()
+    assert caplog.records == []  # not a lost database, and no new connection
+    assert reopen(lambda: PostgresStore(postgres_dsn, table)).jobs == [job(2)]
+
+
+def test_a_read_only_database_is_refused_with_its_reason(postgres_dsn: str, table: str) -> None:
+    # As a hot standby would be.
+    store = PostgresStore(postgres_dsn + " options='-c default_transaction_read_only=on'", table)
+    try:
+        with pytest.raises(StoreError) as caught:
+            store.open()
+    finally:
+        store.close()
+    assert str(caught.value).startswith(
+        "cannot read the queue from PostgreSQL at postgres@127.0.0.1:"
+    )
+    assert "read-only transaction" in str(caught.value)
+
+
+@pytest.mark.usefixtures("needs_psycopg")
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan")])
+def test_connect_timeout_must_be_positive(timeout: float) -> None:
+    with pytest.raises(ValueError, match="connect_timeout must be positive"):
+        PostgresStore("host=db", connect_timeout=timeout)
+
+
 def test_without_psycopg_the_store_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes ``import psycopg`` raise ImportError, as when it is absent.
     monkeypatch.setitem(sys.modules, "psycopg", None)

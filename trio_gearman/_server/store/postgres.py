@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 from .base import StoreContents, StoredJob, StoreError
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TABLE", "PostgresStore"]
 
 logger = logging.getLogger("trio_gearman.server.store")
+_T = TypeVar("_T")
 
 DEFAULT_TABLE: Final = "gearman_queue"
 INSTALL_HINT: Final = "pip install 'trio-gearman[postgres]'"
@@ -155,63 +156,15 @@ class PostgresStore:
             StoreError: PostgreSQL cannot be reached or read, or the table has
                 another layout.
         """
-        import psycopg
-
-        conn = self._connection()
-        table, meta = self._names()
-        try:
-            with conn.transaction():
-                conn.execute(
-                    self._sql(
-                        "CREATE TABLE IF NOT EXISTS {} ("
-                        " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                        " handle bytea NOT NULL UNIQUE,"
-                        " function bytea NOT NULL,"
-                        " unique_key bytea NOT NULL,"
-                        " data bytea NOT NULL,"
-                        " priority smallint NOT NULL,"
-                        " reducer bytea NOT NULL,"
-                        " when_epoch bigint)",
-                        table,
-                    )
-                )
-                conn.execute(
-                    self._sql(
-                        "CREATE TABLE IF NOT EXISTS {}"
-                        " (key text PRIMARY KEY, value bigint NOT NULL)",
-                        meta,
-                    )
-                )
-                self._check_layout(conn, self.table, _COLUMNS)
-                self._check_layout(conn, self.table + "_meta", _META_COLUMNS)
-                conn.execute(
-                    self._sql(
-                        "INSERT INTO {} VALUES ('handle_limit', 0) ON CONFLICT (key) DO NOTHING",
-                        meta,
-                    )
-                )
-                row = conn.execute(
-                    self._sql("SELECT value FROM {} WHERE key = 'handle_limit'", meta)
-                ).fetchone()
-                with conn.cursor(binary=True) as cursor:
-                    cursor.execute(self._sql(f"SELECT {_FIELDS} FROM {{}} ORDER BY seq", table))
-                    jobs = [StoredJob(h, f, u, d, p, r, w) for h, f, u, d, p, r, w in cursor]
-        except psycopg.Error as exc:
-            self._failed(conn, exc, "cannot read the queue from")
-        assert row is not None
-        limit = row[0]
-        assert isinstance(limit, int)
-        return StoreContents(jobs, limit)
+        return self._run(self._read, "cannot read the queue from")
 
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
     ) -> None:
         """Write one transaction: insert ``added`` in order, delete ``removed``.
 
-        A connection that PostgreSQL closed while the store was idle (a restart of
-        the database) is replaced at once, within this call: that transaction had
-        not begun. A commit with nothing to write still makes one round trip, so
-        the server can use it to learn whether the database is back.
+        A commit with nothing to write still makes one round trip, so the server can
+        use it to learn whether the database is back.
 
         Args:
             added: new jobs, none of whose handles is stored yet.
@@ -223,6 +176,24 @@ class PostgresStore:
             StoreError: nothing was written (the transaction was rolled back, or
                 the database cannot be reached).
         """
+        self._run(
+            lambda conn: self._write(conn, added, removed, handle_limit),
+            "cannot write the queue to",
+        )
+
+    def close(self) -> None:
+        """Close the connection (never raises)."""
+        self._discard()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[psycopg.Connection[TupleRow]], _T], doing: str) -> _T:
+        """Run ``work`` in one transaction, turning psycopg's errors into StoreError.
+
+        A connection that PostgreSQL closed while the store was idle (the database
+        restarted) is replaced at once, within this call: BEGIN failed on it, so
+        nothing of the transaction was sent.
+        """
         import psycopg
 
         retried = False
@@ -233,23 +204,53 @@ class PostgresStore:
             try:
                 with conn.transaction():
                     began = True
-                    self._write(conn, added, removed, handle_limit)
-                return
-            except psycopg.OperationalError as exc:
-                if began or fresh or retried:
-                    self._failed(conn, exc, "cannot write the queue to")
-                # The connection died while idle: BEGIN failed, nothing was sent.
+                    return work(conn)
+            except psycopg.Error as exc:
+                if not conn.broken or began or fresh or retried:
+                    self._failed(conn, exc, doing)
                 logger.info("Reconnecting to PostgreSQL at %s: %s", self._where, _first_line(exc))
                 self._discard()
                 retried = True
-            except psycopg.Error as exc:
-                self._failed(conn, exc, "cannot write the queue to")
 
-    def close(self) -> None:
-        """Close the connection (never raises)."""
-        self._discard()
-
-    # --- helpers ----------------------------------------------------------------------------
+    def _read(self, conn: psycopg.Connection[TupleRow]) -> StoreContents:
+        table, meta = self._names()
+        conn.execute(
+            self._sql(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " handle bytea NOT NULL UNIQUE,"
+                " function bytea NOT NULL,"
+                " unique_key bytea NOT NULL,"
+                " data bytea NOT NULL,"
+                " priority smallint NOT NULL,"
+                " reducer bytea NOT NULL,"
+                " when_epoch bigint)",
+                table,
+            )
+        )
+        conn.execute(
+            self._sql(
+                "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value bigint NOT NULL)",
+                meta,
+            )
+        )
+        self._check_layout(conn, self.table, _COLUMNS)
+        self._check_layout(conn, self.table + "_meta", _META_COLUMNS)
+        conn.execute(
+            self._sql(
+                "INSERT INTO {} VALUES ('handle_limit', 0) ON CONFLICT (key) DO NOTHING", meta
+            )
+        )
+        row = conn.execute(
+            self._sql("SELECT value FROM {} WHERE key = 'handle_limit'", meta)
+        ).fetchone()
+        assert row is not None
+        limit = row[0]
+        assert isinstance(limit, int)
+        with conn.cursor(binary=True) as cursor:
+            cursor.execute(self._sql(f"SELECT {_FIELDS} FROM {{}} ORDER BY seq", table))
+            jobs = [StoredJob(h, f, u, d, p, r, w) for h, f, u, d, p, r, w in cursor]
+        return StoreContents(jobs, limit)
 
     def _write(
         self,
@@ -356,9 +357,8 @@ class PostgresStore:
         self, conn: psycopg.Connection[TupleRow], exc: psycopg.Error, doing: str
     ) -> NoReturn:
         """Turn a failed statement into a StoreError; drop a broken connection."""
-        import psycopg
 
-        if isinstance(exc, psycopg.OperationalError) or conn.broken or conn.closed:
+        if conn.broken or conn.closed:
             self._discard()
             self._lose(exc)
             raise StoreError(
@@ -381,7 +381,7 @@ class PostgresStore:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # a broken connection may fail to close; it is gone anyway
+            except Exception:  # pragma: no cover  (psycopg closes a broken one quietly)
                 logger.debug("Closing the PostgreSQL connection failed", exc_info=True)
 
 
