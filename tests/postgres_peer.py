@@ -15,7 +15,6 @@ CI (``CI=true``), where that is a failure.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -87,8 +86,10 @@ def require_postgres() -> tuple[Path, str | None]:
     bindir = find_bindir()
     if bindir is None:
         _missing("initdb and pg_ctl are not installed")
-    if os.geteuid() != 0:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return bindir, None
+    import pwd  # Unix only, like running as root
+
     try:
         pwd.getpwnam(SUPERUSER)
     except KeyError:
@@ -158,6 +159,8 @@ class PostgresCluster:
         pwfile = self.directory / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self.run_as is not None:
+            import pwd
+
             user = pwd.getpwnam(self.run_as)
             for path in (self.directory, pwfile):
                 os.chown(path, user.pw_uid, user.pw_gid)

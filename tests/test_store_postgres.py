@@ -293,13 +293,14 @@ def test_the_database_goes_away_and_comes_back(
     store.commit([job(1), job(2)], [], 2)
     where = f"cannot reach PostgreSQL at postgres@127.0.0.1:{postgres_cluster.port}/gearman_test"
     with postgres_cluster.stopped():
-        # The connection is cut: the first call fails on it, the later ones to connect.
+        # The connection is cut: the first call fails on it (nothing to write is
+        # still a check), the later ones to connect.
+        with pytest.raises(StoreError, match=where):
+            store.commit([], [], None)
         with pytest.raises(StoreError, match=where):
             store.commit([job(3)], [b"H:test:1"], 3)
         with pytest.raises(StoreError, match=where):
             store.commit([job(4)], [], 4)
-        with pytest.raises(StoreError, match=where):
-            store.commit([], [], None)  # nothing to write is still a check
         assert _count(caplog, "PostgreSQL queue unreachable") == 1
         assert _count(caplog, "reachable again") == 0
     store.commit([job(5)], [b"H:test:2"], 5)

@@ -163,8 +163,8 @@ class PostgresStore:
     ) -> None:
         """Write one transaction: insert ``added`` in order, delete ``removed``.
 
-        A commit with nothing to write still makes one round trip, so the server can
-        use it to learn whether the database is back.
+        A commit with nothing to write still sends BEGIN and COMMIT, so the server
+        can use it to learn whether the database is back.
 
         Args:
             added: new jobs, none of whose handles is stored yet.
@@ -260,7 +260,6 @@ class PostgresStore:
         handle_limit: int | None,
     ) -> None:
         table, meta = self._names()
-        wrote = False
         with conn.cursor() as cursor:
             if added:
                 # COPY keeps the order, like INSERTs; it takes a batch of 10,000 jobs
@@ -281,12 +280,10 @@ class PostgresStore:
                                 job.epoch,
                             )
                         )
-                wrote = True
             if removed:
                 cursor.execute(
                     self._sql("DELETE FROM {} WHERE handle = ANY(%s)", table), (list(removed),)
                 )
-                wrote = True
             if handle_limit is not None:
                 cursor.execute(
                     self._sql(
@@ -295,9 +292,6 @@ class PostgresStore:
                     ),
                     (handle_limit,),
                 )
-                wrote = True
-            if not wrote:
-                cursor.execute("SELECT 1")
 
     def _names(self) -> tuple[sql.Identifier, sql.Identifier]:
         from psycopg import sql
