@@ -259,8 +259,11 @@ def test_description_names_the_database_without_the_password(
 
 @pytest.mark.usefixtures("needs_psycopg")
 def test_a_malformed_connection_string_is_refused() -> None:
-    with pytest.raises(StoreError, match="not a PostgreSQL connection string"):
+    with pytest.raises(StoreError, match=r'not a PostgreSQL connection string: .*"port"'):
         PostgresStore("host=db port")
+    # libpq would quote the piece after the space: a piece of the password.
+    with pytest.raises(StoreError, match=r"connection string: libpq cannot parse it$"):
+        PostgresStore("host=db password=top secret")
 
 
 @pytest.mark.usefixtures("needs_psycopg")
@@ -408,7 +411,7 @@ def test_a_read_only_database_is_refused_with_its_reason(postgres_dsn: str, tabl
 
 
 @pytest.mark.usefixtures("needs_psycopg")
-@pytest.mark.parametrize("timeout", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
 def test_connect_timeout_must_be_positive(timeout: float) -> None:
     with pytest.raises(ValueError, match="connect_timeout must be positive"):
         PostgresStore("host=db", connect_timeout=timeout)

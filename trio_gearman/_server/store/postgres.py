@@ -73,7 +73,10 @@ def _location(dsn: str) -> str:
     try:
         params = conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise StoreError(f"not a PostgreSQL connection string: {exc}") from None
+        # libpq's message quotes a piece of the string, which may be of a password.
+        secret = "password" in dsn.lower() or "@" in dsn
+        detail = "libpq cannot parse it" if secret else _first_line(exc)
+        raise StoreError(f"not a PostgreSQL connection string: {detail}") from None
     # libpq's defaults for what the string leaves out: PGHOST, PGPORT, ... or built in.
     defaults = {
         option.keyword.decode(): option.val.decode()
@@ -128,7 +131,7 @@ class PostgresStore:
                 f"{table!r} is not a table name (letters, digits and _, not starting"
                 " with a digit, at most 58 characters)"
             )
-        if not connect_timeout > 0:
+        if not (connect_timeout > 0 and math.isfinite(connect_timeout)):
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout!r}")
         _import_psycopg()
         self.table = folded
@@ -351,7 +354,6 @@ class PostgresStore:
         self, conn: psycopg.Connection[TupleRow], exc: psycopg.Error, doing: str
     ) -> NoReturn:
         """Turn a failed statement into a StoreError; drop a broken connection."""
-
         if conn.broken or conn.closed:
             self._discard()
             self._lose(exc)
@@ -363,12 +365,7 @@ class PostgresStore:
     def _lose(self, exc: BaseException) -> None:
         if not self._lost:
             self._lost = True
-            logger.error(
-                "PostgreSQL queue unreachable (%s): %s; background jobs are refused"
-                " until it is back",
-                self._where,
-                _first_line(exc),
-            )
+            logger.error("PostgreSQL queue unreachable (%s): %s", self._where, _first_line(exc))
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
