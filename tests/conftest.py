@@ -1,4 +1,4 @@
-"""Shared fixtures: real peers (gearmand, the gearman tools) started on loopback.
+"""Shared fixtures: real peers (gearmand, the gearman tools, PostgreSQL) started on loopback.
 
 Also the AnyIO backends: modules marked ``pytest.mark.anyio`` (the client and worker
 tests) run each async test once per backend, ``test_x[trio]`` and ``test_x[asyncio]``;
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from .gearmand_peer import GearmandProcess, require_tool, run_gearmand
+from .postgres_peer import PostgresCluster, running_cluster
 
 BACKENDS = ("trio", "asyncio")
 
@@ -53,3 +54,20 @@ def gearman_cli() -> str:
 def gearadmin_cli() -> str:
     """The path of the ``gearadmin`` tool."""
     return require_tool("gearadmin")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throw-away PostgreSQL cluster for the whole session (``tests/postgres_peer.py``).
+
+    A test may stop it to see the database go away; it must start it again before it
+    ends (``with cluster.stopped():``).
+    """
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_cluster: PostgresCluster) -> str:
+    """A connection string (with the password) for the throw-away cluster's test database."""
+    return postgres_cluster.dsn

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "trio_gearman"
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
-# Imported only where that extra is in use: the pytest plugin runs inside pytest.
-EXTRA_ONLY = {"pytest_plugin.py": "test"}
+# Imported only where that extra is in use: the pytest plugin runs inside pytest, the
+# PostgreSQL queue is optional.
+EXTRA_ONLY = {"pytest_plugin.py": "test", "postgres.py": "postgres"}
 
 
 def _imports(path: Path) -> set[str]:
