@@ -24,6 +24,7 @@ from trio_gearman._proto._packets import (
     Magic,
     Message,
     NoJob,
+    Priority,
     StatusRes,
     SubmitJob,
     SubmitJobEpoch,
@@ -212,7 +213,8 @@ async def test_an_epoch_job_keeps_its_time_across_a_restart(
     ("args", "message"),
     [
         (["-q", "libsqlite3"], "--queue-type sqlite needs --sqlite-db PATH"),
-        (["--libsqlite3-db", "{db}"], "--sqlite-db needs --queue-type sqlite"),
+        (["-q", "builtin", "--libsqlite3-db", "{db}"], "--sqlite-db needs --queue-type sqlite"),
+        (["--sqlite-db", "{db}", "--postgres-dsn", "x"], "choose one with --queue-type"),
         (
             ["-q", "sqlite", "--sqlite-db", "{db}", "--postgres-dsn", "x"],
             "--postgres-dsn needs --queue-type postgres",
@@ -244,3 +246,130 @@ async def test_store_queue_on_shutdown_is_accepted(tmp_path: Path) -> None:
         assert b"every background job is stored when it is submitted" in line
         server.process.terminate()
         await expect_exit(server)
+
+
+# --- a crash under load, for each store --------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def queue_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The ``-q`` options of a fresh queue of each persistent kind."""
+    if request.param == "sqlite":
+        return ["-q", "sqlite", "--sqlite-db", str(tmp_path / "queue.db")]
+    dsn = request.getfixturevalue("postgres_dsn")
+    table = f"crash_{tmp_path.name.replace('-', '_')[-40:]}"
+    return ["-q", "postgres", "--postgres-dsn", dsn, "--postgres-table", table]
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_job_and_duplicates_none(
+    queue_args: list[str],
+) -> None:
+    port = free_port()
+    args = ["-L", "127.0.0.1", "-p", str(port), "--job-handle-prefix", PREFIX.decode()]
+    acknowledged: list[bytes] = []
+    per_connection, connections = 3_000, 10
+    async with trio_gearmand([*args, *queue_args]) as server:
+        enough = trio.Event()
+
+        async def submit(n: int) -> None:
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            decoder = Decoder(expect=Magic.RES)
+            requests = [
+                SubmitJob(b"f", b"", b"%d-%d" % (n, i), background=True)
+                for i in range(per_connection)
+            ]
+            try:
+                await stream.send(b"".join(encode(request) for request in requests))
+                while True:
+                    decoder.feed(await stream.receive())
+                    for event in decoder:
+                        assert isinstance(event, JobCreated), event
+                        acknowledged.append(event.handle)
+                    if len(acknowledged) >= 1_000:
+                        enough.set()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass  # the server was killed
+            finally:
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for n in range(connections):
+                nursery.start_soon(submit, n)
+            with trio.fail_after(30):
+                await enough.wait()
+            await stop(server, signal.SIGKILL)
+    assert len(acknowledged) < connections * per_connection  # killed in the middle
+    assert len(set(acknowledged)) == len(acknowledged)
+
+    async with trio_gearmand([*args, *queue_args]) as server:
+        line = await server.wait_for_line(b"background jobs replayed)")
+        replayed = int(line.rsplit(b"(", 1)[1].split()[0])
+        assert replayed >= len(acknowledged)  # unacknowledged ones may be there too
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        worker = Connection(stream)
+        await worker.request(CanDo(b"f"), replies=0)
+        assigned = await grab_all(worker)
+        handles = [job.handle for job in assigned]
+        assert len(handles) == replayed
+        assert len(set(handles)) == len(handles)  # each runs once
+        assert set(acknowledged) <= set(handles)  # none acknowledged is lost
+        await worker.stream.send(b"".join(encode(WorkComplete(h, b"")) for h in handles))
+        assert await worker.request(EchoReq(b"sync")) == [EchoRes(b"sync")]
+        await stream.aclose()
+        server.process.terminate()
+        await expect_exit(server)
+
+
+async def test_a_restart_keeps_priorities_order_epochs_and_coalescing(
+    queue_args: list[str], connect: Connect
+) -> None:
+    port = free_port()
+    args = ["-L", "127.0.0.1", "-p", str(port), "--job-handle-prefix", PREFIX.decode(), *queue_args]
+    far = 4_000_000_000
+    async with trio_gearmand(args) as server:
+        client = await connect(server)
+        created = await client.request(
+            SubmitJob(b"f", b"", b"low", priority=Priority.LOW, background=True),
+            SubmitJob(b"f", b"u1", b"normal 1", background=True),
+            SubmitJob(b"f", b"", b"high 1", priority=Priority.HIGH, background=True),
+            SubmitJobEpoch(b"f", b"", far, b"later"),
+            SubmitJob(b"f", b"", b"normal 2", background=True),
+            SubmitJob(b"f", b"", b"high 2", priority=Priority.HIGH, background=True),
+            SubmitJob(b"f", b"u1", b"normal 1", background=True),  # coalesces
+        )
+        assert created == [JobCreated(handle(n)) for n in (1, 2, 3, 4, 5, 6, 2)]
+        await stop(server, signal.SIGKILL)
+
+    async with trio_gearmand(args) as server:
+        await server.wait_for_line(b"(6 background jobs replayed)")
+        client = await connect(server)
+        # the unique key still coalesces onto the replayed job
+        again = SubmitJob(b"f", b"u1", b"normal 1", background=True)
+        assert await client.request(again) == [JobCreated(handle(2))]
+        assert await client.request(GetStatus(handle(4))) == [
+            StatusRes(handle(4), True, False, 0, 0)
+        ]
+        worker = await connect(server)
+        await worker.request(CanDo(b"f"), replies=0)
+        assigned = await grab_all(worker)
+        assert [job.data for job in assigned] == [
+            b"high 1",
+            b"high 2",
+            b"normal 1",
+            b"normal 2",
+            b"low",
+        ]
+        assert assigned[2].unique == b"u1"
+        server.process.terminate()
+        await expect_exit(server)
+
+
+async def test_the_database_option_alone_selects_the_queue(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    args = ["-L", "127.0.0.1", "-p", "0", "--sqlite-db", str(db)]
+    async with trio_gearmand(args) as server:
+        line = await server.wait_for_line(b"Queue: ")
+        assert f"Queue: sqlite {db} (0 background jobs replayed)".encode() in line
+        server.process.terminate()
+        await expect_exit(server)
+    assert db.exists()

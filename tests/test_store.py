@@ -1,4 +1,4 @@
-"""The SQLite queue store, alone and driving a real GearmanServer (group commit, failure)."""
+"""The SQLite store alone, and the stores driving a real GearmanServer (group commit, failure)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from trio_gearman._exceptions import GearmanError
 from trio_gearman._proto.server.state import ServerConfig
 from trio_gearman._server.server import GearmanServer
 from trio_gearman._server.store import SqliteStore, StoredJob, StoreError
+from trio_gearman._server.store.postgres import PostgresStore
+from trio_gearman._worker.job import Job
+
+from .postgres_peer import PostgresCluster
 
 RESERVE = 1_000_000
 
@@ -246,3 +250,48 @@ async def test_a_refused_foreground_job_is_unaffected_by_the_store(tmp_path: Pat
             with trio.fail_after(10), pytest.raises(JobFailed):
                 await client.submit("g", b"x" * 100_000)
             worker.stop(0)
+
+
+# --- PostgreSQL going away under a running server --------------------------------------------
+
+
+async def test_postgres_going_away_refuses_background_jobs_then_recovers_by_itself(
+    postgres_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trio_gearman.server.store")
+    table = f"away_{id(caplog)}"
+    async with durable_server(PostgresStore(postgres_cluster.dsn, table)) as server:
+        worker = Worker(address(server))
+
+        async def reverse(job: Job) -> bytes:
+            return job.data[::-1]
+
+        worker.register("fg", reverse)
+        async with Client(address(server)) as client, trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            before = await client.submit_background("f", b"before")
+            await trio.to_thread.run_sync(postgres_cluster.stop)
+            try:
+                with trio.fail_after(20), pytest.raises(GearmanError) as info:
+                    await client.submit_background("f", b"during")
+                assert "QUEUE_ERROR" in str(info.value)
+                assert "cannot reach PostgreSQL" in str(info.value)
+                # foreground work and other connections go on
+                with trio.fail_after(10):
+                    assert await client.submit("fg", b"abc") == b"cba"
+            finally:
+                await trio.to_thread.run_sync(postgres_cluster.start)
+            with trio.fail_after(20):
+                after = await client.submit_background("f", b"after")
+            worker.stop(0)
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "trio_gearman.server.store" and r.levelno >= logging.WARNING
+    ]
+    assert len([line for line in said if " failed: cannot reach PostgreSQL" in line]) == 1, said
+    assert len([line for line in said if line.endswith("works again")]) == 1, said
+    # nothing acknowledged is lost; the refused job does not exist
+    async with durable_server(PostgresStore(postgres_cluster.dsn, table)) as server:
+        kept = sorted((job.handle, job.data) for job in server.state.jobs)
+    assert kept == sorted([(before.handle, b"before"), (after.handle, b"after")])

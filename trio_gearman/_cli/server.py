@@ -223,10 +223,10 @@ def _parser() -> argparse.ArgumentParser:
         "-q",
         "--queue-type",
         type=_queue_type,
-        default="memory",
         help="where background jobs are kept: 'memory' (lost when the server stops; "
         "the default), 'sqlite' (a file; alias 'libsqlite3') or 'postgres' (a "
-        "PostgreSQL database; aliases 'Postgres', 'libpq'; needs the 'postgres' extra)",
+        "PostgreSQL database; aliases 'Postgres', 'libpq'; needs the 'postgres' extra). "
+        "--sqlite-db or --postgres-dsn alone implies its type",
     )
     add(
         "--sqlite-db",
@@ -345,6 +345,12 @@ def parse_options(
         options.job_handle_prefix = "H:" + socket.gethostname()
     if not options.job_handle_prefix:
         raise UsageError("argument --job-handle-prefix: must not be empty")
+    if options.queue_type is None:
+        if options.sqlite_db and options.postgres_dsn:
+            raise UsageError("--sqlite-db and --postgres-dsn: choose one with --queue-type")
+        options.queue_type = (
+            "sqlite" if options.sqlite_db else "postgres" if options.postgres_dsn else "memory"
+        )
     queue = options.queue_type
     if queue == "sqlite" and not options.sqlite_db:
         raise UsageError("--queue-type sqlite needs --sqlite-db PATH")

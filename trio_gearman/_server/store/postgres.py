@@ -164,14 +164,15 @@ class PostgresStore:
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
     ) -> None:
-        """Write one transaction: insert ``added`` in order, delete ``removed``.
+        """Write one transaction: delete ``removed``, then insert ``added`` in order.
 
         A commit with nothing to write still sends BEGIN and COMMIT, so the server
         can use it to learn whether the database is back.
 
         Args:
             added: new jobs, none of whose handles is stored yet.
-            removed: handles of jobs that ended (an unknown handle is no error).
+            removed: handles of jobs that ended (an unknown handle is no error);
+                never one of ``added``.
             handle_limit: the new highest reserved handle number, or ``None``; the
                 stored one only grows.
 
@@ -264,6 +265,10 @@ class PostgresStore:
     ) -> None:
         table, meta = self._names()
         with conn.cursor() as cursor:
+            if removed:
+                cursor.execute(
+                    self._sql("DELETE FROM {} WHERE handle = ANY(%s)", table), (list(removed),)
+                )
             if added:
                 # COPY keeps the order, like INSERTs; it takes a batch of 10,000 jobs
                 # about four times faster than executemany() (bench/store_postgres.py).
@@ -283,10 +288,6 @@ class PostgresStore:
                                 job.epoch,
                             )
                         )
-            if removed:
-                cursor.execute(
-                    self._sql("DELETE FROM {} WHERE handle = ANY(%s)", table), (list(removed),)
-                )
             if handle_limit is not None:
                 cursor.execute(
                     self._sql(
@@ -347,7 +348,7 @@ class PostgresStore:
         self._conn = conn
         if self._lost:
             self._lost = False
-            logger.warning("PostgreSQL queue reachable again (%s)", self._where)
+            logger.info("PostgreSQL queue reachable again (%s)", self._where)
         return conn
 
     def _failed(
@@ -365,7 +366,7 @@ class PostgresStore:
     def _lose(self, exc: BaseException) -> None:
         if not self._lost:
             self._lost = True
-            logger.error("PostgreSQL queue unreachable (%s): %s", self._where, _first_line(exc))
+            logger.info("PostgreSQL queue unreachable (%s): %s", self._where, _first_line(exc))
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
