@@ -15,7 +15,7 @@ from trio_gearman import Client, JobFailed, Worker
 from trio_gearman._exceptions import GearmanError
 from trio_gearman._proto.server.state import ServerConfig
 from trio_gearman._server.server import GearmanServer
-from trio_gearman._server.store import SqliteStore, StoredJob, StoreError
+from trio_gearman._server.store import QueueStore, SqliteStore, StoredJob, StoreError
 from trio_gearman._server.store.postgres import PostgresStore
 from trio_gearman._worker.job import Job
 
@@ -137,7 +137,7 @@ def test_a_queue_of_the_earlier_layout_keeps_its_handle_counter(tmp_path: Path) 
 
 
 @asynccontextmanager
-async def durable_server(store: SqliteStore) -> AsyncIterator[GearmanServer]:
+async def durable_server(store: QueueStore) -> AsyncIterator[GearmanServer]:
     server = GearmanServer(ServerConfig(job_handle_prefix=b"H:t"), [("127.0.0.1", 0)], store=store)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
