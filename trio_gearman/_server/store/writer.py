@@ -10,6 +10,7 @@ server commits many jobs per transaction and each acknowledgement still means
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -68,22 +69,32 @@ class StoreWriter:
             StoreError: the store cannot be opened, or the first handle
                 reservation cannot be written.
         """
-        contents = await self._run(self.store.open)
-        state = self.state
-        state.reserve_handles(contents.handle_limit)
-        offset = state.wall_offset
-        for job in contents.jobs:
-            due = None
-            if job.epoch is not None and job.epoch > wall_time:
-                due = job.epoch - offset
-            state.restore_job(
-                job.handle, job.function, job.unique, job.data, job.priority, job.reducer, due
-            )
+        # Millions of small objects are made and kept: the cyclic collector would
+        # walk them again and again for nothing (it took half the time).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            contents = await self._run(self.store.open)
+            state = self.state
+            state.reserve_handles(contents.handle_limit)
+            offset = state.wall_offset
+            replayed = len(contents.jobs)
+            for job in contents.jobs:
+                due = None
+                if job.epoch is not None and job.epoch > wall_time:
+                    due = job.epoch - offset
+                state.restore_job(
+                    job.handle, job.function, job.unique, job.data, job.priority, job.reducer, due
+                )
+            del contents
+        finally:
+            if collecting:
+                gc.enable()
         write = state.take_store_write()
         if write is not None:
             await self._commit(write)
             state.store_written(write, anyio.current_time())
-        return len(contents.jobs)
+        return replayed
 
     def wake(self) -> None:
         """The state has something to write (called after every batch)."""
