@@ -78,13 +78,21 @@ class StoreWriter:
             state = self.state
             state.reserve_handles(contents.handle_limit)
             offset = state.wall_offset
+            now = anyio.current_time()
             replayed = len(contents.jobs)
             for job in contents.jobs:
                 due = None
                 if job.epoch is not None and job.epoch > wall_time:
                     due = job.epoch - offset
                 state.restore_job(
-                    job.handle, job.function, job.unique, job.data, job.priority, job.reducer, due
+                    job.handle,
+                    job.function,
+                    job.unique,
+                    job.data,
+                    job.priority,
+                    job.reducer,
+                    due,
+                    now,
                 )
             del contents
         finally:
