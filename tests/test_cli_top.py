@@ -18,11 +18,13 @@ import sys
 import termios
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
 
 from trio_gearman import Client, Priority
+from trio_gearman._cli import top
 from trio_gearman._worker.job import Job
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
@@ -140,6 +142,12 @@ async def test_several_servers_get_a_server_column_and_a_line_each() -> None:
     servers = [line.split()[:2] for line in frame_lines(ran)[:3]]
     assert servers == [[first.address, "up"], [second.address, "up"], [down, "down"]]
     assert "cannot connect: Connection refused" in frame_lines(ran)[2]
+
+
+async def test_a_server_without_functions(server: EmbeddedServer) -> None:
+    ran = await cli("top", "--once", server.address)
+    assert ran.status == 0
+    assert table(ran) == [["(no", "functions)"]]
 
 
 async def test_no_server_reachable_exits_3() -> None:
@@ -371,3 +379,69 @@ async def test_ctrl_c_restores_the_terminal_too(server: EmbeddedServer, terminal
     assert b"trio-gearman: interrupted" in output
     assert terminal.mode() == before
     no_traceback(Ran(status, b"", output.decode(errors="replace")))
+
+
+# --- servers that answer badly or not at all ----------------------------------------------
+
+
+@asynccontextmanager
+async def scripted_server(replies: dict[bytes, bytes]) -> AsyncIterator[str]:
+    """A TCP server answering each admin line from ``replies`` (nothing for the others)."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            async for data in stream:
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    line = line.rstrip(b"\r")
+                    if line in replies:
+                        await stream.send_all(replies[line])
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        yield f"127.0.0.1:{listener.socket.getsockname()[1]}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_prioritystatus_waiting_is_status_total_less_running() -> None:
+    replies = {
+        b"status": b"old\t5\t2\t1\n.\n",
+        # A server older than gearmand 1.1.15 (ERR lines end in CRLF).
+        b"prioritystatus": b"ERR UNKNOWN_COMMAND Unknown+server+command\r\n",
+        b"workers": b"7 10.0.0.9 - : old\n8 10.0.0.1 - :\n.\n",
+        b"version": b"OK 1.1.8\n",
+    }
+    async with scripted_server(replies) as address:
+        ran = await cli("top", "--once", address)
+    assert (ran.status, ran.err) == (0, "")
+    assert table(ran) == [["old", "3", "-", "2", "1", "-"]]
+    assert frame_lines(ran)[0].split()[1:] == [
+        "up",
+        "version",
+        "1.1.8",
+        "2",
+        "connections",
+        "(1",
+        "worker)",
+    ]
+
+
+async def test_a_server_that_does_not_answer_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(top, "POLL_TIMEOUT", 0.2)
+    async with scripted_server({}) as address:
+        ran = await cli("top", "--once", address)
+    assert (ran.status, ran.out) == (3, b"")
+    assert ran.err == (
+        f"trio-gearman: no Gearman server could be reached: {address}: no answer within 0.2 s\n"
+    )
+
+
+async def test_a_broken_reply_is_reported() -> None:
+    async with scripted_server({b"status": b"not a status line\n.\n"}) as address:
+        ran = await cli("top", "--once", address)
+    assert ran.status == 3
+    assert ran.err.startswith(f"trio-gearman: no Gearman server could be reached: {address}: ")
+    assert f"{address}: {address}" not in ran.err  # the address once
+    no_traceback(ran)
