@@ -314,37 +314,40 @@ async def start_top(terminal: Terminal, address: str) -> trio.Process:
     )
 
 
-async def watch_until_shown(terminal: Terminal, server: EmbeddedServer) -> trio.Process:
+@asynccontextmanager
+async def top_on(terminal: Terminal, server: EmbeddedServer) -> AsyncIterator[trio.Process]:
+    """``trio-gearman top`` on the terminal, once it shows two queued jobs.
+
+    The process is killed at the end if it still runs (a failed test leaves none).
+    """
     async with Client(server.address) as client:
         await client.submit_background("on-the-screen", b"x")
         await client.submit_background("on-the-screen", b"y")
     assert terminal.local_modes() & termios.ICANON
     assert terminal.local_modes() & termios.ECHO
-    process = await start_top(terminal, server.address)
-    await terminal.read_until(b"on-the-screen")
-    await terminal.read_until(b"change/s")
-    # Keys one by one, not echoed, while it runs.
-    assert not terminal.local_modes() & (termios.ICANON | termios.ECHO)
-    return process
-
-
-def assert_restored(terminal: Terminal, before: list[object]) -> None:
-    output = bytes(terminal.output)
-    assert ALT_SCREEN_ON in output
-    assert CURSOR_HIDDEN in output
-    last = output.rindex(ALT_SCREEN_ON)
-    assert ALT_SCREEN_OFF in output[last:]
-    assert output.rindex(CURSOR_SHOWN) > output.rindex(CURSOR_HIDDEN)
-    assert terminal.mode() == before
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(terminal.pump)
+        process = await start_top(terminal, server.address)
+        try:
+            await terminal.read_until(b"on-the-screen")
+            await terminal.read_until(b"change/s")
+            # Keys one by one, not echoed, while it runs.
+            assert not terminal.local_modes() & (termios.ICANON | termios.ECHO)
+            yield process
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+            nursery.cancel_scope.cancel()
+    terminal.drain()
 
 
 async def test_live_view_quits_on_q_and_restores_the_terminal(
     server: EmbeddedServer, terminal: Terminal
 ) -> None:
     before = terminal.mode()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(terminal.pump)
-        process = await watch_until_shown(terminal, server)
+    async with top_on(terminal, server) as process:
         # The row, from the second poll on: 2 waiting, no change since the poll before.
         await terminal.wait_shown(r"on-the-screen +2 +0/2/0 +0 +0 +0 *\r\n")
         async with Client(server.address) as client:
@@ -354,24 +357,24 @@ async def test_live_view_quits_on_q_and_restores_the_terminal(
         terminal.type(b"q")
         with trio.fail_after(15):
             status = await process.wait()
-        nursery.cancel_scope.cancel()
-    terminal.drain()
     assert status == 0, bytes(terminal.output)
-    assert b"Traceback" not in terminal.output
-    assert_restored(terminal, before)
+    output = bytes(terminal.output)
+    assert b"Traceback" not in output
+    # Into the alternate screen with the cursor hidden, and back out with it shown.
+    assert ALT_SCREEN_ON in output
+    assert CURSOR_HIDDEN in output
+    assert ALT_SCREEN_OFF in output[output.rindex(ALT_SCREEN_ON) :]
+    assert CURSOR_SHOWN in output[output.rindex(CURSOR_HIDDEN) :]
+    assert terminal.mode() == before  # what `stty -a` shows: as it was
 
 
 async def test_ctrl_c_restores_the_terminal_too(server: EmbeddedServer, terminal: Terminal) -> None:
     before = terminal.mode()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(terminal.pump)
-        process = await watch_until_shown(terminal, server)
+    async with top_on(terminal, server) as process:
         terminal.output.clear()  # what it writes from now on
         process.send_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
         with trio.fail_after(15):
             status = await process.wait()
-        nursery.cancel_scope.cancel()
-    terminal.drain()
     assert status == 130, bytes(terminal.output)
     output = bytes(terminal.output)
     assert ALT_SCREEN_OFF in output
