@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +18,8 @@ PACKAGE = ROOT / "trio_gearman"
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 # Imported only where that extra is in use: the pytest plugin runs inside pytest, the
-# PostgreSQL queue is optional.
-EXTRA_ONLY = {"pytest_plugin.py": "test", "postgres.py": "postgres"}
+# PostgreSQL queue is optional, and so is `trio-gearman top` (rich, imported when it runs).
+EXTRA_ONLY = {"pytest_plugin.py": "test", "postgres.py": "postgres", "top.py": "monitor"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -57,3 +58,16 @@ def test_exceptiongroup_is_required_where_python_lacks_it() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     (requirement,) = (r for r in project["dependencies"] if r.startswith("exceptiongroup"))
     assert "python_version < '3.11'" in requirement
+
+
+def test_the_package_runs_without_the_monitor_extra() -> None:
+    """rich is imported when ``trio-gearman top`` runs, not when the package loads."""
+    code = (
+        "import sys, trio_gearman, trio_gearman.testing, trio_gearman._cli.tools, "
+        "trio_gearman._cli.server\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout == "[]\n"
