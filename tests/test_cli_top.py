@@ -8,7 +8,6 @@ the live view runs as a process on a pty, driven by its keyboard.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import pty
 import re
@@ -32,17 +31,6 @@ from .gearmand_peer import GearmandProcess, free_port
 from .test_cli_tools import COMMAND, Ran, cli, no_traceback, running_worker
 
 HEADER = ["function", "waiting", "high/normal/low", "running", "workers", "change/s"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The command configures the package's logger: put it back after each test."""
-    logger = logging.getLogger("trio_gearman")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 @pytest.fixture

@@ -18,8 +18,15 @@ PACKAGE = ROOT / "trio_gearman"
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 # Imported only where that extra is in use: the pytest plugin runs inside pytest, the
-# PostgreSQL queue is optional, and so is `trio-gearman top` (rich, imported when it runs).
-EXTRA_ONLY = {"pytest_plugin.py": "test", "postgres.py": "postgres", "top.py": "monitor"}
+# PostgreSQL queue is optional, and so are `trio-gearman top` (rich, imported when it runs)
+# and the server's HTTP port (imported only with --http-port).
+EXTRA_ONLY = {
+    "pytest_plugin.py": "test",
+    "postgres.py": "postgres",
+    "top.py": "monitor",
+    "http.py": "monitor",
+    "metrics.py": "monitor",
+}
 
 
 def _imports(path: Path) -> set[str]:
