@@ -27,6 +27,7 @@ KNOWN_SERVERS: Final = (
     *SERVERS,
     *(f"{name}-{queue}" for name in SERVERS for queue in QUEUES if queue != "postgres"),
     "ours-postgres",
+    "ours-metrics",
 )
 """Every server name the benchmark knows (gearmand's PostgreSQL queue is not built in
 Debian's package)."""
@@ -83,6 +84,8 @@ def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) 
     32, a burst of thousands of connections waits for SYN retransmissions (seconds).
     """
     base, queue = name, ""
+    if name == "ours-metrics":  # metrics counted and served (the 'monitor' extra)
+        base, extra = "ours", ["--http-port", str(free_port()), *extra]
     for suffix in QUEUES:
         if name.endswith(f"-{suffix}"):
             base, queue = name.removesuffix(f"-{suffix}"), suffix
