@@ -58,7 +58,11 @@ _RES_BYTES: Final = Magic.RES.value
 _pack: Final = pack_header
 _NOOP: Final = _pack(_RES_BYTES, PacketType.NOOP, 0)
 _COMPACT_TIMERS_AT: Final = 1024
-_OUTCOME_INDEX: Final = {JobOutcome(name): index for index, name in enumerate(OUTCOMES)}
+_COMPLETED: Final = JobOutcome.COMPLETED
+_FAILED: Final = JobOutcome.FAILED
+_EXCEPTION: Final = JobOutcome.EXCEPTION
+_CANCELLED: Final = JobOutcome.CANCELLED
+assert [o.value for o in (_COMPLETED, _FAILED, _EXCEPTION, _CANCELLED)] == list(OUTCOMES[:4])
 
 
 class JobTable:
@@ -281,7 +285,16 @@ class JobTable:
         """``job`` is gone: count it, time its run (given ``now``), tell the observer."""
         stats = job.function.stats
         if stats is not None:
-            stats.ended[_OUTCOME_INDEX[outcome]] += 1
+            # Identity tests: hashing an enum member runs Python code.
+            if outcome is _COMPLETED:
+                index = 0
+            elif outcome is _FAILED:
+                index = 1
+            elif outcome is _EXCEPTION:
+                index = 2
+            else:
+                index = 3 if outcome is _CANCELLED else 4
+            stats.ended[index] += 1
             if now is not None:
                 run = now - job.assigned_at
                 stats.run[bisect_left(DURATION_BUCKETS, run)] += 1

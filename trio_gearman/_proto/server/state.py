@@ -654,7 +654,8 @@ class ServerState(JobTable):
         for job in write.jobs:
             acks = job.acks or ()
             job.acks = None
-            reply = failed or _frame(JobCreated(job.handle))
+            handle = job.handle
+            reply = failed or _pack(_RES_BYTES, _JOB_CREATED, len(handle)) + handle
             for ack in acks:
                 ack.reply = reply
                 touched.append(ack.conn)
