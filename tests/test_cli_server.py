@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -352,3 +353,23 @@ async def test_sigusr1_gives_up_after_the_graceful_timeout() -> None:
         server.process.send_signal(signal.SIGUSR1)
         log = await expect_exit(server)
     assert b"1 jobs were still running after 0.2 s" in log
+
+
+async def test_json_log_lines_carry_the_peer() -> None:
+    args = ["-L", "127.0.0.1", "-p", "0", "--log-format", "json", "--verbose", "DEBUG"]
+    async with trio_gearmand(args) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await stream.send(b"\0REQ\x00\x00\x00\x63\x00\x00\x00\x00")  # unknown packet type
+            with trio.fail_after(10):
+                line = await server.wait_for_line(b"Closing the connection from")
+        server.process.terminate()
+        rest = await server.rest_of_log()
+    record = json.loads(line)
+    assert record["level"] == "INFO"
+    assert record["logger"] == "trio_gearman.server"
+    assert record["peer"] == "127.0.0.1"
+    assert record["message"].startswith("Closing the connection from 127.0.0.1")
+    assert record["time"].endswith("+00:00")
+    for text in rest.decode().splitlines():
+        if text.strip():
+            json.loads(text)  # every line is one JSON object

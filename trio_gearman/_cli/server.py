@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import logging.handlers
 import os
@@ -169,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
         default="stderr",
         metavar="FILE",
         help="'stderr' (default), 'none', or a file to append to",
+    )
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="'text' (gearmand's line format, the default) or 'json': one JSON object "
+        "a line, with 'time', 'level', 'logger', 'message' and, where the line is about "
+        "one, 'peer', 'handle' and 'function'",
     )
     add(
         "--verbose",
@@ -403,7 +412,33 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def _setup_logging(log_file: str, level: str) -> None:
+_JSON_FIELDS: Final = ("peer", "handle", "function")
+"""Attributes a log record may carry (``extra=``) that a JSON line includes."""
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: for log collectors (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        line: dict[str, object] = {
+            "time": stamp.isoformat(timespec="microseconds"),
+            "level": _LEVEL_NAMES.get(record.levelno, record.levelname),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _JSON_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = (
+                    value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                )
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def _setup_logging(log_file: str, level: str, log_format: str = "text") -> None:
     """Send the package's log to stderr, to a file or nowhere, in gearmand's format.
 
     Raises:
@@ -416,10 +451,10 @@ def _setup_logging(log_file: str, level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
     else:
         handler = logging.handlers.WatchedFileHandler(log_file)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _Formatter())
     package_logger = logging.getLogger("trio_gearman")
     for old in package_logger.handlers:
-        if isinstance(old.formatter, _Formatter):
+        if isinstance(old.formatter, (_Formatter, _JsonFormatter)):
             old.close()
     package_logger.handlers[:] = [handler]
     package_logger.setLevel(LEVELS[level])
@@ -516,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        _setup_logging(options.log_file, options.verbose)
+        _setup_logging(options.log_file, options.verbose, options.log_format)
     except OSError as exc:
         print(f"trio-gearmand: cannot open the log file: {exc}", file=sys.stderr)
         return 1

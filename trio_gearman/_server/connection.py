@@ -233,11 +233,17 @@ class ServerConnection:
                 if conn.closing:
                     break
         except ProtocolError as exc:
-            logger.info("Closing the connection from %s: %s", self.peer, exc)
+            logger.info(
+                "Closing the connection from %s: %s", self.peer, exc, extra={"peer": self.peer}
+            )
             state.protocol_error(conn, exc, now)
             conn.closing = True
         except Exception:
-            logger.exception("Internal error serving %s; closing its connection", self.peer)
+            logger.exception(
+                "Internal error serving %s; closing its connection",
+                self.peer,
+                extra={"peer": self.peer},
+            )
             conn.closing = True
 
     def end(self) -> None:

@@ -120,7 +120,7 @@ class ConnectionHub:
         connection = ServerConnection(self, sock, conn, peer)
         self._connections[conn.id] = connection
         self.accepted += 1
-        logger.debug("Connection %d from %s", conn.id, peer)
+        logger.debug("Connection %d from %s", conn.id, peer, extra={"peer": peer})
         if self._poller is not None:
             self._poller.add(connection)
         else:
@@ -158,7 +158,12 @@ class ConnectionHub:
     def connection_closed(self, connection: ServerConnection) -> None:
         """Forget a connection that has ended, and send what its end caused."""
         if self._forget(connection):
-            logger.debug("Connection %d from %s closed", connection.conn.id, connection.peer)
+            logger.debug(
+                "Connection %d from %s closed",
+                connection.conn.id,
+                connection.peer,
+                extra={"peer": connection.peer},
+            )
             self.send_pending()
 
     # --- ending connections ------------------------------------------------------------------
@@ -166,7 +171,11 @@ class ConnectionHub:
     def drop(self, connection: ServerConnection, reason: str) -> None:
         """End a connection at once, without its pending replies, and log why."""
         logger.warning(
-            "Dropping connection %d from %s: %s", connection.conn.id, connection.peer, reason
+            "Dropping connection %d from %s: %s",
+            connection.conn.id,
+            connection.peer,
+            reason,
+            extra={"peer": connection.peer},
         )
         self._forget(connection)
         connection.abort()
