@@ -197,22 +197,6 @@ async def queue_resize_jobs(server: str) -> None:
         await client.submit_background("resize", b"img-3", priority=trio_gearman.Priority.HIGH)
 
 
-async def test_admin_exporter_prints_the_counts(job_server: str) -> None:
-    with trio.fail_after(TIME_LIMIT):
-        await queue_resize_jobs(job_server)
-    metrics = parse_metrics(await run_example("admin_exporter.py", job_server, "--once"))
-    assert metrics["gearman_up"] == 1
-    assert metrics["gearman_connections"] >= 1  # the exporter's own admin connection
-    assert metrics['gearman_function_jobs{function="resize"}'] == 3
-    assert metrics['gearman_function_jobs_running{function="resize"}'] == 0
-    assert metrics['gearman_function_workers{function="resize"}'] == 0
-    assert metrics['gearman_function_jobs_waiting{function="resize",priority="high"}'] == 1
-    assert metrics['gearman_function_jobs_waiting{function="resize",priority="normal"}'] == 2
-    assert metrics['gearman_function_jobs_waiting{function="resize",priority="low"}'] == 0
-    [info] = [key for key in metrics if key.startswith("gearman_info{")]
-    assert re.fullmatch(r'gearman_info\{version="[^"]+"\}', info)
-
-
 async def test_admin_report_and_maxqueue(job_server: str) -> None:
     with trio.fail_after(TIME_LIMIT):
         await queue_resize_jobs(job_server)
@@ -229,11 +213,6 @@ async def test_admin_report_and_maxqueue(job_server: str) -> None:
     assert refused.value.code == "QUEUE_ERROR"
 
 
-async def test_admin_exporter_reports_a_server_that_is_down() -> None:
-    lines = await run_example("admin_exporter.py", f"127.0.0.1:{free_port()}", "--once")
-    assert parse_metrics(lines) == {"gearman_up": 0}
-
-
 async def http_get(url: str, path: str) -> bytes:
     host, port = url.removeprefix("http://").partition("/")[0].split(":")
     async with await anyio.connect_tcp(host, int(port)) as stream:
@@ -243,30 +222,6 @@ async def http_get(url: str, path: str) -> bytes:
             async for chunk in stream:
                 response += chunk
     return response
-
-
-async def test_admin_exporter_serves_http(job_server: str) -> None:
-    argv = example("admin_exporter.py", job_server, "--port", "0")
-    async with await anyio.open_process(argv) as exporter:
-        assert exporter.stdout is not None
-        stdout = BufferedByteReceiveStream(exporter.stdout)
-        with trio.fail_after(TIME_LIMIT):
-            line = await read_line(stdout)
-            found = re.fullmatch(rf"serving the metrics of {job_server} on (http://\S+)", line)
-            assert found, line
-            url = found.group(1)
-            await queue_resize_jobs(job_server)
-            head, _, body = (await http_get(url, "/metrics")).partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.0 200 OK\r\n")
-            assert b"Content-Type: text/plain; version=0.0.4" in head
-            metrics = parse_metrics(body.decode().splitlines())
-            assert metrics["gearman_up"] == 1
-            assert metrics['gearman_function_jobs{function="resize"}'] == 3
-            missing = await http_get(url, "/")
-            assert missing.startswith(b"HTTP/1.0 404 Not Found\r\n")
-            exporter.send_signal(signal.SIGTERM)
-            assert await exporter.wait() == 0
-            assert await read_line(stdout) == "stopped"
 
 
 def test_production_guide_lists_every_server_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,3 +243,21 @@ def test_gearmand_options_the_guides_say_are_refused(
 ) -> None:
     assert trio_gearmand([option]) == 2
     assert "error" in capsys.readouterr().err
+
+
+async def test_scrape_metrics_lists_functions_and_warns_of_jobs_without_workers() -> None:
+    command = "import sys; from trio_gearman._cli.server import main; sys.exit(main())"
+    port = free_port()
+    args = [sys.executable, "-c", command, "-L", "127.0.0.1", "-p", str(port)]
+    args += ["--http-port", "0", "--verbose", "INFO"]
+    with run_until_listening(args, "trio-gearmand", r"Metrics on (http://\S+)") as (_, found):
+        with trio.fail_after(TIME_LIMIT):
+            await queue_resize_jobs(f"127.0.0.1:{port}")
+            result = await anyio.run_process(
+                example("scrape_metrics.py", found.group(1)), check=False
+            )
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].split() == ["function", "waiting", "running", "workers", "done"]
+    assert lines[1].split() == ["resize", "3", "0", "0", "0"]
+    assert result.stderr.decode() == "warning: resize: jobs wait and no worker can take them\n"
+    assert result.returncode == 1
