@@ -30,6 +30,7 @@ from .common import (
     setup_logging,
     unwrap,
 )
+from .monitor import add_monitor_parser
 from .submit import add_status_parser, add_submit_parser
 from .worker import add_worker_parser
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_parser(commands)
     add_admin_parser(commands)
     add_worker_parser(commands)
+    add_monitor_parser(commands)
     return parser
 
 
