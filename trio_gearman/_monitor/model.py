@@ -91,7 +91,8 @@ class Connection:
         fd: the server's number for the connection.
         address: the peer's IP address.
         client_id: the id the peer set (``-`` when none).
-        functions: the functions it registered (none: a client or an admin connection).
+        functions: the functions it registered, sorted (none: a client or an admin
+            connection).
     """
 
     fd: int
@@ -184,7 +185,7 @@ def snapshot_from_replies(
             info.fd,
             _text(info.address),
             _text(info.client_id),
-            tuple(_text(name) for name in info.functions),
+            tuple(sorted(_text(name) for name in info.functions)),
         )
         for info in workers
     )

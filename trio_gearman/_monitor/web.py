@@ -24,9 +24,8 @@ import hypercorn.trio
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from .._address import format_address
@@ -38,6 +37,21 @@ __all__ = ["create_app", "serve"]
 
 _HERE = Path(__file__).resolve().parent
 _NO_STORE = {"Cache-Control": "no-store"}
+_MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The page's script and style sheet, read once: name to (content, media type).
+
+    They are a few kilobytes, so they are kept in memory and answered as plain
+    responses (Starlette's file responses, which stream from disk, lose the end of a
+    ``Connection: close`` exchange under Hypercorn's Trio worker).
+    """
+    return {
+        path.name: (path.read_bytes(), _MEDIA_TYPES[path.suffix])
+        for path in sorted((_HERE / "static").iterdir())
+        if path.suffix in _MEDIA_TYPES
+    }
 
 
 def _filters(request: Request) -> Filters:
@@ -60,6 +74,7 @@ def create_app(poller: Poller) -> Starlette:
         undefined=jinja2.StrictUndefined,
     )
     templates = Jinja2Templates(env=environment)
+    static_files = _static_files()
 
     async def index(request: Request) -> Response:
         filters = _filters(request)
@@ -78,11 +93,18 @@ def create_app(poller: Poller) -> Starlette:
     async def api_status(request: Request) -> Response:
         return JSONResponse(poller.view(_filters(request)), headers=_NO_STORE)
 
+    async def static(request: Request) -> Response:
+        found = static_files.get(request.path_params["name"])
+        if found is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        content, media_type = found
+        return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
     return Starlette(
         routes=[
             Route("/", index, name="index"),
             Route("/api/status", api_status, name="api_status"),
-            Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+            Route("/static/{name}", static, name="static"),
         ]
     )
 
