@@ -7,6 +7,7 @@ imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from functools import partial
 from typing import Final
@@ -17,7 +18,16 @@ from .._address import format_address, server_list
 from .._monitor import DEFAULT_INTERVAL, Poller
 from .._monitor.model import DEFAULT_WINDOW
 from .._net.stream import os_reason
-from .common import EXIT_FAILED, EXIT_OK, PROG, UsageError, error, resolve_servers, unwrap
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    UsageError,
+    error,
+    resolve_servers,
+    unwrap,
+)
 from .options import seconds
 
 __all__ = ["EXTRA_MISSING", "add_monitor_parser", "run_monitor"]
@@ -106,8 +116,11 @@ async def run_monitor(options: argparse.Namespace) -> int:
         return EXIT_FAILED
     address = format_address(options.listen, options.port)
     serving = False
+    stopped_by: list[int] = []
     try:
         async with anyio.create_task_group() as tg:
+            # Hypercorn swallows KeyboardInterrupt, so the signals are taken here.
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, stopped_by)
             urls = await tg.start(partial(serve, poller, host=options.listen, port=options.port))
             serving = True
             shown = ", ".join(f"{url}/" for url in urls)
@@ -122,4 +135,16 @@ async def run_monitor(options: argparse.Namespace) -> int:
             raise
         error(f"cannot serve on {address}: {os_reason(inner)}")
         return EXIT_FAILED
-    return EXIT_OK  # pragma: no cover (serves until interrupted)
+    if stopped_by == [signal.SIGINT]:
+        error("interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, stopped_by: list[int]) -> None:
+    """Stop the monitor on SIGINT (exit status 130) or SIGTERM (0)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            stopped_by.append(signum)
+            scope.cancel()
+            return

@@ -131,7 +131,16 @@ async def serve(
     config.accesslog = None
     config.errorlog = logging.getLogger("trio_gearman.monitor.http")
     config.graceful_timeout = 1.0
+    app = create_app(poller)
     async with anyio.create_task_group() as tg:
+
+        async def http(*, task_status: anyio.abc.TaskStatus[list[str]]) -> None:
+            async with anyio.create_task_group() as server:
+                task_status.started(await server.start(hypercorn.trio.serve, app, config))
+            # Hypercorn returns on its own after a KeyboardInterrupt (which it
+            # swallows): stop polling too.
+            tg.cancel_scope.cancel()
+
         await tg.start(poller.run)
-        urls: list[str] = await tg.start(hypercorn.trio.serve, create_app(poller), config)
+        urls: list[str] = await tg.start(http)
         task_status.started(urls)
