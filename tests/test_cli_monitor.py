@@ -52,10 +52,11 @@ def _restore_logging() -> Iterator[None]:
 
 @asynccontextmanager
 async def monitoring(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, stop: signal.Signals = signal.SIGINT
 ) -> AsyncIterator[tuple[str, str, anyio.abc.Process]]:
     """Run ``trio-gearman monitor ARGS --port 0`` as a process until it says where it
-    serves; yield that line, the base URL and the process. SIGINT stops it: exit 130."""
+    serves; yield that line, the base URL and the process. Then ``stop`` stops it:
+    SIGINT with exit status 130 and "interrupted", SIGTERM with 0 and nothing said."""
     process = await anyio.open_process(
         [*COMMAND, "monitor", *args, "--port", "0"],
         env={**os.environ, **(env or {})},
@@ -73,10 +74,15 @@ async def monitoring(
             process.kill()  # never wait for a process left running
             raise
         with trio.fail_after(20):
-            process.send_signal(signal.SIGINT)
-            assert await process.wait() == 130
-            rest = await stderr.receive(4096)
-        assert rest == b"trio-gearman: interrupted\n"
+            process.send_signal(stop)
+            status = await process.wait()
+            rest = await stderr.receive(4096) if stop == signal.SIGINT else b""
+        if stop == signal.SIGINT:
+            assert (status, rest) == (130, b"trio-gearman: interrupted\n")
+        else:
+            assert status == 0
+            with pytest.raises(anyio.EndOfStream):
+                await stderr.receive(4096)
 
 
 async def test_the_command_serves_the_dashboard_until_interrupted() -> None:
@@ -102,9 +108,12 @@ async def test_the_command_serves_the_dashboard_until_interrupted() -> None:
     assert "Gearman monitor" in page.text
 
 
-async def test_servers_default_to_the_environment(server: EmbeddedServer) -> None:
+async def test_servers_default_to_the_environment_and_sigterm_stops_quietly(
+    server: EmbeddedServer,
+) -> None:
     servers = f"{server.address},127.0.0.1:1"
-    async with monitoring(env={"GEARMAN_SERVERS": servers}) as (line, base, _):
+    env = {"GEARMAN_SERVERS": servers}
+    async with monitoring(env=env, stop=signal.SIGTERM) as (line, base, _):
         assert line.startswith(f"trio-gearman: monitoring {server.address}, 127.0.0.1:1 on ")
         data = (await http_get(base, "/api/status?server=127.0.0.1:1")).json()
     assert data["filters"] == {"servers": ["127.0.0.1:1"], "function": ""}
@@ -128,6 +137,14 @@ async def test_without_the_extra_the_command_says_what_to_install(
     status, err = await run(capsys, "monitor", "127.0.0.1:1", "--port", "0")
     assert (status, err) == (1, f"trio-gearman: {EXTRA_MISSING}\n")
     assert EXTRA_MISSING == "install the 'monitor' extra: pip install 'trio-gearman[monitor]'"
+
+
+async def test_other_import_errors_are_not_taken_for_a_missing_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "trio_gearman._monitor.web", None)
+    with pytest.raises(ImportError, match=r"trio_gearman\._monitor\.web"):
+        await execute(["monitor", "127.0.0.1:1"])
 
 
 # A failed bind leaves Hypercorn's socket to the garbage collector (a ResourceWarning,

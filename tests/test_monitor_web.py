@@ -124,6 +124,23 @@ async def test_a_restarted_server_is_read_again_in_the_same_poll() -> None:
     assert [row["function"] for row in rows(entry["functions"])] == ["after"]
 
 
+async def test_a_server_that_hangs_up_at_once_is_down() -> None:
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        await stream.aclose()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hang_up)
+            poller = Poller([f"127.0.0.1:{port}"], interval=1)
+            with trio.fail_after(5):
+                await poller.poll()
+            tg.cancel_scope.cancel()
+    (entry,) = rows(poller.view()["servers"])
+    assert entry["up"] is False
+    assert entry["error"] == "the server closed the connection before answering Version()"
+
+
 async def test_a_server_that_does_not_answer_times_out() -> None:
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
         port = listener.extra(anyio.abc.SocketAttribute.local_port)

@@ -355,9 +355,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _iso(wall: float | None) -> str | None:
-    if wall is None:
-        return None
+def _iso(wall: float) -> str:
     seconds = math.floor(wall)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     return f"{stamp}.{int((wall - seconds) * 1000):03d}Z"
@@ -428,7 +426,7 @@ def _server_json(
         "priorities": latest.priorities if latest.up else None,
         "polled_at": _iso(latest.wall),
         "age": _round(max(now - latest.monotonic, 0.0)),
-        "since": _iso(history.since(server)),
+        "since": _iso(history.since(server) or latest.wall),
         "connections": len(latest.connections) if latest.up else None,
         "worker_connections": sum(1 for c in latest.connections if c.functions)
         if latest.up

@@ -20,7 +20,6 @@ import anyio.abc
 from .._address import format_address, parse_address
 from .._client.admin import AdminClient
 from .._exceptions import AdminError, ConnectionLost, GearmanError
-from .._net.stream import os_reason
 from .model import (
     DEFAULT_WINDOW,
     JSON,
@@ -158,10 +157,8 @@ class Poller:
             await self._forget(server)
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
-            elif isinstance(exc, GearmanError):
+            else:  # AdminClient's errors name the server, and wrap the OS's
                 reason = str(exc).removeprefix(f"{server}: ")
-            else:
-                reason = os_reason(exc)
             _log.info("%s: %s", server, reason)
             snapshot = Snapshot(server, self._clock(), self._wall_clock(), error=reason)
         self.history.add(snapshot)

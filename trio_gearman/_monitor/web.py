@@ -139,7 +139,7 @@ async def serve(
                 task_status.started(await server.start(hypercorn.trio.serve, app, config))
             # Hypercorn returns on its own after a KeyboardInterrupt (which it
             # swallows): stop polling too.
-            tg.cancel_scope.cancel()
+            tg.cancel_scope.cancel()  # pragma: no cover (needs a KeyboardInterrupt)
 
         await tg.start(poller.run)
         urls: list[str] = await tg.start(http)
