@@ -90,7 +90,8 @@ async def test_the_command_serves_the_dashboard_until_interrupted() -> None:
         async with Client(server.address) as client:
             await client.submit_background("resize", b"x")
         down = f"127.0.0.1:{free_port()}"
-        async with monitoring(server.address, down, "--interval", "0.2") as (line, base, _):
+        command = [server.address, "--servers", down, "--interval", "0.2"]
+        async with monitoring(*command) as (line, base, _):
             assert line == f"trio-gearman: monitoring {server.address}, {down} on {base}/"
             data = (await http_get(base, "/api/status")).json()
             page = await http_get(base, "/")
@@ -198,8 +199,5 @@ def test_the_command_is_listed() -> None:
     help_text = build_parser().format_help()
     assert re.search(r"^\s+monitor\s+a live dashboard", help_text, re.MULTILINE)
     monitor = build_parser().parse_args(["monitor", "h1", "h2:4731,h3"])
-    assert (monitor.servers, monitor.port, monitor.listen) == (
-        ["h1", "h2:4731,h3"],
-        8080,
-        "127.0.0.1",
-    )
+    assert (monitor.addresses, monitor.servers) == (["h1", "h2:4731,h3"], None)
+    assert (monitor.port, monitor.listen, monitor.interval) == (8080, "127.0.0.1", 2.0)

@@ -24,6 +24,7 @@ from .common import (
     EXIT_OK,
     PROG,
     UsageError,
+    add_common_options,
     error,
     resolve_servers,
     unwrap,
@@ -59,10 +60,11 @@ def add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description=_HELP,
     )
     parser.add_argument(
-        "servers",
+        "addresses",
         metavar="SERVER",
         nargs="*",
-        help="job servers, host[:port] (default: $GEARMAN_SERVERS, else 127.0.0.1:4730)",
+        help="job servers, host[:port] (with --servers, all of them; default: "
+        "$GEARMAN_SERVERS, else 127.0.0.1:4730)",
     )
     parser.add_argument(
         "--port", type=_port, default=8080, help="the HTTP port (default: 8080; 0: any)"
@@ -87,22 +89,24 @@ def add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="SECONDS",
         help=f"seconds over which rates are measured (default: {DEFAULT_WINDOW:g})",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
+    add_common_options(parser, timeout=False)
     parser.set_defaults(run=run_monitor, parser=parser)
 
 
-def _servers(given: list[str]) -> list[str]:
-    if not given:
-        return resolve_servers(None)[0]
+def _servers(addresses: list[str], servers: list[str] | None) -> list[str]:
+    """The positional servers and those of ``--servers``; else the environment's."""
     try:
-        return [server for text in given for server in server_list(text)]
+        given = [server for text in addresses for server in server_list(text)]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if given or servers:
+        return given + (servers or [])
+    return resolve_servers(None)[0]
 
 
 async def run_monitor(options: argparse.Namespace) -> int:
     """Run ``monitor`` until interrupted; return the exit status."""
-    servers = _servers(options.servers)
+    servers = _servers(options.addresses, options.servers)
     try:
         poller = Poller(servers, interval=options.interval, window=options.window)
     except ValueError as exc:
