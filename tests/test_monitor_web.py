@@ -255,6 +255,11 @@ def test_servers_get_the_default_port() -> None:
     assert Poller(["10.0.0.1", "[::1]:4731"]).servers == ("10.0.0.1:4730", "[::1]:4731")
 
 
+def test_a_poll_may_take_the_interval_within_one_to_five_seconds() -> None:
+    timeouts = [Poller(["h"], interval=interval).timeout for interval in (0.2, 2, 60)]
+    assert timeouts == [1.0, 2, 5.0]
+
+
 # --- the app -------------------------------------------------------------------------------------
 
 

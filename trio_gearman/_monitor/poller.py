@@ -53,7 +53,7 @@ class Poller:
         servers: the job servers, ``host[:port]`` (port 4730 by default).
         interval: seconds between polls.
         timeout: seconds one poll of one server may take, connecting included
-            (default: the interval, at most 5 s); a server that takes longer is
+            (default: the interval, within 1 to 5 s); a server that takes longer is
             shown down, "no answer within ... s".
         window: seconds over which rates are measured.
         clock: the monotonic clock (default ``time.monotonic``).
@@ -79,7 +79,7 @@ class Poller:
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError(f"the poll interval must be a positive number, not {interval!r}")
         self.interval = interval
-        self.timeout = timeout if timeout is not None else min(interval, 5.0)
+        self.timeout = timeout if timeout is not None else min(max(interval, 1.0), 5.0)
         if not self.timeout > 0:
             raise ValueError(f"the poll timeout must be positive, not {self.timeout!r}")
         self.history = History(self.servers, window=window)
