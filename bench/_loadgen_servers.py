@@ -20,7 +20,18 @@ import attrs
 HOST: Final = "127.0.0.1"
 GEARMAND: Final = "/usr/sbin/gearmand"
 SERVERS: Final = ("ours", "gearmand-t4", "gearmand-t1")
-"""Every server the benchmark knows, the first is the one compared with the others."""
+"""The servers measured by default, the first is the one compared with the others."""
+QUEUES: Final = ("sqlite", "postgres")
+"""Persistent queues a server name may end with (``ours-sqlite``, ``gearmand-t1-sqlite``)."""
+KNOWN_SERVERS: Final = (
+    *SERVERS,
+    *(f"{name}-{queue}" for name in SERVERS for queue in QUEUES if queue != "postgres"),
+    "ours-postgres",
+    "ours-metrics",
+)
+"""Every server name the benchmark knows (gearmand's PostgreSQL queue is not built in
+Debian's package)."""
+POSTGRES_DSN_ENV: Final = "BENCH_POSTGRES_DSN"
 START_TIMEOUT: Final = 20.0
 BACKLOG: Final = "1024"
 _TICK: Final = os.sysconf("SC_CLK_TCK")
@@ -72,6 +83,22 @@ def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) 
     Every server gets the same listen backlog, :data:`BACKLOG`: with the default of
     32, a burst of thousands of connections waits for SYN retransmissions (seconds).
     """
+    base, queue = name, ""
+    if name == "ours-metrics":  # metrics counted and served (the 'monitor' extra)
+        base, extra = "ours", ["--http-port", str(free_port()), *extra]
+    for suffix in QUEUES:
+        if name.endswith(f"-{suffix}"):
+            base, queue = name.removesuffix(f"-{suffix}"), suffix
+    if queue == "sqlite":
+        extra = ["-q", "libsqlite3", "--libsqlite3-db", str(workdir / "queue.db"), *extra]
+    elif queue == "postgres":
+        dsn = os.environ.get(POSTGRES_DSN_ENV)
+        if not dsn:
+            raise ServerFailed(f"{name} needs ${POSTGRES_DSN_ENV} (bench/server.py sets it)")
+        extra = ["-q", "postgres", "--postgres-dsn", dsn, "--postgres-table",
+                 f"bench_{port}", *extra]  # fmt: skip
+    name = base
+    extra = list(extra)
     if name == "ours":
         return [*ours_command(), "-L", HOST, "-p", str(port), "-b", BACKLOG, "-l", "none", *extra]
     if name.startswith("gearmand-t"):
@@ -93,7 +120,7 @@ def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) 
             BACKLOG,
             *extra,
         ]
-    raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+    raise ValueError(f"unknown server {name!r}; known: {', '.join(KNOWN_SERVERS)}")
 
 
 def _answers(port: int) -> bool:

@@ -14,6 +14,9 @@ Modes:
 * ``fg16``: 16 foreground clients, each with one job in flight, 4 no-op workers
   with one grab each (as libgearman's worker). Latency is submit -> WORK_COMPLETE
   at the client.
+* ``fg16-flood``: ``fg16`` while 2 more clients flood the server with background jobs
+  of another function that no worker takes (they pile up; with a persistent queue,
+  every one is committed): the foreground latency under a persistence load.
 * ``idle``: ``fg16`` on one server with no idle connection, then with 5,000 open
   (plain TCP connections that send nothing).
 * ``rss-queue``: 1,000,000 background jobs queued, no worker: the server's RSS
@@ -68,6 +71,8 @@ from _loadgen import (
     run_workers,
 )
 from _loadgen_servers import (
+    KNOWN_SERVERS,
+    POSTGRES_DSN_ENV,
     SERVERS,
     RunningServer,
     ServerFailed,
@@ -78,8 +83,9 @@ from _loadgen_servers import (
     run_server,
 )
 
-MODES: Final = ("bg", "fg16", "idle", "rss-queue", "rss-idle")
-THROUGHPUT_MODES: Final = ("bg", "fg16")
+MODES: Final = ("bg", "fg16", "fg16-flood", "idle", "rss-queue", "rss-idle")
+THROUGHPUT_MODES: Final = ("bg", "fg16", "fg16-flood")
+FLOOD: Final = b"flood"
 FUNCTION: Final = b"bench_noop"
 REFERENCE: Final = "gearmand-t4"
 _ctx = multiprocessing.get_context("fork")
@@ -375,10 +381,38 @@ def measure_bg(server: RunningServer, opts: Options, jobs: int) -> Throughput:
     )
 
 
-def measure_fg(server: RunningServer, opts: Options, jobs: int, label: str = "fg16") -> Throughput:
-    """Foreground jobs from ``opts.fg_clients`` clients, submit to result."""
+def measure_fg(
+    server: RunningServer, opts: Options, jobs: int, label: str = "fg16", flood: int = 0
+) -> Throughput:
+    """Foreground jobs from ``opts.fg_clients`` clients, submit to result.
+
+    With ``flood``, ``opts.clients`` more clients submit that many background jobs
+    of :data:`FLOOD` (which no worker takes) meanwhile.
+    """
     with children(opts.timeout) as group:
         worker_pipes, _ = start_workers(group, server, opts, opts.fg_grabs, False)
+        flood_pipes = []
+        if flood:
+            submitted = _ctx.RawArray(ctypes.c_longlong, opts.clients)
+            done = _ctx.RawArray(ctypes.c_longlong, 1)
+            flood_pipes = [
+                group.start(
+                    run_bg_client,
+                    server.port,
+                    FLOOD,
+                    client,
+                    count,
+                    opts.batch,
+                    opts.window,
+                    0,
+                    submitted,
+                    done,
+                    group.go,
+                )
+                for client, count in enumerate(split(flood, opts.clients))
+            ]
+            for pipe in flood_pipes:
+                group.expect(pipe)
         ids = list(range(opts.fg_clients))
         per_proc = split(len(ids), opts.client_procs)
         jobs_each = max(1, jobs // opts.fg_clients)
@@ -403,10 +437,13 @@ def measure_fg(server: RunningServer, opts: Options, jobs: int, label: str = "fg
         group.go.set()
         client_results = [group.expect(pipe) for pipe in client_pipes]
         server_cpu, server_sys, machine_cpu, softirq = sampler.finish()
+        flooded = [group.expect(pipe) for pipe in flood_pipes]
         group.stop.set()
         worker_results = [group.expect(pipe) for pipe in worker_pipes]
     start = min(r["start"] for r in client_results)
     end = max(r["end"] for r in client_results)
+    if flooded and max(r["end"] for r in flooded) < end:
+        print(f"  note: the flood ended before the foreground load ({label})", file=sys.stderr)
     latencies = array("d")
     for result in client_results:
         latencies.frombytes(result["latencies"])
@@ -534,7 +571,9 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
                 step = attrs.evolve(opts, profile=profile)
                 started = time.perf_counter()
                 kept: object = None
-                for attempt in range(1 + (opts.retries if mode in ("bg", "fg16", "idle") else 0)):
+                for attempt in range(
+                    1 + (opts.retries if mode in (*THROUGHPUT_MODES, "idle") else 0)
+                ):
                     wait_quiet(opts)
                     try:
                         with run_server(name, server_options(mode, name, opts)) as server:
@@ -621,6 +660,8 @@ def measure(mode: str, server: RunningServer, opts: Options) -> object:
         return measure_bg(server, opts, opts.bg_jobs)
     if mode == "fg16":
         return measure_fg(server, opts, opts.fg_jobs)
+    if mode == "fg16-flood":
+        return measure_fg(server, opts, opts.fg_jobs, label="flood", flood=opts.bg_jobs)
     if mode == "idle":
         return measure_idle(server, opts)
     if mode == "rss-queue":
@@ -678,7 +719,7 @@ def throughput_rows(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """mode -> server -> summary, for the throughput modes (idle split in two)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for mode in ("bg", "fg16", "idle"):
+    for mode in ("bg", "fg16", "fg16-flood", "idle"):
         for name in servers:
             entries = [e for e in results.get(mode, {}).get(name, []) if e is not None]
             if not entries:
@@ -777,6 +818,7 @@ def summary_table(results: Results, servers: Sequence[str], opts: Options) -> st
     for mode, target in (
         ("bg", "at least 0.5x gearmand-t4"),
         ("fg16", "at least 0.5x gearmand-t4"),
+        ("fg16-flood", ""),
     ):
         if mode in rows and "ours" in rows[mode]:
             by = rows[mode]
@@ -875,7 +917,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add = parser.add_argument
     add("--modes", type=_names(MODES), default=list(MODES), help=",".join(MODES))
-    add("--servers", type=_names(SERVERS), default=list(SERVERS), help=",".join(SERVERS))
+    add(
+        "--servers",
+        type=_names(KNOWN_SERVERS),
+        default=list(SERVERS),
+        help=f"default {','.join(SERVERS)}; also {','.join(KNOWN_SERVERS[len(SERVERS) :])} "
+        "(with a persistent queue; -postgres on a throw-away cluster unless "
+        f"${POSTGRES_DSN_ENV} names one)",
+    )
     add(
         "--jobs",
         type=int,
@@ -982,7 +1031,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: python bench/server.py {' '.join(sys.argv[1:] if argv is None else argv)}"
     )
     print(header, file=sys.stderr)
-    results = run(args.modes, args.servers, opts, repeats)
+    with contextlib.ExitStack() as stack:
+        if any(name.endswith("-postgres") for name in args.servers) and not os.environ.get(
+            POSTGRES_DSN_ENV
+        ):
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.postgres_peer import running_cluster
+
+            os.environ[POSTGRES_DSN_ENV] = stack.enter_context(running_cluster()).dsn
+        results = run(args.modes, args.servers, opts, repeats)
     print(f"\n{header}")
     print(
         f"Jobs per run: bg {opts.bg_jobs:,}, fg16 {opts.fg_jobs:,}; "

@@ -7,12 +7,29 @@ every other async test runs under Trio through pytest-trio's ``trio_mode``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 from .gearmand_peer import GearmandProcess, require_tool, run_gearmand
 from .postgres_peer import PostgresCluster, running_cluster
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The commands, run in-process, configure the package's logger (handlers, level,
+    no propagation): put it back after each test, so that caplog sees the next one's."""
+    logger = logging.getLogger("trio_gearman")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    startup = logging.getLogger("trio_gearman.server.startup")
+    startup_level = startup.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+    startup.setLevel(startup_level)
+
 
 BACKENDS = ("trio", "asyncio")
 

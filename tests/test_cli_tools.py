@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import signal
@@ -54,17 +53,6 @@ class Ran:
     status: int
     out: bytes
     err: str
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The command configures the package's logger: put it back after each test."""
-    logger = logging.getLogger("trio_gearman")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 async def cli(*args: str, stdin: bytes = b"") -> Ran:

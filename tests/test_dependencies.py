@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +18,17 @@ PACKAGE = ROOT / "trio_gearman"
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 # Imported only where that extra is in use: the pytest plugin runs inside pytest, the
-# PostgreSQL queue is optional, and so is the monitor's web side. Keys: a file's name, or
-# its path inside the package.
-EXTRA_ONLY = {"pytest_plugin.py": "test", "postgres.py": "postgres", "_monitor/web.py": "monitor"}
+# PostgreSQL queue is optional, and so are `trio-gearman top` (rich, imported when it runs),
+# the server's HTTP port (imported only with --http-port) and the web side of
+# `trio-gearman monitor`. Keys: a file's name, or its path inside the package.
+EXTRA_ONLY = {
+    "pytest_plugin.py": "test",
+    "postgres.py": "postgres",
+    "top.py": "monitor",
+    "http.py": "monitor",
+    "metrics.py": "monitor",
+    "_monitor/web.py": "monitor",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -62,11 +71,22 @@ def test_exceptiongroup_is_required_where_python_lacks_it() -> None:
     assert "python_version < '3.11'" in requirement
 
 
+def test_the_package_runs_without_the_monitor_extra() -> None:
+    """rich is imported when ``trio-gearman top`` runs, not when the package loads."""
+    code = (
+        "import sys, trio_gearman, trio_gearman.testing, trio_gearman._cli.tools, "
+        "trio_gearman._cli.server\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout == "[]\n"
+
+
 def test_the_monitor_extra_is_tested_and_the_core_does_not_import_it() -> None:
     """The ``test`` extra brings the monitor's; importing the package, its commands and
     the monitor's model loads none of the web stack (only ``trio-gearman monitor`` does)."""
-    import subprocess
-
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "trio-gearman[monitor]" in project["optional-dependencies"]["test"]
     assert {"hypercorn", "starlette", "jinja2"} <= _names(

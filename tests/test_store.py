@@ -170,10 +170,11 @@ async def test_concurrent_submissions_share_commits_and_survive_a_restart(
             async with trio.open_nursery() as nursery:
                 for n in range(10):
                     nursery.start_soon(submit_many, n)
-        writer = server._writer
-        assert writer is not None
-        assert writer.jobs_committed == 1000
-        assert writer.commits < 500  # group commit: many jobs per transaction
+        statistics = server.store_statistics()
+        assert statistics is not None
+        assert statistics.jobs == 1000
+        assert statistics.commits < 500  # group commit: many jobs per transaction
+        assert sum(statistics.batch) == sum(statistics.latency) == statistics.commits
     # every acknowledged job is on disk, once
     async with durable_server(SqliteStore(path)) as server:
         assert server.replayed == 1000

@@ -525,6 +525,7 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "verbose": b"ERROR",
         "max_unique": 64,
         "durable": False,
+        "metrics": False,
     }
 
 

@@ -26,6 +26,7 @@ import anyio
 from .._address import DEFAULT_PORT
 from .._exceptions import GearmanError
 from .._proto.server.state import ServerConfig
+from .._server.http import MONITOR_EXTRA, missing_library
 from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import QueueStore, SqliteStore
@@ -265,6 +266,20 @@ def _parser() -> argparse.ArgumentParser:
         "written as jobs are submitted, so it is always current",
     )
     add(
+        "--http-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (needs the 'monitor' "
+        "extra; 0: a free port; default: no HTTP port)",
+    )
+    add(
+        "--http-listen",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address of --http-port (default 127.0.0.1: the metrics tell who runs "
+        "what; open them wider on purpose)",
+    )
+    add(
         "--graceful-timeout",
         type=seconds(zero=True),
         default=DEFAULT_GRACEFUL_TIMEOUT,
@@ -437,11 +452,18 @@ def _make_store(options: argparse.Namespace) -> QueueStore | None:
     return None
 
 
-async def _serve(server: GearmanServer, graceful_timeout: float) -> None:
+async def _serve(
+    server: GearmanServer, graceful_timeout: float, http: tuple[str, int] | None = None
+) -> None:
     signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
     with anyio.open_signal_receiver(*signals) as received:
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)
+            if http is not None:
+                from .._server.http import serve_http
+
+                address = await tg.start(serve_http, server, *http)
+                startup_logger.info("Metrics on http://%s/metrics", address)
             if server.store is None:
                 startup_logger.info("Queue: in memory (background jobs are lost when it stops)")
 
@@ -506,6 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GearmanError as exc:
         _fatal(str(exc), options.log_file)
         return 1
+    http = None
+    if options.http_port is not None:
+        missing = missing_library()
+        if missing is not None:
+            _fatal(f"--http-port: {missing} is missing; {MONITOR_EXTRA}", options.log_file)
+            return 1
+        http = (options.http_listen, options.http_port)
     if options.store_queue_on_shutdown:
         logger.info(
             "--store-queue-on-shutdown: nothing to do, "
@@ -519,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=__version__.encode(),
         pid=os.getpid(),
         verbose=options.verbose.encode(),
+        metrics=options.http_port is not None,
     )
     keepalive = None
     if options.keepalive:
@@ -545,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logger.info("Starting up with pid %d, verbose is set to %s", os.getpid(), options.verbose)
     try:
-        anyio.run(_serve, server, options.graceful_timeout, backend="trio")
+        anyio.run(_serve, server, options.graceful_timeout, http, backend="trio")
     except KeyboardInterrupt:
         pass
     except BaseException as exc:

@@ -112,6 +112,8 @@ class ServerConnection:
         "_writer_done",
         "_writer_scope",
         "blocked",
+        "bytes_in",
+        "bytes_out",
         "conn",
         "peer",
     )
@@ -123,6 +125,8 @@ class ServerConnection:
         self._sock = sock
         self.conn = conn
         self.peer = peer
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.blocked = False
         self._closed = False
         self._closed_event: anyio.Event | None = None
@@ -145,6 +149,7 @@ class ServerConnection:
         out = self.conn.outgoing
         try:
             sent = self._sock.send(out)
+            self.bytes_out += sent
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -212,6 +217,7 @@ class ServerConnection:
 
     def _handle(self, data: bytes, now: float) -> None:
         """Decode ``data`` and hand each event to the state; close on a protocol error."""
+        self.bytes_in += len(data)
         state = self._owner.state
         conn = self.conn
         decoder = self._decoder
@@ -348,6 +354,7 @@ class ServerConnection:
                         if self._reader_scope is not None:
                             self._reader_scope.cancel()
                         return
+                    self.bytes_out += sent
                     del out[:sent]
         except anyio.ClosedResourceError:  # the reader closed the socket
             pass

@@ -62,6 +62,18 @@ class ConnectionHub:
         self._connections: dict[int, ServerConnection] = {}
         self._task_group: TaskGroup | None = None
         self._poller: ReadPoller | None = None
+        self.accepted = 0
+        # The traffic of the connections that have ended (see traffic()).
+        self._ended_in = 0
+        self._ended_out = 0
+
+    def traffic(self) -> tuple[int, int]:
+        """Bytes received and sent so far, over every connection, ended ones included."""
+        received, sent = self._ended_in, self._ended_out
+        for connection in self._connections.values():
+            received += connection.bytes_in
+            sent += connection.bytes_out
+        return received, sent
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -107,6 +119,7 @@ class ConnectionHub:
         conn = self.state.connect(peer.encode(), sock.fileno())
         connection = ServerConnection(self, sock, conn, peer)
         self._connections[conn.id] = connection
+        self.accepted += 1
         logger.debug("Connection %d from %s", conn.id, peer)
         if self._poller is not None:
             self._poller.add(connection)
@@ -162,5 +175,7 @@ class ConnectionHub:
         """Tell the state that ``connection`` is gone; ``False`` if it was told before."""
         if self._connections.pop(connection.conn.id, None) is None:
             return False
+        self._ended_in += connection.bytes_in
+        self._ended_out += connection.bytes_out
         self.state.disconnect(connection.conn, anyio.current_time())
         return True

@@ -31,7 +31,7 @@ from .sockets import (
     wait_readable,
 )
 from .store.base import QueueStore
-from .store.writer import StoreWriter
+from .store.writer import StoreStatistics, StoreWriter
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -58,12 +58,18 @@ class ServerStatistics:
         jobs_queued: jobs waiting for a worker.
         jobs_running: jobs a worker holds.
         listening: whether new connections are accepted.
+        accepted: connections served since the start.
+        bytes_received: bytes read from every connection since the start.
+        bytes_sent: bytes sent to every connection since the start.
     """
 
     connections: int
     jobs_queued: int
     jobs_running: int
     listening: bool
+    accepted: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
 
 
 class GearmanServer:
@@ -161,12 +167,20 @@ class GearmanServer:
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the connection and job counts."""
+        received, sent = self._hub.traffic()
         return ServerStatistics(
             connections=len(self._hub),
             jobs_queued=self.state.jobs_queued,
             jobs_running=self.state.jobs_running,
             listening=self.listening,
+            accepted=self._hub.accepted,
+            bytes_received=received,
+            bytes_sent=sent,
         )
+
+    def store_statistics(self) -> StoreStatistics | None:
+        """The persistent queue's commits so far, or ``None`` without one."""
+        return None if self._writer is None else self._writer.statistics
 
     # --- life cycle -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from workers.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -32,14 +33,17 @@ from typing import Final
 from .._codec import pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
+    DURATION_BUCKETS,
     FUTURE,
     GONE,
     HELD,
+    OUTCOMES,
     PENDING,
     QUEUED,
     RUNNING,
     ConnectionState,
     Function,
+    FunctionStats,
     Job,
     JobObserver,
     JobOutcome,
@@ -54,6 +58,11 @@ _RES_BYTES: Final = Magic.RES.value
 _pack: Final = pack_header
 _NOOP: Final = _pack(_RES_BYTES, PacketType.NOOP, 0)
 _COMPACT_TIMERS_AT: Final = 1024
+_COMPLETED: Final = JobOutcome.COMPLETED
+_FAILED: Final = JobOutcome.FAILED
+_EXCEPTION: Final = JobOutcome.EXCEPTION
+_CANCELLED: Final = JobOutcome.CANCELLED
+assert [o.value for o in (_COMPLETED, _FAILED, _EXCEPTION, _CANCELLED)] == list(OUTCOMES[:4])
 
 
 class JobTable:
@@ -80,6 +89,7 @@ class JobTable:
         self._retries = max(config.job_retries, 0)
         self._wakeup = max(config.worker_wakeup, 0)
         self._durable = config.durable
+        self._metrics = config.metrics
         # The store's next transaction: durable jobs to add, handles to delete.
         self._write = StoreWrite()
         self._functions: dict[bytes, Function] = {}
@@ -135,6 +145,7 @@ class JobTable:
                 continue
             job.timer = 0
             if job.state == FUTURE:
+                job.queued_at = now
                 self._enqueue(job)
             else:
                 self._requeue(job)
@@ -268,10 +279,36 @@ class JobTable:
             function.pending += 1
             self._future += 1
 
-    def _ended(self, job: Job, outcome: JobOutcome, result: bytes = b"") -> None:
+    def _ended(
+        self, job: Job, outcome: JobOutcome, result: bytes = b"", now: float | None = None
+    ) -> None:
+        """``job`` is gone: count it, time its run (given ``now``), tell the observer."""
+        stats = job.function.stats
+        if stats is not None:
+            # Identity tests: hashing an enum member runs Python code.
+            if outcome is _COMPLETED:
+                index = 0
+            elif outcome is _FAILED:
+                index = 1
+            elif outcome is _EXCEPTION:
+                index = 2
+            else:
+                index = 3 if outcome is _CANCELLED else 4
+            stats.ended[index] += 1
+            if now is not None:
+                run = now - job.assigned_at
+                stats.run[bisect_left(DURATION_BUCKETS, run)] += 1
+                stats.run_sum += run
         observer = self.observer
         if observer is not None:
             observer.job_ended(job, outcome, result)
+
+    def _new_function(self, name: bytes) -> Function:
+        """Create the function ``name`` (it does not exist)."""
+        function = self._functions[name] = Function(name)
+        if self._metrics:
+            function.stats = FunctionStats()
+        return function
 
     # --- admin operations -----------------------------------------------------------------
 
@@ -307,7 +344,7 @@ class JobTable:
         """The function with this name, created if it does not exist."""
         function = self._functions.get(name)
         if function is None:
-            function = self._functions[name] = Function(name)
+            function = self._new_function(name)
         return function
 
     def drop_function(self, name: bytes) -> bool | None:
@@ -436,8 +473,14 @@ class JobTable:
         """A worker takes a QUEUED job that :meth:`_take` popped."""
         self._move(job, RUNNING)
         job.worker = conn
+        job.assigned_at = now
         conn.running[job.handle] = job
         function = job.function
+        stats = function.stats
+        if stats is not None:
+            wait = now - job.queued_at
+            stats.wait[bisect_left(DURATION_BUCKETS, wait)] += 1
+            stats.wait_sum += wait
         timeout = conn.abilities[function]
         if timeout:
             self._arm(job, now + timeout / 1000)
@@ -463,6 +506,8 @@ class JobTable:
             self._forget(job)
             self._ended(job, JobOutcome.LOST)
             return
+        if job.function.stats is not None:
+            job.function.stats.retried += 1
         self._enqueue(job)
 
     def _finish(self, conn: ConnectionState, job: Job) -> None:

@@ -22,16 +22,19 @@ import attrs
 from ..._version import __version__
 
 __all__ = [
+    "DURATION_BUCKETS",
     "FUTURE",
     "GONE",
     "HELD",
     "NEW",
+    "OUTCOMES",
     "PENDING",
     "QUEUED",
     "RUNNING",
     "Ack",
     "ConnectionState",
     "Function",
+    "FunctionStats",
     "Job",
     "JobObserver",
     "JobOutcome",
@@ -109,6 +112,8 @@ class Job:
         acks: the JOB_CREATED replies that wait for the commit of this job (a
             durable submission, or one that coalesced onto a job being stored),
             or ``None``.
+        queued_at: the loop time the job was submitted (an epoch job: came due).
+        assigned_at: the loop time a worker last took it.
     """
 
     handle: bytes
@@ -128,6 +133,8 @@ class Job:
     cancelled: bool = False
     stored: bool = False
     acks: list[Ack] | None = None
+    queued_at: float = 0.0
+    assigned_at: float = 0.0
 
 
 class Ack:
@@ -151,6 +158,61 @@ class Ack:
         self.reply = reply
 
 
+DURATION_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+"""Upper bounds, in seconds, of the buckets of :class:`FunctionStats`' histograms."""
+
+OUTCOMES: Final = ("completed", "failed", "exception", "cancelled", "lost")
+"""The order of :attr:`FunctionStats.ended`: the values of :class:`JobOutcome`."""
+
+
+class FunctionStats:
+    """Counters of one function, for metrics (kept only with ``ServerConfig.metrics``).
+
+    Plain integers and floats updated in place: no allocation per job.
+
+    Attributes:
+        submitted: new jobs by kind and priority: ``[fg HIGH, fg NORMAL, fg LOW,
+            bg HIGH, bg NORMAL, bg LOW]`` (submissions that coalesced are not new jobs).
+        coalesced: submissions that joined an existing job.
+        ended: jobs ended, by outcome, in the order of :data:`OUTCOMES`.
+        retried: jobs queued again because their worker went away (or timed out).
+        wait: the queue-wait histogram (submit to a worker's taking it): counts per
+            bucket of :data:`DURATION_BUCKETS`, plus one for larger values.
+        wait_sum: the sum of the waits, in seconds.
+        run: the run-time histogram (a worker's taking it to its result).
+        run_sum: the sum of the run times, in seconds.
+    """
+
+    __slots__ = ("coalesced", "ended", "retried", "run", "run_sum", "submitted", "wait", "wait_sum")
+
+    def __init__(self) -> None:
+        self.submitted = [0, 0, 0, 0, 0, 0]
+        self.coalesced = 0
+        self.ended = [0, 0, 0, 0, 0]
+        self.retried = 0
+        self.wait = [0] * (len(DURATION_BUCKETS) + 1)
+        self.wait_sum = 0.0
+        self.run = [0] * (len(DURATION_BUCKETS) + 1)
+        self.run_sum = 0.0
+
+
 class Function:
     """A function name with its queues, workers and unique-key index.
 
@@ -171,6 +233,7 @@ class Function:
         max_queue: the ``maxqueue`` limits per priority (0: unlimited), or ``None``.
         uniques: live jobs by unique key (uniques other than ``-``).
         by_data: live jobs submitted with the unique ``-``, by payload.
+        stats: its counters for metrics, or ``None`` (metrics off).
     """
 
     __slots__ = (
@@ -184,6 +247,7 @@ class Function:
         "queues",
         "running",
         "sleepers",
+        "stats",
         "uniques",
         "workers",
     )
@@ -201,6 +265,7 @@ class Function:
         self.max_queue: tuple[int, int, int] | None = None
         self.uniques: dict[bytes, Job] = {}
         self.by_data: dict[bytes, Job] = {}
+        self.stats: FunctionStats | None = None
 
     @property
     def queued(self) -> int:
@@ -255,6 +320,7 @@ class ConnectionState:
         paused: the events received while ``acks`` wait that must not be answered
             before them (anything but another durable submission), in order, or
             ``None``.
+        admin: the connection has sent an admin text command.
     """
 
     __slots__ = (
@@ -262,6 +328,7 @@ class ConnectionState:
         "ability_list",
         "acks",
         "address",
+        "admin",
         "attached",
         "client_id",
         "closed",
@@ -294,6 +361,7 @@ class ConnectionState:
         self.running: dict[bytes, Job] = {}
         self.attached: dict[Job, None] = {}
         self.acks: deque[Ack] | None = None
+        self.admin = False
         self.paused: list[Any] | None = None
 
     def __repr__(self) -> str:
@@ -413,6 +481,8 @@ class ServerConfig:
         max_unique: the longest unique key a submission may carry.
         durable: background jobs are made durable: each is acknowledged (and
             queued) only after the store has committed it (see :class:`StoreWrite`).
+        metrics: keep :class:`FunctionStats` for every function (and mark admin
+            connections), for a metrics exporter.
     """
 
     job_handle_prefix: bytes = b"H:localhost"
@@ -424,3 +494,4 @@ class ServerConfig:
     verbose: bytes = b"ERROR"
     max_unique: int = 64
     durable: bool = False
+    metrics: bool = False

@@ -370,15 +370,20 @@ class ServerState(JobTable):
         self._send(conn, Error(b"INVALID_MAGIC", b"Request magic expected"))
 
     def _text_line(self, conn: ConnectionState, event: TextLine, now: float) -> None:
+        conn.admin = True
         self._admin.receive(conn, event.line)
 
     # --- submission -------------------------------------------------------------------------
 
     def _submit_job(self, conn: ConnectionState, msg: SubmitJob, now: float) -> None:
-        self._submit(conn, msg.function, msg.unique, msg.data, msg.priority, msg.background)
+        self._submit(
+            conn, msg.function, msg.unique, msg.data, msg.priority, msg.background, b"", 0.0, now
+        )
 
     def _submit_reduce_job(self, conn: ConnectionState, msg: SubmitReduceJob, now: float) -> None:
-        self._submit(conn, msg.function, msg.unique, msg.data, 1, msg.background, msg.reducer)
+        self._submit(
+            conn, msg.function, msg.unique, msg.data, 1, msg.background, msg.reducer, 0.0, now
+        )
 
     def _submit_job_epoch(self, conn: ConnectionState, msg: SubmitJobEpoch, now: float) -> None:
         due = msg.epoch - self.wall_offset if msg.epoch > 0 else 0.0
@@ -401,7 +406,7 @@ class ServerState(JobTable):
             return
         function = self._functions.get(name)
         if function is None:
-            function = self._functions[name] = Function(name)
+            function = self._new_function(name)
         index: dict[bytes, Job] | None = None
         key = unique
         if unique:
@@ -412,6 +417,8 @@ class ServerState(JobTable):
                 index = function.uniques
             existing = index.get(key)
             if existing is not None:
+                if function.stats is not None:
+                    function.stats.coalesced += 1
                 self._coalesce(conn, existing, background)
                 return
         limits = function.max_queue
@@ -422,6 +429,10 @@ class ServerState(JobTable):
                 return
         handle = self._prefix + b"%d" % self._next_handle
         job = Job(handle, function, unique, data, priority, background, reducer)
+        job.queued_at = due if due > now else now
+        stats = function.stats
+        if stats is not None:
+            stats.submitted[priority + 3 if background else priority] += 1
         self._next_handle += 1
         self._jobs[handle] = job
         if index is not None:
@@ -458,6 +469,7 @@ class ServerState(JobTable):
         priority: int = 1,
         reducer: bytes = b"",
         due: float | None = None,
+        now: float = 0.0,
     ) -> Job:
         """Take back a background job that an earlier server accepted.
 
@@ -475,6 +487,7 @@ class ServerState(JobTable):
             priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
             reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
             due: for an epoch job not due yet, the loop time it is due at.
+            now: the event loop's time (its queue wait is counted from it).
 
         Returns:
             The job, queued (or waiting for its time).
@@ -490,6 +503,7 @@ class ServerState(JobTable):
         owner = self.create_function(function)
         job = Job(handle, owner, unique, data, priority, True, reducer)
         job.stored = self._durable
+        job.queued_at = due if due is not None else now
         self._jobs[handle] = job
         if unique:
             index, key = (owner.by_data, data) if unique == b"-" else (owner.uniques, unique)
@@ -640,7 +654,8 @@ class ServerState(JobTable):
         for job in write.jobs:
             acks = job.acks or ()
             job.acks = None
-            reply = failed or _frame(JobCreated(job.handle))
+            handle = job.handle
+            reply = failed or _pack(_RES_BYTES, _JOB_CREATED, len(handle)) + handle
             for ack in acks:
                 ack.reply = reply
                 touched.append(ack.conn)
@@ -692,7 +707,7 @@ class ServerState(JobTable):
     def _register(self, conn: ConnectionState, name: bytes, timeout: int) -> None:
         function = self._functions.get(name)
         if function is None:
-            function = self._functions[name] = Function(name)
+            function = self._new_function(name)
         abilities = conn.abilities
         if function in abilities:
             abilities[function] = timeout
@@ -820,10 +835,8 @@ class ServerState(JobTable):
         if job.clients is not None:
             self._forward(job, msg)
         self._finish(conn, job)
-        observer = self.observer
-        if observer is not None:
-            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.COMPLETED
-            observer.job_ended(job, outcome, msg.data)
+        outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.COMPLETED
+        self._ended(job, outcome, msg.data, now)
 
     def _work_fail(self, conn: ConnectionState, msg: WorkFail, now: float) -> None:
         handle = msg.handle
@@ -836,10 +849,7 @@ class ServerState(JobTable):
             return
         self._forward(job, msg)
         self._finish(conn, job)
-        observer = self.observer
-        if observer is not None:
-            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.FAILED
-            observer.job_ended(job, outcome, b"")
+        self._ended(job, JobOutcome.CANCELLED if job.cancelled else JobOutcome.FAILED, b"", now)
 
     def _work_exception(self, conn: ConnectionState, msg: WorkException, now: float) -> None:
         job = conn.running.get(msg.handle)
@@ -851,10 +861,8 @@ class ServerState(JobTable):
             for client in job.clients:
                 self._send(client, msg if client.exceptions else fail)
         self._finish(conn, job)
-        observer = self.observer
-        if observer is not None:
-            outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
-            observer.job_ended(job, outcome, msg.data)
+        outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
+        self._ended(job, outcome, msg.data, now)
 
     # --- status and connection options ----------------------------------------------------------
 
