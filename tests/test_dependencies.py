@@ -18,14 +18,16 @@ PACKAGE = ROOT / "trio_gearman"
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 # Imported only where that extra is in use: the pytest plugin runs inside pytest, the
-# PostgreSQL queue is optional, and so are `trio-gearman top` (rich, imported when it runs)
-# and the server's HTTP port (imported only with --http-port).
+# PostgreSQL queue is optional, and so are `trio-gearman top` (rich, imported when it runs),
+# the server's HTTP port (imported only with --http-port) and the web side of
+# `trio-gearman monitor`. Keys: a file's name, or its path inside the package.
 EXTRA_ONLY = {
     "pytest_plugin.py": "test",
     "postgres.py": "postgres",
     "top.py": "monitor",
     "http.py": "monitor",
     "metrics.py": "monitor",
+    "_monitor/web.py": "monitor",
 }
 
 
@@ -55,7 +57,9 @@ def test_every_third_party_import_is_declared() -> None:
     extras = {name: _names(reqs) for name, reqs in project["optional-dependencies"].items()}
     missing = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        allowed = core | extras.get(EXTRA_ONLY.get(path.name, ""), set())
+        inside = path.relative_to(PACKAGE).as_posix()
+        extra = EXTRA_ONLY.get(path.name) or EXTRA_ONLY.get(inside, "")
+        allowed = core | extras.get(extra, set())
         for module in sorted(_imports(path) - allowed):
             missing.append(f"{path.relative_to(ROOT)}: {module}")
     assert missing == []
@@ -78,3 +82,23 @@ def test_the_package_runs_without_the_monitor_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout == "[]\n"
+
+
+def test_the_monitor_extra_is_tested_and_the_core_does_not_import_it() -> None:
+    """The ``test`` extra brings the monitor's; importing the package, its commands and
+    the monitor's model loads none of the web stack (only ``trio-gearman monitor`` does)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "trio-gearman[monitor]" in project["optional-dependencies"]["test"]
+    assert {"hypercorn", "starlette", "jinja2"} <= _names(
+        project["optional-dependencies"]["monitor"]
+    )
+    code = (
+        "import sys, trio_gearman, trio_gearman._cli.tools, trio_gearman._cli.server, "
+        "trio_gearman._monitor, trio_gearman.testing\n"
+        "print(sorted({'hypercorn', 'starlette', 'jinja2', 'rich', 'prometheus_client'} "
+        "& set(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["_net"],
     ["_failover"],
     ["_server", "_client", "_worker"],
-    ["testing"],
+    ["testing", "_monitor"],
     ["_cli", "pytest_plugin", ""],
 ]
 

@@ -30,6 +30,7 @@ from .common import (
     setup_logging,
     unwrap,
 )
+from .monitor import add_monitor_parser
 from .submit import add_status_parser, add_submit_parser
 from .top import add_top_parser
 from .worker import add_worker_parser
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_parser(commands)
     add_worker_parser(commands)
     add_top_parser(commands)
+    add_monitor_parser(commands)
     return parser
 
 
