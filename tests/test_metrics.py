@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,3 +146,22 @@ def test_the_http_port_without_its_extra_says_what_to_install(
     monkeypatch.setitem(sys.modules, "hypercorn", None)
     assert trio_gearmand(["-L", "127.0.0.1", "-p", "0", "--http-port", "0"]) == 1
     assert "pip install 'trio-gearman[monitor]'" in capsys.readouterr().err
+
+
+async def test_the_http_port_serves_the_dashboard_of_the_server_itself() -> None:
+    server = GearmanServer(ServerConfig(metrics=True), [("127.0.0.1", 0)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with Client(f"127.0.0.1:{server.port}") as client:
+            await client.submit_background("thumbnail", b"x")
+        # the dashboard's first poll comes after the job
+        http = await nursery.start(serve_http, server, "127.0.0.1", 0)
+        status, page = await http_get(http, "/")
+        assert status == 200
+        assert b"<html" in page.lower()
+        status, body = await http_get(http, "/api/status")
+        assert status == 200
+        nursery.cancel_scope.cancel()
+    text = json.dumps(json.loads(body))
+    assert f"127.0.0.1:{server.port}" in text
+    assert "thumbnail" in text

@@ -3,7 +3,7 @@
 A small Starlette app served by Hypercorn's Trio worker, in the server's own
 event loop: ``/metrics`` in the Prometheus text format (``prometheus-client``'s
 exposition of :class:`~.metrics.ServerCollector`), and ``/`` the live
-dashboard of this server when the dashboard is installed with it.
+dashboard (``trio-gearman monitor``'s page) of this server.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .._address import format_address
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
+    from .._monitor.poller import Poller
     from .server import GearmanServer
 
 __all__ = ["MONITOR_EXTRA", "create_http_app", "missing_library", "serve_http"]
@@ -44,8 +45,13 @@ def missing_library() -> str | None:
     return None
 
 
-def create_http_app(server: GearmanServer) -> Starlette:
-    """The ASGI app of the server's HTTP port.
+def create_http_app(server: GearmanServer, poller: Poller | None = None) -> Starlette:
+    """The ASGI app of the server's HTTP port: ``/metrics``, and ``/`` with ``poller``.
+
+    Args:
+        server: the job server whose metrics are served.
+        poller: the dashboard's poller (of this server's own admin port), or ``None``
+            for no dashboard.
 
     Raises:
         ImportError: the ``monitor`` extra is not installed.
@@ -54,7 +60,7 @@ def create_http_app(server: GearmanServer) -> Starlette:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
-    from starlette.routing import Route
+    from starlette.routing import BaseRoute, Mount, Route
 
     from .metrics import metrics_registry
 
@@ -63,7 +69,11 @@ def create_http_app(server: GearmanServer) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [Route("/metrics", metrics)]
+    routes: list[BaseRoute] = [Route("/metrics", metrics)]
+    if poller is not None:
+        from .._monitor.web import create_app
+
+        routes.append(Mount("/", create_app(poller)))
     return Starlette(routes=routes)
 
 
@@ -85,12 +95,20 @@ async def serve_http(
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    app = create_http_app(server)
+    from .._monitor.poller import Poller
+
+    # The dashboard reads this server through its own admin port, as it reads any.
+    bound_host, bound_port = server.addresses[0]
+    loopback = "127.0.0.1" if bound_host in ("0.0.0.0", "::") else bound_host
+    own = format_address(loopback, bound_port)
+    poller = Poller([own])
+    app = create_http_app(server, poller)
     config = Config()
     config.bind = [format_address(host, port)]
     config.accesslog = None
     config.errorlog = _hypercorn_logger
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)  # the page has data from its first request
         binds: list[str] = await nursery.start(serve, app, config)
         task_status.started(binds[0].removeprefix("http://"))
