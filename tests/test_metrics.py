@@ -14,9 +14,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_gearman import Client, JobFailed, Priority, Worker
+from trio_gearman._cli.http import serve_http
 from trio_gearman._cli.server import main as trio_gearmand
 from trio_gearman._proto.server.state import ServerConfig
-from trio_gearman._server.http import serve_http
 from trio_gearman._server.server import GearmanServer
 from trio_gearman._server.store import SqliteStore
 from trio_gearman._worker.job import Job

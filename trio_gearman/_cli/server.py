@@ -27,12 +27,12 @@ import anyio
 from .._address import DEFAULT_PORT
 from .._exceptions import GearmanError
 from .._proto.server.state import ServerConfig
-from .._server.http import MONITOR_EXTRA, missing_library
 from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import QueueStore, SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
+from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 
 __all__ = ["main"]
@@ -495,7 +495,7 @@ async def _serve(
         async with anyio.create_task_group() as tg:
             await tg.start(server.run)
             if http is not None:
-                from .._server.http import serve_http
+                from .http import serve_http
 
                 address = await tg.start(serve_http, server, *http)
                 startup_logger.info("Metrics on http://%s/metrics", address)

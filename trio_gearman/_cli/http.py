@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from .._monitor.poller import Poller
-    from .server import GearmanServer
+    from .._server.server import GearmanServer
 
 __all__ = ["MONITOR_EXTRA", "create_http_app", "missing_library", "serve_http"]
 
@@ -62,7 +62,7 @@ def create_http_app(server: GearmanServer, poller: Poller | None = None) -> Star
     from starlette.responses import Response
     from starlette.routing import BaseRoute, Mount, Route
 
-    from .metrics import metrics_registry
+    from .._server.metrics import metrics_registry
 
     registry = metrics_registry(server)
 
