@@ -2,7 +2,7 @@
 
 A small Starlette app served by Hypercorn's Trio worker, in the server's own
 event loop: ``/metrics`` in the Prometheus text format (``prometheus-client``'s
-exposition of :class:`~.metrics.ServerCollector`), and ``/`` the live
+exposition of ``_server.metrics.ServerCollector``), and ``/`` the live
 dashboard (``trio-gearman monitor``'s page) of this server.
 """
 
