@@ -432,3 +432,22 @@ def test_the_observer_sees_durable_jobs_created_and_refused_ones_lost() -> None:
     assert observer.created == [handle(1), handle(2)]
     harness.state.store_failed(write, b"down", harness.now)
     assert observer.ended == [(handle(1), "lost"), (handle(2), "lost")]
+
+
+def test_a_transaction_adds_at_most_a_thousand_jobs_and_the_rest_follow_in_order() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(*(bg(b"%d" % n) for n in range(2_500)))
+    # a job of the third batch is cancelled: its deletion must not go before its row
+    assert harness.state.cancel_job(handle(2_400))
+    first, second, third = commit(harness), commit(harness), commit(harness)
+    assert [len(write.added) for write in (first, second)] == [1_000, 1_000]
+    assert [job.handle for job in first.added][:2] == [handle(1), handle(2)]
+    assert second.added[0].handle == handle(1_001)
+    assert (first.removed, second.removed) == ([], [])
+    # in the last one it was never written: neither its row nor its deletion
+    assert len(third.added) == 499
+    assert third.removed == []
+    assert harness.state.take_store_write() is None
+    replies = client.received()
+    assert replies == [JobCreated(handle(n)) for n in range(1, 2_501)]

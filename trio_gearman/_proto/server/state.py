@@ -143,6 +143,10 @@ def _durable_submission(event: Event) -> bool:
     return isinstance(event, SubmitJobEpoch)
 
 
+_MAX_BATCH: Final = 1_000
+"""The most jobs one store transaction adds: answering a commit is then a few ms of loop
+time at most, while a busy server still commits hundreds of jobs per fsync."""
+
 _RESERVE: Final = 1_000_000
 """Handle numbers reserved in the store at a time (a new block is asked for at half)."""
 
@@ -576,7 +580,8 @@ class ServerState(JobTable):
     def take_store_write(self) -> StoreWrite | None:
         """The store's next transaction, or ``None`` when there is nothing to write.
 
-        Every durable job accepted since the last call, the handles of stored
+        Every durable job accepted since the last call (at most a thousand; the
+        rest go in the next one, in order), the handles of stored
         jobs that ended, and, when handles run low, a new reservation of handle
         numbers (so that no handle is issued twice, even after a crash). Commit
         it, then call :meth:`store_written` or :meth:`store_failed` with it;
@@ -588,6 +593,15 @@ class ServerState(JobTable):
         if not write:
             return None
         self._write = StoreWrite()
+        if len(write.added) > _MAX_BATCH:
+            # A bounded transaction keeps bounded the loop's work when it is answered.
+            rest = self._write
+            rest.added, write.added = write.added[_MAX_BATCH:], write.added[:_MAX_BATCH]
+            rest.jobs, write.jobs = write.jobs[_MAX_BATCH:], write.jobs[:_MAX_BATCH]
+            rest.due, write.due = write.due[_MAX_BATCH:], write.due[:_MAX_BATCH]
+            later = {job.handle for job in rest.added}
+            rest.removed = [handle for handle in write.removed if handle in later]
+            write.removed = [handle for handle in write.removed if handle not in later]
         if write.removed and write.added:
             # A job that ended before it was ever written (cancelled while it
             # waited) needs neither its row nor its deletion.
