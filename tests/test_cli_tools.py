@@ -24,6 +24,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from trio_gearman import Client, JobException, JobFailed, Priority, Worker
@@ -238,16 +239,9 @@ async def test_unreachable_servers_are_all_named_in_one_line() -> None:
 
 @pytest.mark.gearmand
 async def test_a_worker_process_started_before_its_server_waits_for_it(tmp_path: Path) -> None:
-    (tmp_path / "early_jobs.py").write_text(WORKER_PROCESS_MODULE)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
-    process = await anyio.open_process(
-        [*COMMAND, "worker", "early_jobs:make", "--servers", address],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    process = await open_worker_process(tmp_path, address)
     async with process:
         assert process.stderr is not None
         stderr = BufferedByteReceiveStream(process.stderr)
@@ -938,21 +932,26 @@ def make(servers):
 """
 
 
+async def open_worker_process(directory: Path, servers: str) -> Process:
+    """``trio-gearman worker`` serving WORKER_PROCESS_MODULE's worker, as a process."""
+    (directory / "cli_process_jobs.py").write_text(WORKER_PROCESS_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
+    return await anyio.open_process(
+        [*COMMAND, "worker", "cli_process_jobs:make", "--servers", servers],
+        cwd=directory,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @pytest.mark.gearmand
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 async def test_worker_process_serves_the_gearman_tool_and_stops_on_a_signal(
     gearmand_server: GearmandProcess, gearman_cli: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    (tmp_path / "cli_process_jobs.py").write_text(WORKER_PROCESS_MODULE)
     address = gearmand_server.address
     host, port = address.rsplit(":", 1)
-    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
-    process = await anyio.open_process(
-        [*COMMAND, "worker", "cli_process_jobs:make", "--servers", address],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    process = await open_worker_process(tmp_path, address)
     async with process:
         assert process.stderr is not None
         stderr = BufferedByteReceiveStream(process.stderr)

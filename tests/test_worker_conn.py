@@ -491,7 +491,7 @@ async def test_cancelling_run_fails_the_running_jobs_at_once(
 
 
 async def test_stop_drains_while_cancel_does_not(autojump_clock: trio.testing.MockClock) -> None:
-    """stop(grace) lets a running job finish; cancelling run() during that drain ends it."""
+    """stop(grace) lets a running job finish (cancelling does not: see above), grabbing none."""
     release = trio.Event()
     worker = make_worker()
 
@@ -587,13 +587,15 @@ async def test_run_keeps_trying_until_a_server_answers(
             worker.stop(0)
 
 
+async def hang(address: str) -> PacketStream:
+    """A connector whose connection attempts never end."""
+    await trio.sleep_forever()
+    raise AssertionError
+
+
 async def test_stop_before_any_server_answered_returns_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async def hang(address: str) -> PacketStream:
-        await trio.sleep_forever()
-        raise AssertionError
-
     worker = make_worker()
     worker._connector = hang
     async with trio.open_nursery() as nursery:
@@ -607,10 +609,6 @@ async def test_stop_before_any_server_answered_returns_at_once(
 async def test_cancelling_run_while_connecting_is_prompt(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async def hang(address: str) -> PacketStream:
-        await trio.sleep_forever()
-        raise AssertionError
-
     worker = make_worker()
     worker._connector = hang
     with trio.move_on_after(1):
