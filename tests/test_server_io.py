@@ -391,6 +391,19 @@ async def test_client_that_never_reads_is_dropped(caplog: pytest.LogCaptureFixtu
         assert await round_trip(server, b"fine") == b"enif"
 
 
+async def test_the_replies_of_one_read_are_held_to_the_limit_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit = 256 * 1024
+    async with running_server(max_output_bytes=limit) as server:
+        hog = await Peer.connect(server)
+        # One request whose reply alone is far over the limit, and the peer never reads.
+        await hog.send(EchoReq(b"x" * (16 << 20)))
+        await settle(lambda: server.statistics().connections == 0)
+        assert "more than 262144 bytes of replies wait while it does not read" in caplog.text
+        assert await round_trip(server, b"fine") == b"enif"
+
+
 async def test_replies_larger_than_the_socket_buffers_arrive_whole_and_in_order() -> None:
     async with running_server() as server:
         peer = await Peer.connect(server)
