@@ -143,8 +143,9 @@ class ConnectionHub:
                 elif not connection.blocked:
                     if not connection.flush():
                         self.drop(connection, "the peer is gone")
-                    elif connection.blocked and len(conn.outgoing) > limit:
-                        # The replies of one read can be over the limit by themselves.
+                    elif len(conn.outgoing) > limit:
+                        # What the socket did not take waits: the replies of one read
+                        # can be over the limit by themselves.
                         self.drop(
                             connection,
                             f"more than {limit} bytes of replies wait while it does not read",
