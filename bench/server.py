@@ -327,30 +327,46 @@ class Sampler:
 # --- measurements -----------------------------------------------------------------------------
 
 
+def start_bg_clients(
+    group: Children,
+    server: RunningServer,
+    opts: Options,
+    function: bytes,
+    jobs: int,
+    max_backlog: int,
+    done: Any,
+) -> list[Connection]:
+    """``opts.clients`` clients submitting ``jobs`` background jobs of ``function``
+    between them once ``group.go`` is set; returns their pipes, each one ready."""
+    submitted = _ctx.RawArray(ctypes.c_longlong, opts.clients)
+    pipes = [
+        group.start(
+            run_bg_client,
+            server.port,
+            function,
+            client,
+            count,
+            opts.batch,
+            opts.window,
+            max_backlog,
+            submitted,
+            done,
+            group.go,
+        )
+        for client, count in enumerate(split(jobs, opts.clients))
+    ]
+    for pipe in pipes:
+        group.expect(pipe)
+    return pipes
+
+
 def measure_bg(server: RunningServer, opts: Options, jobs: int) -> Throughput:
     """Background jobs, submit to completion."""
     with children(opts.timeout) as group:
         worker_pipes, counters = start_workers(group, server, opts, opts.bg_grabs, True)
-        submitted = _ctx.RawArray(ctypes.c_longlong, opts.clients)
-        per_client = split(jobs, opts.clients)
-        client_pipes = [
-            group.start(
-                run_bg_client,
-                server.port,
-                FUNCTION,
-                client,
-                count,
-                opts.batch,
-                opts.window,
-                opts.max_backlog,
-                submitted,
-                counters.done,
-                group.go,
-            )
-            for client, count in enumerate(per_client)
-        ]
-        for pipe in client_pipes:
-            group.expect(pipe)
+        client_pipes = start_bg_clients(
+            group, server, opts, FUNCTION, jobs, opts.max_backlog, counters.done
+        )
         sampler = Sampler(server, opts.profile and opts.profile / "ours-bg.txt")
         group.go.set()
         client_results = [group.expect(pipe) for pipe in client_pipes]
@@ -392,27 +408,9 @@ def measure_fg(
     with children(opts.timeout) as group:
         worker_pipes, _ = start_workers(group, server, opts, opts.fg_grabs, False)
         flood_pipes = []
-        if flood:
-            submitted = _ctx.RawArray(ctypes.c_longlong, opts.clients)
-            done = _ctx.RawArray(ctypes.c_longlong, 1)
-            flood_pipes = [
-                group.start(
-                    run_bg_client,
-                    server.port,
-                    FLOOD,
-                    client,
-                    count,
-                    opts.batch,
-                    opts.window,
-                    0,
-                    submitted,
-                    done,
-                    group.go,
-                )
-                for client, count in enumerate(split(flood, opts.clients))
-            ]
-            for pipe in flood_pipes:
-                group.expect(pipe)
+        if flood:  # nobody takes the flood's jobs: no backlog limit, nothing done
+            nothing_done = _ctx.RawArray(ctypes.c_longlong, 1)
+            flood_pipes = start_bg_clients(group, server, opts, FLOOD, flood, 0, nothing_done)
         ids = list(range(opts.fg_clients))
         per_proc = split(len(ids), opts.client_procs)
         jobs_each = max(1, jobs // opts.fg_clients)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,25 +20,14 @@ from trio_gearman._server.server import GearmanServer
 from trio_gearman._server.store import SqliteStore
 from trio_gearman._worker.job import Job
 
+from . import monitor_helpers
 from .test_cli_server import trio_gearmand as trio_gearmand_process
 
 
 async def http_get(address: str, path: str) -> tuple[int, bytes]:
-    """A plain HTTP/1.1 GET; the status and the body."""
-    host, port = address.rsplit(":", 1)
-    async with await anyio.connect_tcp(host, int(port)) as stream:
-        await stream.send(
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-        )
-        data = b""
-        with trio.fail_after(10):
-            try:
-                while True:
-                    data += await stream.receive()
-            except anyio.EndOfStream:
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+    """``GET path`` of ``host:port``: the status and the body."""
+    reply = await monitor_helpers.http_get(f"http://{address}", path)
+    return reply.status, reply.body
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
