@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
@@ -368,9 +368,11 @@ class ConnectionState:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"
 
 
-@attrs.frozen
-class StoredJob:
-    """One background job as a store holds it.
+class StoredJob(NamedTuple):
+    """One background job as a store holds it: a tuple, its fields in column order.
+
+    A named tuple (not an attrs class) because one is made per durable submission
+    on the event loop, and a store can bind it as a row as it is.
 
     Attributes:
         handle: the job handle.
@@ -417,6 +419,27 @@ class StoreWrite:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.handle_limit is not None)
+
+    def parts(self, size: int) -> list[StoreWrite]:
+        """This committed write as successive writes of at most ``size`` jobs each.
+
+        Acknowledging a large commit part by part (``store_written`` for each, in
+        order) lets the I/O layer serve other connections in between. The first
+        part carries the rows, the deletions and the handle limit; the others only
+        jobs to acknowledge.
+        """
+        if len(self.jobs) <= size:
+            return [self]
+        return [
+            StoreWrite(
+                self.added if not start else [],
+                self.removed if not start else [],
+                self.handle_limit if not start else None,
+                self.jobs[start : start + size],
+                self.due[start : start + size],
+            )
+            for start in range(0, len(self.jobs), size)
+        ]
 
 
 class JobOutcome(str, enum.Enum):

@@ -286,14 +286,13 @@ class ServerState(JobTable):
                 conn.paused.append(event)
             return
         out = conn.outgoing
-        conn.outgoing = bytearray()
-        try:
-            self._handlers[type(event)](conn, event, now)
-        finally:
-            said, conn.outgoing = conn.outgoing, out
-        if said:
+        mark = len(out)
+        self._handlers[type(event)](conn, event, now)
+        if len(out) > mark:  # an immediate reply (an error, a coalesced job's handle)
+            said = bytes(out[mark:])
+            del out[mark:]
             assert conn.acks is not None
-            conn.acks.append(Ack(conn, None, bytes(said)))
+            conn.acks.append(Ack(conn, None, said))
 
     def protocol_error(self, conn: ConnectionState, error: ProtocolError, now: float) -> None:
         """The decoder of ``conn`` failed: answer where that helps, and close.
