@@ -45,7 +45,7 @@ PERMISSION_DENIED``. The connection stays open, and each refusal is kept as a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ..._exceptions import (
@@ -282,12 +282,17 @@ class ServerState(JobTable):
         config = self.config
         return grant_for(config.acl, identity, admin_from_anywhere=config.admin_from_anywhere)
 
-    def take_denials(self) -> list[Denial]:
+    def take_denials(self) -> Sequence[Denial]:
         """The requests refused by the access rules since the last call, oldest first.
 
-        The I/O layer logs them (the state cannot); until then they are kept.
+        The I/O layer logs them (the state cannot); until then they are kept. It
+        costs one check when there are none, so the I/O layer calls it after
+        every batch.
         """
-        denials, self._denials = self._denials, []
+        denials = self._denials
+        if not denials:
+            return ()
+        self._denials = []
         return denials
 
     def receive(self, conn: ConnectionState, event: Event, now: float) -> None:
