@@ -13,7 +13,7 @@ import pytest
 import trio
 from anyio.abc import SocketStream
 
-from trio_gearman import Acl, AclRule, GearmanServer, Identity, ServerConfig
+from trio_gearman import Acl, AclRule, Client, GearmanServer, Identity, JobError, ServerConfig
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
     CanDo,
@@ -200,3 +200,15 @@ async def test_certificate_names_given_at_adoption_select_the_rules() -> None:
 async def _stream(sock: socket.socket) -> SocketStream:
     """An anyio stream over one end of a socket pair."""
     return await SocketStream.from_socket(sock)
+
+
+async def test_the_client_raises_job_error_for_a_refused_submission() -> None:
+    acl = Acl([AclRule(address="127.0.0.1", submit=["report_*"])])
+    async with running(acl=acl) as server, Client(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(JobError) as caught:
+            await client.submit_background("resize", b"x")
+        assert caught.value.code == "PERMISSION_DENIED"
+        assert caught.value.text == "not allowed to submit jobs of resize"
+        # The same client goes on submitting what it may.
+        job = await client.submit_background("report_daily", b"x")
+        assert job.handle == PREFIX + b":1"
