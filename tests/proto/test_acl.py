@@ -87,7 +87,7 @@ def test_a_function_filter_without_patterns_matches_nothing() -> None:
     assert not check(b"f")
 
 
-def test_function_names_that_are_not_utf8_match_byte_for_byte() -> None:
+def test_function_names_that_are_not_utf8_are_matched_without_error() -> None:
     assert FunctionFilter(["f\xff*"])(b"f\xffoo") is False  # the pattern is text
     assert FunctionFilter(["f*"])(b"f\xff\xfe")
     assert FunctionFilter(["caf\u00e9"])("caf\u00e9".encode())
@@ -313,7 +313,7 @@ def test_a_refused_can_do_gets_an_error_and_registers_nothing() -> None:
             "not granted by the rules that match the peer (workers, office)",
         ),
     ]
-    assert harness.state.take_denials() == []
+    assert not harness.state.take_denials()
     # The connection stays usable: what is granted works.
     assert worker.request(CanDo(b"resize_png"), EchoReq(b"ping")) == [EchoRes(b"ping")]
     assert harness.connect().admin(b"status") == b"resize_png\t0\t0\t1\n.\n"
@@ -397,7 +397,7 @@ def test_without_an_acl_registering_and_submitting_are_open_to_every_peer() -> N
     assert peer.request(CanDo(b"f"), SubmitJob(b"f", b"", b"x", background=True)) == [
         JobCreated(handle(1))
     ]
-    assert harness.state.take_denials() == []
+    assert not harness.state.take_denials()
 
 
 # --- the server state: admin commands -------------------------------------------------------
@@ -453,7 +453,7 @@ def test_read_only_admin_commands_are_open_to_everybody(line: bytes) -> None:
     harness = Harness(acl=Acl([]))
     remote = _peer(harness, Identity("10.0.0.9"))
     assert not remote.admin(line).startswith(b"ERR")
-    assert harness.state.take_denials() == []
+    assert not harness.state.take_denials()
 
 
 def test_mutating_admin_commands_run_for_loopback_peers_and_with_admin_from_anywhere() -> None:
@@ -466,7 +466,8 @@ def test_mutating_admin_commands_run_for_loopback_peers_and_with_admin_from_anyw
     anywhere = Harness(admin_from_anywhere=True)
     remote = _peer(anywhere, Identity("10.0.0.9"))
     assert remote.admin(b"create function g") == b"OK\r\n"
-    assert harness.state.take_denials() == anywhere.state.take_denials() == []
+    assert not harness.state.take_denials()
+    assert not anywhere.state.take_denials()
 
 
 def test_with_an_acl_admin_comes_from_the_rules_only() -> None:
