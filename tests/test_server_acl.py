@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -25,6 +27,8 @@ from trio_gearman._proto._packets import (
     Message,
     SubmitJob,
 )
+
+from .gearmand_peer import free_port, require_tool, run_until_listening
 
 PREFIX = b"H:acl"
 DENIED_ADMIN = b"ERR PERMISSION_DENIED not+allowed+to+run+drop+function+from+this+peer\r\n"
@@ -212,3 +216,41 @@ async def test_the_client_raises_job_error_for_a_refused_submission() -> None:
         # The same client goes on submitting what it may.
         job = await client.submit_background("report_daily", b"x")
         assert job.handle == PREFIX + b":1"
+
+
+def _admin_line(address: str, port: int, line: bytes) -> bytes:
+    """One admin command to ``address:port`` from ``address``; the first reply line."""
+    with socket.create_connection((address, port), timeout=5, source_address=(address, 0)) as s:
+        s.sendall(line + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        return reply
+
+
+@pytest.mark.gearmand
+async def test_gearmand_runs_a_remote_peers_create_function_and_we_refuse_it() -> None:
+    """The difference the compatibility page names, against gearmand 1.1.20 itself."""
+    address = machine_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback ones")
+    binary = require_tool("gearmand")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gearmand-") as pid_dir:
+        args = [
+            binary,
+            f"--listen={address}",
+            f"--port={port}",
+            "--log-file=stderr",
+            "--verbose=INFO",
+            f"--pid-file={pid_dir}/gearmand.pid",
+            "--threads=1",
+        ]
+        with run_until_listening(args, "gearmand", rf"Listening on {re.escape(address)}:\d+"):
+            theirs = _admin_line(address, port, b"create function f")
+    async with running(address) as server, peer(server, address) as remote:
+        ours = await remote.admin(b"create function f")
+    assert theirs == b"OK\r\n"
+    assert ours == b"ERR PERMISSION_DENIED not+allowed+to+run+create+function+from+this+peer\r\n"

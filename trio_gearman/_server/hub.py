@@ -122,7 +122,7 @@ class ConnectionHub:
             sock.close()
             return None
         if identity is None:
-            identity = Identity(peer, local=sock.family == socket.AF_UNIX)
+            identity = Identity(peer, local=sock.family == getattr(socket, "AF_UNIX", None))
         conn = self.state.connect(peer.encode(), sock.fileno(), identity=identity)
         connection = ServerConnection(self, sock, conn, peer)
         self._connections[conn.id] = connection
