@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._proto.server.acl import Action, Denial, Identity
+from .._proto.server.model import JobNotice
 from .connection import ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
 
@@ -141,6 +142,9 @@ class ConnectionHub:
         denials = self.state.take_denials()
         if denials:
             _log_denials(denials)
+        notices = self.state.take_job_notices()
+        if notices:
+            _log_job_notices(notices)
         dirty = self.state.dirty
         if dirty:
             connections = self._connections
@@ -227,4 +231,21 @@ def _log_denials(denials: Iterable[Denial]) -> None:
             target.decode("utf-8", "backslashreplace"),
             denial.reason,
             extra={"peer": identity.address, "function": function},
+        )
+
+
+def _log_job_notices(notices: Iterable[JobNotice]) -> None:
+    """One line per rare turn of a job's life, with its handle, function and peer."""
+    for notice in notices:
+        handle = notice.handle.decode("utf-8", "backslashreplace")
+        function = notice.function.decode("utf-8", "backslashreplace")
+        peer = notice.peer.decode("utf-8", "backslashreplace") or None
+        logger.log(
+            logging.WARNING if notice.serious else logging.INFO,
+            "Job %s (%s%s): %s",
+            handle,
+            function,
+            f", from {peer}" if peer else "",
+            notice.text,
+            extra={"peer": peer, "handle": handle, "function": function},
         )

@@ -465,6 +465,32 @@ class JobOutcome(str, enum.Enum):
     limit), or nobody waited for a foreground job any more."""
 
 
+@attrs.frozen
+class JobNotice:
+    """Something happened to a job that an operator wants in the log: an effect.
+
+    The state collects them (:meth:`JobTable.take_job_notices
+    <trio_gearman._proto.server.jobs.JobTable.take_job_notices>`) only for the rare
+    turns of a job's life (its worker went away or timed out while running it, an
+    admin cancelled it), never per job on the hot path; the I/O layer logs them.
+
+    Attributes:
+        handle: the job's handle.
+        function: its function name.
+        peer: the address of the connection concerned (the worker, or the
+            admin connection), or empty.
+        text: what happened, as a sentence fragment (``"its worker went away;
+            queued again (attempt 2)"``).
+        serious: the job is gone without a result (a warning, not information).
+    """
+
+    handle: bytes
+    function: bytes
+    peer: bytes
+    text: str
+    serious: bool = False
+
+
 class JobObserver(Protocol):
     """Told of every job's start and end: the seam for test tools.
 

@@ -385,7 +385,7 @@ class ServerState(JobTable):
         lost = conn.ability_list[:]
         # A worker only runs jobs of functions it can do, and dropping them all
         # re-queued every one of its running jobs.
-        self._drop_abilities(conn, lost)
+        self._drop_abilities(conn, lost, "its worker went away")
         assert not conn.running
         self._rewake(lost)
 
@@ -808,7 +808,7 @@ class ServerState(JobTable):
         timeout = msg.timeout
         self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
 
-    def _drop_abilities(self, conn: ConnectionState, functions: list[Function]) -> None:
+    def _drop_abilities(self, conn: ConnectionState, functions: list[Function], why: str) -> None:
         """Unregister ``functions`` and re-queue the jobs of them ``conn`` runs."""
         dropped = set(functions)
         for function in functions:
@@ -818,18 +818,18 @@ class ServerState(JobTable):
         conn.ability_list = [f for f in conn.ability_list if f not in dropped]
         conn.rr = 0
         for job in [job for job in conn.running.values() if job.function in dropped]:
-            self._requeue(job)
+            self._requeue(job, why)
 
     def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
         function = self._functions.get(msg.function)
         if function is None or function not in conn.abilities:
             return
-        self._drop_abilities(conn, [function])
+        self._drop_abilities(conn, [function], "its worker sent CANT_DO while running it")
         self._rewake([function])
 
     def _reset_abilities(self, conn: ConnectionState, msg: ResetAbilities, now: float) -> None:
         lost = conn.ability_list[:]
-        self._drop_abilities(conn, lost)
+        self._drop_abilities(conn, lost, "its worker sent RESET_ABILITIES while running it")
         self._rewake(lost)
 
     def _grab(self, conn: ConnectionState, now: float) -> Job | None:
