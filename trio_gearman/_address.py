@@ -3,7 +3,9 @@
 An address may say how to talk to its server: ``tls://host:port`` asks for TLS,
 ``tcp://host:port`` for plaintext; a bare ``host:port`` follows the caller's
 default (plaintext unless an ``ssl_context`` is given for every server). The
-normalised form is ``host:port`` for plaintext and ``tls://host:port`` for TLS.
+normalised form is ``tls://host:port`` for TLS, ``host:port`` for plaintext, and
+``tcp://host:port`` for plaintext where TLS is the default, so that normalising
+it again with the same default gives the same answer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ __all__ = [
     "Address",
     "format_address",
     "format_server",
-    "is_tls",
     "parse_address",
     "parse_server",
     "server_list",
@@ -142,18 +143,27 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def format_server(host: str, port: int, tls: bool) -> str:
-    """The normalised address: ``host:port``, or ``tls://host:port`` for TLS."""
-    return TLS_SCHEME + format_address(host, port) if tls else format_address(host, port)
+def format_server(host: str, port: int, tls: bool, *, default_tls: bool = False) -> str:
+    """The normalised address: ``tls://host:port`` for TLS, else ``host:port``.
 
-
-def is_tls(address: str) -> bool:
-    """Whether a normalised address (see :func:`server_list`) says TLS."""
-    return address.startswith(TLS_SCHEME)
+    Args:
+        host: the host.
+        port: the port.
+        tls: whether the server is spoken to over TLS.
+        default_tls: whether an address without a scheme means TLS where this one
+            is read again; then plaintext is written ``tcp://host:port``.
+    """
+    if tls:
+        return TLS_SCHEME + format_address(host, port)
+    if default_tls:
+        return _TCP_SCHEME + format_address(host, port)
+    return format_address(host, port)
 
 
 def server_list(servers: Address | Sequence[Address], *, tls: bool = False) -> list[str]:
     """Normalise a server list to ``host:port`` and ``tls://host:port`` strings.
+
+    Normalising the result again with the same ``tls`` gives it back unchanged.
 
     Accepts one address, a comma-separated string (as ``GEARMAN_SERVERS``), or a
     sequence of addresses.
@@ -170,7 +180,7 @@ def server_list(servers: Address | Sequence[Address], *, tls: bool = False) -> l
         >>> server_list("tls://a:4730, b, tcp://c")
         ['tls://a:4730', 'b:4730', 'c:4730']
         >>> server_list("a, tcp://c", tls=True)
-        ['tls://a:4730', 'c:4730']
+        ['tls://a:4730', 'tcp://c:4730']
     """
     if isinstance(servers, str):
         items: Sequence[Address] = [part.strip() for part in servers.split(",") if part.strip()]
@@ -180,4 +190,4 @@ def server_list(servers: Address | Sequence[Address], *, tls: bool = False) -> l
         items = list(servers)
     if not items:
         raise ValueError("no Gearman server given")
-    return [format_server(*parse_server(item, tls=tls)) for item in items]
+    return [format_server(*parse_server(item, tls=tls), default_tls=tls) for item in items]

@@ -117,7 +117,9 @@ class AdminClient:
     @property
     def server(self) -> str:
         """The server's address, ``host:port`` (``tls://host:port`` over TLS)."""
-        return format_server(self._host, self._port, self._tls)
+        return format_server(
+            self._host, self._port, self._tls, default_tls=self._ssl_context is not None
+        )
 
     async def __aenter__(self) -> AdminClient:
         """Connect to the server.
@@ -132,7 +134,7 @@ class AdminClient:
         self._stream, _ = await open_transport(
             self.server,
             connect_timeout=self._connect_timeout,
-            ssl_context=self._ssl_context if self._tls else None,
+            ssl_context=self._ssl_context,
         )
         return self
 

@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._address import Address, is_tls, server_list
+from .._address import Address, server_list
 from .._exceptions import (
     ConnectionLost,
     GearmanError,
@@ -329,7 +329,7 @@ class Client(Generic[R]):
             stream = await connect(
                 address,
                 connect_timeout=self._connect_timeout,
-                ssl_context=self.ssl_context if is_tls(address) else None,
+                ssl_context=self.ssl_context,
             )
         return ClientConnection(
             stream,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import anyio
 import anyio.abc
 
-from .._address import format_server, is_tls, parse_server
+from .._address import format_server, parse_server
 from .._client.admin import AdminClient
 from .._exceptions import AdminError, ConnectionLost, GearmanError
 from .model import (
@@ -46,7 +46,7 @@ def _unique_servers(servers: Iterable[str], tls: bool) -> tuple[str, ...]:
     """
     found: dict[str, None] = {}
     for server in servers:
-        found[format_server(*parse_server(server, tls=tls))] = None
+        found[format_server(*parse_server(server, tls=tls), default_tls=tls)] = None
     return tuple(found)
 
 
@@ -184,7 +184,7 @@ class Poller:
             admin = AdminClient(
                 server,
                 connect_timeout=self.timeout,
-                ssl_context=self.ssl_context if is_tls(server) else None,
+                ssl_context=self.ssl_context,
             )
             await admin.__aenter__()
             self._admins[server] = admin

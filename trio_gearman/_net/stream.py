@@ -166,8 +166,9 @@ async def open_transport(
             ``certificate verify failed: unable to get local issuer
             certificate``), or nothing answered within ``connect_timeout``.
     """
-    host, port, tls = parse_server(address, tls=ssl_context is not None)
-    peer = format_server(host, port, tls)
+    default_tls = ssl_context is not None
+    host, port, tls = parse_server(address, tls=default_tls)
+    peer = format_server(host, port, tls, default_tls=default_tls)
     stream: anyio.abc.ByteStream
     try:
         with anyio.fail_after(connect_timeout):

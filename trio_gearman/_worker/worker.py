@@ -12,7 +12,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .._address import Address, is_tls, server_list
+from .._address import Address, server_list
 from .._exceptions import ConnectionLost, GearmanError, JobException, JobFailed
 from .._failover import Backoff, Heartbeat, Link, LinkSet, ServerHealth
 from .._net.stream import DEFAULT_CONNECT_TIMEOUT, Connector, PacketStream, connect
@@ -541,7 +541,7 @@ class Worker:
         return await connect(
             address,
             connect_timeout=self.connect_timeout,
-            ssl_context=self.ssl_context if is_tls(address) else None,
+            ssl_context=self.ssl_context,
         )
 
     async def _open(self, address: str) -> _ServerConns:
