@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,15 +45,15 @@ class Certificates:
         return context
 
 
-def make_certificates(directory: Path) -> Certificates:
-    """Issue a CA, a server certificate (127.0.0.1, localhost) and a client certificate."""
+def make_certificates(
+    directory: Path, server_names: Sequence[str] = ("127.0.0.1", "localhost")
+) -> Certificates:
+    """Issue a CA, a server certificate for ``server_names`` and a client certificate."""
     ca = trustme.CA()
     ca_file = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     server_file = directory / "server.pem"
-    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
-        str(server_file)
-    )
+    ca.issue_cert(*server_names).private_key_and_cert_chain_pem.write_to_path(str(server_file))
     client_file = directory / "client.pem"
     ca.issue_cert("worker-1@example.com").private_key_and_cert_chain_pem.write_to_path(
         str(client_file)

@@ -22,7 +22,7 @@ from .._exceptions import (
     ConnectionLost,
     InvalidArgument,
 )
-from .._net.stream import DEFAULT_CONNECT_TIMEOUT, broken_reason, open_transport
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, broken_reason, ended_unheard, open_transport
 from .._proto._admin import (
     DEFAULT_MAX_REPLY_LINE_LENGTH,
     NEED_DATA,
@@ -112,6 +112,7 @@ class AdminClient:
         # of cancelled requests stay here; their replies are skipped).
         self._unread: deque[ReplyKind[object]] = deque()
         self._error: ConnectionLost | None = None
+        self._heard = False  # the server has sent something
         self._closed = False
 
     @property
@@ -294,10 +295,13 @@ class AdminClient:
                     exc,
                 )
                 raise self._failure() from exc
+            self._heard = True
             parser.feed(data)
 
     def _lose(self, reason: str, cause: BaseException) -> None:
         if self._error is None:
+            if not self._heard:
+                reason = ended_unheard(self.server, reason)
             error = ConnectionLost(reason, server=self.server)
             error.__cause__ = cause
             self._error = error

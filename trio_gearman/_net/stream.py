@@ -32,7 +32,7 @@ import anyio.abc
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from .._address import Address, format_server, parse_server
+from .._address import TLS_SCHEME, Address, format_server, parse_server
 from .._exceptions import ConnectFailed, ConnectionLost, ProtocolError
 from .._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Event, Magic, Message, encode_into
 
@@ -43,6 +43,7 @@ __all__ = [
     "broken_reason",
     "connect",
     "default_ssl_context",
+    "ended_unheard",
     "open_transport",
     "os_error_text",
     "os_reason",
@@ -109,6 +110,19 @@ def os_error_text(exc: BaseException) -> str | None:
 def os_reason(exc: BaseException) -> str:
     """The OS's words for a failed connect, else the error's own message."""
     return os_error_text(exc) or str(exc)
+
+
+def ended_unheard(peer: str, reason: str) -> str:
+    """``reason``, with a hint when a TLS connection ends before the server's first byte.
+
+    A TLS 1.3 server that requires a client certificate checks it only after the
+    client's side of the handshake is done: a client without one sees the
+    connection reset or closed on its first exchange, and sees the server's
+    ``certificate required`` alert only when it reads it before the reset.
+    """
+    if not peer.startswith(TLS_SCHEME) or "TLS error" in reason:
+        return reason
+    return f"{reason} before the server's first answer (does it require a client certificate?)"
 
 
 def broken_reason(exc: BaseException) -> str:
@@ -189,10 +203,14 @@ async def open_transport(
     except OSError as exc:  # ssl.SSLError too: os_reason() gives its words
         raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=peer) from exc
     except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:  # in the TLS handshake
-        reason = os_error_text(exc) or (
-            "TLS error: the server closed the connection during the handshake "
-            "(is the port a TLS one?)"
-        )
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, ssl.SSLEOFError):
+            reason = (
+                "TLS error: the server closed the connection during the handshake "
+                "(is the port a TLS one?)"
+            )
+        else:
+            reason = broken_reason(exc)
         raise ConnectFailed(f"cannot connect: {reason}", server=peer) from exc
     return stream, peer
 
@@ -386,6 +404,9 @@ class PacketStream:
             self._fail(reason)
         await anyio.aclose_forcefully(self._stream)
 
+    def _unheard(self, reason: str) -> str:
+        return ended_unheard(self.peer, reason) if self.reads == 0 else reason
+
     def _fail(self, reason: str, cause: BaseException | None = None) -> ConnectionLost:
         if self._error is None:
             error = ConnectionLost(reason, server=self.peer)
@@ -406,10 +427,10 @@ class PacketStream:
             try:
                 data = await receive(size)
             except anyio.EndOfStream:
-                self._fail("the server closed the connection")
+                self._fail(self._unheard("the server closed the connection"))
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
+                self._fail(self._unheard(f"the connection broke: {broken_reason(exc)}"), exc)
                 return
             self.reads += 1
             decoder.feed(data)
@@ -442,7 +463,7 @@ class PacketStream:
             try:
                 await send(bytes(out))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
+                self._fail(self._unheard(f"the connection broke: {broken_reason(exc)}"), exc)
                 scope.cancel()
                 return
             finally:

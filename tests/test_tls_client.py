@@ -1,0 +1,339 @@
+"""TLS on the client side: our Client, Worker and AdminClient, and the ``trio-gearman``
+tools, against gearmand 1.1.20 behind stunnel (tests/stunnel_peer.py), with real
+certificates from a throw-away CA (trustme).
+
+Also the failures a person must be able to act on: a certificate from an unknown CA,
+a certificate for another host, a server that wants a client certificate, a
+plaintext port spoken to over TLS, TLS option files that cannot be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from trio_gearman import (
+    AdminClient,
+    Client,
+    ConnectFailed,
+    ConnectionLost,
+    Job,
+    NoServersAvailable,
+    Worker,
+)
+from trio_gearman._address import parse_server, server_list
+from trio_gearman._monitor import Poller
+from trio_gearman._net.stream import os_error_text, tls_error_text
+
+from .gearmand_peer import GearmandProcess
+from .stunnel_peer import Certificates, StunnelProcess, make_certificates, run_stunnel
+
+COMMAND = [
+    sys.executable,
+    "-c",
+    "import sys; from trio_gearman._cli.tools import main; sys.exit(main())",
+]
+UNKNOWN_ISSUER = "certificate verify failed: unable to get local issuer certificate"
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    """The CA our side trusts, the server certificate stunnel shows, a client one."""
+    directory = tmp_path / "good"
+    directory.mkdir()
+    return make_certificates(directory)
+
+
+@pytest.fixture
+def strangers(tmp_path: Path) -> Certificates:
+    """Another CA, that signed nothing stunnel shows."""
+    directory = tmp_path / "other"
+    directory.mkdir()
+    return make_certificates(directory)
+
+
+@pytest.fixture
+def tls_server(gearmand: GearmandProcess, certificates: Certificates) -> Iterator[StunnelProcess]:
+    """gearmand behind stunnel: TLS, no client certificate asked for."""
+    with run_stunnel(gearmand.address, certificates) as stunnel:
+        yield stunnel
+
+
+@pytest.fixture
+def mtls_server(gearmand: GearmandProcess, certificates: Certificates) -> Iterator[StunnelProcess]:
+    """gearmand behind stunnel with ``verify = 2``: a client certificate is required."""
+    with run_stunnel(gearmand.address, certificates, client_ca=certificates.ca_file) as stunnel:
+        yield stunnel
+
+
+async def reverse(job: Job) -> bytes:
+    return job.data[::-1]
+
+
+@asynccontextmanager
+async def running_worker(address: str, context: ssl.SSLContext | None) -> AsyncIterator[Worker]:
+    """Our Worker serving ``reverse`` over TLS for the duration of the block."""
+    worker = Worker(address, ssl_context=context)
+    worker.register("reverse", reverse)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        worker.stop(0)
+
+
+async def function_rows(address: str, context: ssl.SSLContext) -> dict[bytes, tuple[int, int]]:
+    """``status`` through the admin protocol over TLS: total jobs and workers per function."""
+    async with AdminClient(address, ssl_context=context) as admin:
+        return {row.function: (row.total, row.workers) for row in await admin.status()}
+
+
+# --- addresses and the error texts (no peer) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "default", "expected"),
+    [
+        ("tls://gearman.example.com:4731", False, ("gearman.example.com", 4731, True)),
+        ("TLS://[::1]", False, ("::1", 4730, True)),
+        ("tcp://10.0.0.1:4730", True, ("10.0.0.1", 4730, False)),
+        ("10.0.0.1:4730", True, ("10.0.0.1", 4730, True)),
+        ("10.0.0.1:4730", False, ("10.0.0.1", 4730, False)),
+        (("10.0.0.1", 7), True, ("10.0.0.1", 7, True)),
+    ],
+)
+def test_an_address_says_tls_or_follows_the_default(
+    address: str | tuple[str, int], default: bool, expected: tuple[str, int, bool]
+) -> None:
+    assert parse_server(address, tls=default) == expected
+
+
+@pytest.mark.parametrize("address", ["ssl://a:1", "https://a", "tls://", "tls://a:b"])
+def test_a_bad_scheme_or_address_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="server address"):
+        parse_server(address)
+
+
+def test_normalised_lists_read_again_give_the_same_servers() -> None:
+    assert server_list("tls://a, b, tcp://c") == ["tls://a:4730", "b:4730", "c:4730"]
+    under_tls = server_list("tls://a, b, tcp://c", tls=True)
+    assert under_tls == ["tls://a:4730", "tls://b:4730", "tcp://c:4730"]
+    assert server_list(under_tls, tls=True) == under_tls
+
+
+def test_a_client_given_a_context_names_its_servers_by_how_it_reaches_them() -> None:
+    context = ssl.create_default_context()
+    client = Client(["a:1", "tcp://b:2", "tls://c:3"], ssl_context=context)
+    assert client.addresses == ["tls://a:1", "tcp://b:2", "tls://c:3"]
+    assert Client(["a:1", "tls://c:3"]).addresses == ["a:1", "tls://c:3"]
+    worker = Worker("a:1", ssl_context=context)
+    assert worker.addresses == ["tls://a:1"]
+    assert AdminClient("a:1", ssl_context=context).server == "tls://a:1"
+    assert AdminClient("tcp://a:1", ssl_context=context).server == "tcp://a:1"
+
+
+def test_tls_errors_are_told_without_openssls_decoration() -> None:
+    text = "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"
+    error = ssl.SSLError(1, f"{text} (_ssl.c:2580)")
+    assert tls_error_text(error) == "tlsv13 alert certificate required"
+    wrapped = ConnectionLost("the connection broke", server="tls://h:1")
+    wrapped.__cause__ = error
+    # Its errno is OpenSSL's (1), not EPERM's "Operation not permitted".
+    assert os_error_text(wrapped) == "TLS error: tlsv13 alert certificate required"
+
+
+# --- our client and worker through stunnel ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_client_and_worker_run_a_job_over_tls(
+    tls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    context = certificates.client_context()
+    with anyio.fail_after(20):
+        async with running_worker(tls_server.address, context) as worker:
+            assert [health.address for health in worker.servers()] == [tls_server.address]
+            async with Client(tls_server.address, ssl_context=context) as client:
+                assert await client.submit("reverse", b"over tls") == b"slt revo"
+                assert client.servers()[0].up
+            rows = await function_rows(tls_server.address, context)
+    assert rows[b"reverse"] == (0, 1)  # the worker registered through stunnel
+
+
+async def test_a_context_makes_every_plain_address_tls_but_tcp(
+    gearmand: GearmandProcess, tls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    context = certificates.client_context()
+    servers = [tls_server.plain_address, f"tcp://{gearmand.address}"]
+    with anyio.fail_after(20):
+        async with Client(servers, ssl_context=context) as client:
+            assert client.addresses == [tls_server.address, f"tcp://{gearmand.address}"]
+            assert all(health.up for health in client.servers())
+            for unique in ("a", "b", "c", "d"):  # keys spread the jobs over both links
+                await client.submit_background("queued", b"x", unique=unique)
+        # The TLS port and the plaintext one are the same gearmand.
+        rows = await function_rows(tls_server.plain_address, context)
+    assert rows[b"queued"] == (4, 0)
+
+
+@pytest.mark.anyio
+async def test_mutual_tls_with_a_client_certificate(
+    mtls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    context = certificates.client_context(certificate=True)
+    with anyio.fail_after(20):
+        async with running_worker(mtls_server.address, context):
+            async with Client(mtls_server.address, ssl_context=context) as client:
+                assert await client.submit("reverse", b"mutual") == b"lautum"
+            rows = await function_rows(mtls_server.address, context)
+    assert rows[b"reverse"][1] == 1
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_certificate_from_an_unknown_ca_is_refused_naming_server_and_reason(
+    tls_server: StunnelProcess, strangers: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "trio_gearman.supervisor")
+    with anyio.fail_after(20):
+        async with Client(
+            tls_server.address, ssl_context=strangers.client_context(), wait_for_server=0
+        ) as client:
+            with pytest.raises(NoServersAvailable) as caught:
+                await client.submit("reverse", b"x")
+            health = client.servers()[0]
+    message = str(caught.value)
+    assert tls_server.address in message
+    assert UNKNOWN_ISSUER in message
+    assert isinstance(health.last_error, ConnectFailed)
+    assert health.last_error.server == tls_server.address
+    assert isinstance(health.last_error.__cause__, ssl.SSLCertVerificationError)
+    # Logged by the link like a refused connection, and retried after back-off.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"client link to {tls_server.address} down" in text and UNKNOWN_ISSUER in text
+        for text in warnings
+    ), warnings
+
+
+async def test_verification_is_on_without_a_context(tls_server: StunnelProcess) -> None:
+    # tls:// alone: the system's CAs, which never signed the test CA's certificates.
+    with anyio.fail_after(20):
+        async with Client(tls_server.address, wait_for_server=0) as client:
+            with pytest.raises(NoServersAvailable, match=UNKNOWN_ISSUER):
+                await client.submit("reverse", b"x")
+        with pytest.raises(ConnectFailed, match=UNKNOWN_ISSUER) as caught:
+            async with AdminClient(tls_server.address):
+                pass
+    assert caught.value.server == tls_server.address
+
+
+async def test_a_certificate_for_another_host_is_refused(
+    gearmand: GearmandProcess, tmp_path: Path
+) -> None:
+    elsewhere = make_certificates(tmp_path, server_names=("gearman.example.com",))
+    with run_stunnel(gearmand.address, elsewhere) as stunnel, anyio.fail_after(20):
+        worker = Worker(stunnel.address, ssl_context=elsewhere.client_context())
+        worker.register("reverse", reverse)
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            health = worker.servers()[0]
+            worker.stop(0)
+    assert not health.up
+    assert isinstance(health.last_error, ConnectFailed)
+    assert (
+        "certificate verify failed: IP address mismatch, certificate is not valid for "
+        "'127.0.0.1'" in str(health.last_error)
+    )
+
+
+@pytest.mark.anyio
+async def test_no_client_certificate_against_mutual_tls_is_refused_in_the_handshake(
+    mtls_server: StunnelProcess, certificates: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TLS 1.2: the server refuses a client without a certificate inside the handshake.
+    caplog.set_level(logging.WARNING, "trio_gearman.supervisor")
+    context = certificates.client_context()  # trusts the server, shows no certificate
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with anyio.fail_after(20):
+        async with Client(mtls_server.address, ssl_context=context, wait_for_server=0) as client:
+            with pytest.raises(NoServersAvailable) as caught:
+                await client.submit("reverse", b"x")
+            health = client.servers()[0]
+    assert isinstance(health.last_error, ConnectFailed)
+    message = str(caught.value)
+    assert f"{mtls_server.address} (cannot connect: TLS error: " in message
+    assert "handshake failure" in message
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"client link to {mtls_server.address} down" in text for text in warnings)
+
+
+REFUSED_WITHOUT_CERTIFICATE = r"certificate required|does it require a client certificate\?"
+
+
+@pytest.mark.anyio
+async def test_no_client_certificate_against_mutual_tls_breaks_the_first_exchange(
+    mtls_server: StunnelProcess, certificates: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TLS 1.3: the handshake ends on the client's side before the server has checked
+    # the client, so the refusal breaks the first exchange: the server's alert
+    # ("certificate required") when it is read before the connection is reset, else
+    # the reset, with a hint.
+    caplog.set_level(logging.WARNING, "trio_gearman.supervisor")
+    context = certificates.client_context()
+    with anyio.fail_after(20):
+        async with Client(mtls_server.address, ssl_context=context, wait_for_server=0) as client:
+            while client.servers()[0].last_error is None:
+                await client.wait_servers_changed()
+            health = client.servers()[0]
+            with pytest.raises(NoServersAvailable, match=REFUSED_WITHOUT_CERTIFICATE):
+                await client.submit("reverse", b"x")
+        with pytest.raises(ConnectionLost, match=REFUSED_WITHOUT_CERTIFICATE) as caught:
+            async with AdminClient(mtls_server.address, ssl_context=context) as admin:
+                await admin.status()
+    assert caught.value.server == mtls_server.address
+    assert isinstance(health.last_error, ConnectionLost)
+    assert health.last_error.server == mtls_server.address
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"client link to {mtls_server.address} down" in text
+        and re.search(REFUSED_WITHOUT_CERTIFICATE, text)
+        for text in warnings
+    ), warnings
+
+
+async def test_tls_to_a_plaintext_port_is_a_clear_connect_failure(
+    gearmand: GearmandProcess,
+) -> None:
+    with anyio.fail_after(20), pytest.raises(ConnectFailed) as caught:
+        async with AdminClient(f"tls://{gearmand.address}"):
+            pass
+    assert caught.value.server == f"tls://{gearmand.address}"
+    assert "cannot connect: TLS error:" in str(caught.value)
+
+
+async def test_the_monitor_polls_over_tls(
+    tls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    poller = Poller([tls_server.plain_address], ssl_context=certificates.client_context())
+    assert poller.servers == (tls_server.address,)
+    with anyio.fail_after(20):
+        await poller.poll()
+        await poller.aclose()
+    shot = poller.history.latest(tls_server.address)
+    assert shot is not None
+    assert shot.error is None, shot
+    assert shot.version is not None
+    assert shot.version.startswith("1.1"), shot.version
