@@ -30,12 +30,16 @@ class Certificates:
         ca_file: its certificate (PEM), what clients and stunnel trust.
         server_file: the server's key and certificate chain (PEM), for stunnel.
         client_file: the client's key and certificate chain (PEM), for mutual TLS.
+        client_key_file: the client's key alone (PEM).
+        client_cert_file: the client's certificate chain alone (PEM).
     """
 
     ca: trustme.CA
     ca_file: Path
     server_file: Path
     client_file: Path
+    client_key_file: Path
+    client_cert_file: Path
 
     def client_context(self, *, certificate: bool = False) -> ssl.SSLContext:
         """A verifying client context trusting ``ca``; with the client certificate."""
@@ -54,13 +58,17 @@ def make_certificates(
     ca.cert_pem.write_to_path(str(ca_file))
     server_file = directory / "server.pem"
     ca.issue_cert(*server_names).private_key_and_cert_chain_pem.write_to_path(str(server_file))
+    client = ca.issue_cert("worker-1@example.com")
     client_file = directory / "client.pem"
-    ca.issue_cert("worker-1@example.com").private_key_and_cert_chain_pem.write_to_path(
-        str(client_file)
-    )
-    for path in (server_file, client_file):
+    client.private_key_and_cert_chain_pem.write_to_path(str(client_file))
+    client_key_file = directory / "client.key"
+    client.private_key_pem.write_to_path(str(client_key_file))
+    client_cert_file = directory / "client.crt"
+    for index, pem in enumerate(client.cert_chain_pems):
+        pem.write_to_path(str(client_cert_file), append=index > 0)
+    for path in (server_file, client_file, client_key_file):
         path.chmod(0o600)
-    return Certificates(ca, ca_file, server_file, client_file)
+    return Certificates(ca, ca_file, server_file, client_file, client_key_file, client_cert_file)
 
 
 @attrs.frozen

@@ -9,9 +9,13 @@ plaintext port spoken to over TLS, TLS option files that cannot be read.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import signal
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from trio_gearman import (
     AdminClient,
@@ -30,6 +35,8 @@ from trio_gearman import (
     Worker,
 )
 from trio_gearman._address import parse_server, server_list
+from trio_gearman._cli.common import UsageError
+from trio_gearman._cli.worker import load_worker
 from trio_gearman._monitor import Poller
 from trio_gearman._net.stream import os_error_text, tls_error_text
 
@@ -337,3 +344,155 @@ async def test_the_monitor_polls_over_tls(
     assert shot.error is None, shot
     assert shot.version is not None
     assert shot.version.startswith("1.1"), shot.version
+
+
+# --- the trio-gearman tools, as processes -----------------------------------------------
+
+
+async def tool(*args: str, cwd: Path | None = None) -> tuple[int, bytes, str]:
+    """Run ``trio-gearman ARGS`` as a process: exit status, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
+    with anyio.fail_after(20):
+        done = await anyio.run_process([*COMMAND, *args], check=False, env=env, cwd=cwd)
+    err = done.stderr.decode()
+    assert "Traceback" not in err, err
+    return done.returncode, done.stdout, err
+
+
+async def test_cli_submit_and_admin_over_tls_through_stunnel(
+    tls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    ca = str(certificates.ca_file)
+    async with running_worker(tls_server.address, certificates.client_context()):
+        status, out, err = await tool(
+            "submit", "--ssl-ca-file", ca, "--servers", tls_server.address, "reverse", "hello"
+        )
+        assert (status, out) == (0, b"olleh"), err
+        # The plain address: --ssl-ca-file (like -S) makes it TLS.
+        status, out, err = await tool(
+            "admin", "status", "--ssl-ca-file", ca, "--servers", tls_server.plain_address
+        )
+        assert status == 0, err
+        assert out.decode().split("\n")[0].split("\t") == ["reverse", "0", "0", "1"]
+        status, out, err = await tool(
+            "admin", "-S", "--ssl-ca-file", ca, "--json", "version", "--servers",
+            tls_server.plain_address,
+        )  # fmt: skip
+    assert status == 0, err
+    assert json.loads(out)[0]["server"] == tls_server.address
+
+
+async def test_cli_mutual_tls_with_a_client_certificate(
+    mtls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    ca, client = str(certificates.ca_file), str(certificates.client_file)
+    common = ["--ssl-ca-file", ca, "--servers", mtls_server.plain_address]
+    status, out, err = await tool(
+        "submit", "--background", *common, "--ssl-certificate", client, "queued", "x"
+    )
+    assert status == 0, err
+    assert out.startswith(b"H:")
+    status, out, err = await tool("admin", "status", *common, "--ssl-certificate", client)
+    assert (status, out.decode().split("\t")[:2]) == (0, ["queued", "1"]), err
+    # The key in a file of its own.
+    cert_file, key_file = str(certificates.client_cert_file), str(certificates.client_key_file)
+    status, _, err = await tool(
+        "admin", "status", *common, "--ssl-certificate", cert_file, "--ssl-key", key_file
+    )
+    assert status == 0, err
+    # Without a certificate, the server's refusal in words.
+    status, _, err = await tool("admin", "status", *common)
+    assert status in (1, 3), err
+    assert mtls_server.address in err
+    assert re.search(REFUSED_WITHOUT_CERTIFICATE, err), err
+
+
+async def test_cli_refuses_a_server_its_cas_did_not_sign(
+    tls_server: StunnelProcess, strangers: Certificates
+) -> None:
+    for command in (["submit", "reverse", "x"], ["admin", "status"]):
+        # -S: the system's CAs; --ssl-ca-file: another CA.
+        for trust in (["-S"], ["--ssl-ca-file", str(strangers.ca_file)]):
+            status, _, err = await tool(*command, *trust, "--servers", tls_server.plain_address)
+            assert status == 3, err
+            assert f"{tls_server.address}: cannot connect: TLS error: certificate verify " in err
+
+
+async def test_cli_worker_process_gets_the_tls_context(
+    tls_server: StunnelProcess, certificates: Certificates, tmp_path: Path
+) -> None:
+    (tmp_path / "tls_jobs.py").write_text(
+        "import trio_gearman\n\n"
+        "async def reverse(job):\n    return job.data[::-1]\n\n"
+        "def make(servers, ssl_context=None):\n"
+        "    worker = trio_gearman.Worker(servers, ssl_context=ssl_context)\n"
+        "    worker.register('reverse', reverse)\n"
+        "    return worker\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GEARMAN_SERVERS"}
+    args = ["worker", "tls_jobs:make", "--ssl-ca-file", str(certificates.ca_file)]
+    args += ["--servers", tls_server.plain_address]
+    process = await anyio.open_process(
+        [*COMMAND, *args], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL
+    )
+    async with process:
+        assert process.stderr is not None
+        stderr = BufferedByteReceiveStream(process.stderr)
+        with anyio.fail_after(20):
+            line = await stderr.receive_until(b"\n", 4096)
+            serving = f"trio-gearman: worker serving reverse on {tls_server.address}"
+            assert line.decode().startswith(serving), line
+            context = certificates.client_context()
+            async with Client(tls_server.address, ssl_context=context) as client:
+                assert await client.submit("reverse", b"from a process") == b"ssecorp a morf"
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+
+
+# --- the TLS options, in-process ----------------------------------------------------------
+
+
+async def test_cli_tls_option_mistakes_are_usage_errors(
+    certificates: Certificates, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    cases = [
+        (["--ssl-key", str(certificates.client_file)], "--ssl-key needs --ssl-certificate"),
+        (["--ssl-ca-file", str(tmp_path / "missing.pem")], "No such file or directory"),
+        (["--ssl-ca-file", str(not_pem)], f"--ssl-ca-file {not_pem}: not a usable PEM file"),
+        (["--ssl-certificate", str(not_pem)], f"--ssl-certificate {not_pem}: not a usable"),
+    ]
+    for options, message in cases:
+        status, out, err = await tool("admin", "status", *options, "--servers", "127.0.0.1:9")
+        assert status == 2, (options, err)
+        assert message in err, (options, err)
+        assert out == b""
+
+
+async def test_cli_worker_takes_tls_only_through_an_ssl_context_parameter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tls_loading.py").write_text(
+        "import trio_gearman\n\n"
+        "async def reverse(job):\n    return job.data[::-1]\n\n"
+        "def make(servers, ssl_context=None):\n"
+        "    worker = trio_gearman.Worker(servers, ssl_context=ssl_context)\n"
+        "    worker.register('reverse', reverse)\n"
+        "    return worker\n\n"
+        "def make_plain(servers):\n    return make(servers)\n\n"
+        "fixed = make('127.0.0.1:4730')\n"
+    )
+    context = ssl.create_default_context()
+    servers = server_list("127.0.0.1:4730", tls=True)
+    worker = load_worker("tls_loading:make", servers, "option", context)
+    assert worker.ssl_context is context
+    assert worker.addresses == ["tls://127.0.0.1:4730"]
+    with pytest.raises(UsageError, match="takes no 'ssl_context' parameter"):
+        load_worker("tls_loading:make_plain", servers, "option", context)
+    with pytest.raises(UsageError, match="made with its own TLS settings"):
+        load_worker("tls_loading:fixed", servers, "default", context)
+    # tls:// servers need no option: the factory gets them as they are.
+    plain = load_worker("tls_loading:make_plain", ["tls://127.0.0.1:4730"], "option")
+    assert plain.addresses == ["tls://127.0.0.1:4730"]
