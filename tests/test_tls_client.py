@@ -421,6 +421,19 @@ async def test_cli_refuses_a_server_its_cas_did_not_sign(
             assert f"{tls_server.address}: cannot connect: TLS error: certificate verify " in err
 
 
+async def test_cli_top_watches_a_server_over_tls(
+    tls_server: StunnelProcess, certificates: Certificates
+) -> None:
+    async with running_worker(tls_server.address, certificates.client_context()):
+        status, out, err = await tool(
+            "top", "--once", "--ssl-ca-file", str(certificates.ca_file), tls_server.plain_address
+        )
+    assert status == 0, err
+    text = out.decode()
+    assert text.split("\n")[0].split()[:2] == [tls_server.address, "up"], text
+    assert re.search(r"^reverse +0 .* 1 ", text, re.MULTILINE), text  # one worker
+
+
 async def test_cli_worker_process_gets_the_tls_context(
     tls_server: StunnelProcess, certificates: Certificates, tmp_path: Path
 ) -> None:
