@@ -81,11 +81,17 @@ class ServerProcess:
 
 @asynccontextmanager
 async def trio_gearmand(
-    args: Sequence[str], env: dict[str, str] | None = None, wait_listening: bool = True
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    wait_listening: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
-    """Start ``trio-gearmand`` (INFO log on stderr); wait for its "Listening" line."""
+    """Start ``trio-gearmand`` (INFO log on stderr); wait for its "Listening" line.
+
+    ``wrapper`` is a command that runs it (``setpriv ... --``, say).
+    """
     process = await anyio.open_process(
-        [*COMMAND, "--verbose", "INFO", *args],
+        [*wrapper, *COMMAND, "--verbose", "INFO", *args],
         stdin=None,
         stdout=None,
         env=env,
