@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from .connection import ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
+from .tls import TLSSocket
 
 if TYPE_CHECKING:
     from .._proto.server.state import ServerState
@@ -97,7 +99,10 @@ class ConnectionHub:
         """Serve a connected socket from now on (the one way a connection starts).
 
         Args:
-            sock: a connected stream socket; the hub owns it from now on.
+            sock: a connected stream socket; the hub owns it from now on. An
+                :class:`ssl.SSLSocket` whose handshake is done is served through
+                TLS, with the names of its client certificate as the
+                connection's ``cert_names``.
             peer: the peer's address as the admin protocol lists it.
 
         Returns:
@@ -117,7 +122,12 @@ class ConnectionHub:
             sock.close()
             return None
         conn = self.state.connect(peer.encode(), sock.fileno())
-        connection = ServerConnection(self, sock, conn, peer)
+        if isinstance(sock, ssl.SSLSocket):
+            tls = TLSSocket(sock)
+            connection = ServerConnection(self, tls, conn, peer)
+            connection.cert_names = tls.cert_names
+        else:
+            connection = ServerConnection(self, sock, conn, peer)
         self._connections[conn.id] = connection
         self.accepted += 1
         logger.debug("Connection %d from %s", conn.id, peer, extra={"peer": peer})

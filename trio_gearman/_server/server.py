@@ -10,6 +10,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -32,6 +33,7 @@ from .sockets import (
 )
 from .store.base import QueueStore
 from .store.writer import StoreStatistics, StoreWriter
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -95,6 +97,15 @@ class GearmanServer:
             and queued only after the store committed it; submissions that arrive
             during a commit share the next one. The store is driven from a
             thread, never from the event loop.
+        ssl_context: serve every TCP connection through TLS with this server-side
+            context (``None``: plaintext). A peer that does not open with a TLS
+            handshake is closed at once; to require client certificates, set
+            ``verify_mode = ssl.CERT_REQUIRED`` on it and load the CA with
+            ``load_verify_locations``. Connections that :meth:`adopt` is given
+            (the test server's memory connections) are not affected.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake;
+            past it the socket is closed. Handshakes run in tasks of their own,
+            so a slow one holds up no other connection.
 
     Example:
         >>> async def main():
@@ -115,6 +126,8 @@ class GearmanServer:
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
         store: QueueStore | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
@@ -128,6 +141,8 @@ class GearmanServer:
         self._listen = tuple(listen)
         self._backlog = backlog
         self._fd_limit = fd_limit
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self._hub = ConnectionHub(
             self.state,
             max_packet_size=max_packet_size,
@@ -370,7 +385,21 @@ class GearmanServer:
                         break
                     logger.warning("Cannot accept a connection: %s", exc.strerror)
                     continue
-                self._hub.adopt(sock, str(address[0]))
+                if self.ssl_context is not None:
+                    self._start_tls(sock, str(address[0]))
+                else:
+                    self._hub.adopt(sock, str(address[0]))
+
+    def _start_tls(self, sock: socket.socket, peer: str) -> None:
+        """Shake hands with a new TLS peer in a task of its own, then serve it."""
+        assert self._task_group is not None
+        self._task_group.start_soon(self._accept_tls, sock, peer)
+
+    async def _accept_tls(self, sock: socket.socket, peer: str) -> None:
+        assert self.ssl_context is not None
+        tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        if tls is not None:
+            self._hub.adopt(tls, peer)
 
     # --- the state's side -------------------------------------------------------------------
 
@@ -420,6 +449,8 @@ async def serve(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     keepalive: KeepAlive | None = None,
     fd_limit: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -442,5 +473,7 @@ async def serve(
         max_packet_size=max_packet_size,
         keepalive=keepalive,
         fd_limit=fd_limit,
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout,
     )
     await server.run(task_status=task_status)
