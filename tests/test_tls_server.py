@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 import trustme
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketStream
+from anyio.streams.tls import TLSAttribute, TLSStream
+from cryptography.hazmat.primitives import serialization
 
 from trio_gearman._cli.server import main, parse_options
 from trio_gearman._proto._codec import Decoder, encode
@@ -59,8 +62,13 @@ def server_context(ca: trustme.CA, cert: trustme.LeafCert, *, mtls: bool) -> ssl
     return context
 
 
-def client_context(ca: trustme.CA, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
+def client_context(
+    ca: trustme.CA,
+    cert: trustme.LeafCert | None = None,
+    version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+) -> ssl.SSLContext:
     context = ssl.create_default_context()
+    context.maximum_version = version
     ca.configure_trust(context)
     if cert is not None:
         cert.configure_cert(context)
@@ -122,20 +130,54 @@ async def test_echo_over_tls(ca: trustme.CA, server_cert: trustme.LeafCert) -> N
 async def test_large_packets_cross_many_records(
     ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
-    # 3 MiB each way: many TLS records in, replies larger than the socket takes at once.
-    data = bytes(range(256)) * (3 * 4096)
+    # 16 MiB each way: many TLS records in, and replies that the server's socket
+    # cannot take at once while the client is still sending (its sends block).
+    data = bytes(range(256)) * 4096
     async with (
         tls_server(server_context(ca, server_cert, mtls=False)) as server,
         await connect(server.port, client_context(ca)) as stream,
     ):
-        await stream.send(encode(EchoReq(data)) * 2)
-        assert await exchange(stream, None, count=2) == [EchoRes(data)] * 2
+        await stream.send(encode(EchoReq(data)) * 16)
+        assert await exchange(stream, None, count=16) == [EchoRes(data)] * 16
         assert await exchange(stream, EchoReq(b"after")) == [EchoRes(b"after")]
 
 
+class Dribble(ByteStream):
+    """A socket stream that sends a few bytes at a time, yielding in between."""
+
+    def __init__(self, inner: SocketStream, step: int) -> None:
+        self.inner = inner
+        self.step = step
+
+    async def send(self, item: bytes) -> None:
+        for start in range(0, len(item), self.step):
+            await self.inner.send(item[start : start + self.step])
+            await anyio.lowlevel.checkpoint()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.receive(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_records_in_small_pieces(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:
+    async with tls_server(server_context(ca, server_cert, mtls=False)) as server:
+        transport = Dribble(await anyio.connect_tcp("127.0.0.1", server.port), step=7)
+        async with await TLSStream.wrap(
+            transport, hostname="localhost", ssl_context=client_context(ca)
+        ) as stream:
+            message = EchoReq(b"piece by piece " * 20)
+            assert await exchange(stream, message) == [EchoRes(message.data)]
+
+
 async def test_job_from_tls_client_to_tls_worker(
-    ca: trustme.CA, server_cert: trustme.LeafCert
+    ca: trustme.CA, server_cert: trustme.LeafCert, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, "trio_gearman.server")
     worker_cert = ca.issue_cert("worker-1.example", "10.0.0.7", common_name="worker-1")
     client_cert = ca.issue_cert("client-1.example", "ops@example.org")
     async with tls_server(server_context(ca, server_cert, mtls=True)) as server:
@@ -155,6 +197,7 @@ async def test_job_from_tls_client_to_tls_worker(
                 ("worker-1", "worker-1.example", "10.0.0.7"),
                 ("client-1.example", "ops@example.org"),
             }
+        assert "client certificate: worker-1, worker-1.example, 10.0.0.7" in caplog.text
         # A close_notify (or the TCP close after it) ends the connections.
         with anyio.fail_after(5):
             for connection in connections:
@@ -170,12 +213,14 @@ async def test_job_from_tls_client_to_tls_worker(
         ("expired", "its certificate was refused: certificate has expired"),
     ],
 )
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 async def test_mtls_refuses_bad_client_certificates(
     ca: trustme.CA,
     server_cert: trustme.LeafCert,
     caplog: pytest.LogCaptureFixture,
     kind: str,
     reason: str,
+    version: ssl.TLSVersion,
 ) -> None:
     if kind == "none":
         cert = None
@@ -194,7 +239,7 @@ async def test_mtls_refuses_bad_client_certificates(
         try:
             # TLS 1.3: the client's handshake ends before the server has checked its
             # certificate; the refusal arrives as an alert instead of the reply.
-            async with await connect(server.port, client_context(ca, cert)) as stream:
+            async with await connect(server.port, client_context(ca, cert, version)) as stream:
                 await exchange(stream, EchoReq(b"x"))
         except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
             refused = True
@@ -204,8 +249,11 @@ async def test_mtls_refuses_bad_client_certificates(
         assert any(reason in record.getMessage() for record in caplog.records), caplog.text
         # A good client is still served.
         good = ca.issue_cert("good.example")
-        async with await connect(server.port, client_context(ca, good)) as stream:
+        async with await connect(server.port, client_context(ca, good, version)) as stream:
             assert await exchange(stream, EchoReq(b"ok")) == [EchoRes(b"ok")]
+            assert stream.extra(TLSAttribute.tls_version) == (
+                "TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
+            )
 
 
 async def test_plaintext_client_is_closed_at_once(
@@ -227,6 +275,35 @@ async def test_plaintext_client_is_closed_at_once(
             assert await exchange(tls, EchoReq(b"still")) == [EchoRes(b"still")]
     assert "does not speak TLS (it sent b'\\x00REQ" in caplog.text
     assert "does not speak TLS (it sent b'status\\n'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("start", "reason"),
+    [
+        (b"", "it closed the connection before the TLS handshake"),
+        (b"\x16\x03\x01\x02\x00\x01", "it closed the connection during the TLS handshake"),
+        (b"\x16\x03\x01\x00\x05hello", "TLS handshake failed: "),
+    ],
+    ids=["nothing", "half a ClientHello", "a bad ClientHello"],
+)
+async def test_broken_handshakes_are_logged(
+    ca: trustme.CA,
+    server_cert: trustme.LeafCert,
+    caplog: pytest.LogCaptureFixture,
+    start: bytes,
+    reason: str,
+) -> None:
+    caplog.set_level(logging.INFO, "trio_gearman.server")
+    async with tls_server(server_context(ca, server_cert, mtls=False)) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as peer:
+            if start:
+                await peer.send(start)
+            await peer.send_eof()
+            with anyio.fail_after(2):
+                await wait_closed_by_server(peer)
+        # The server logs as it closes (no checkpoint between): the line is there.
+        assert "Closing the connection from 127.0.0.1: " + reason in caplog.text
+        assert server.server.statistics().accepted == 0
 
 
 async def test_silent_peer_is_closed_at_the_handshake_timeout(
@@ -348,7 +425,14 @@ def test_bad_certificate_files(
     other_key = tmp_path / "other.key"
     trustme.CA().issue_cert("x").private_key_pem.write_to_path(other_key)
     encrypted = tmp_path / "encrypted.key"
-    encrypted.write_text("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n")
+    key_object = serialization.load_pem_private_key(Path(pem_files["key"]).read_bytes(), None)
+    encrypted.write_bytes(
+        key_object.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     cert, key = pem_files["cert"], pem_files["key"]
     cases = [
         (["--ssl-certificate", str(tmp_path / "missing.pem"), "--ssl-key", key],

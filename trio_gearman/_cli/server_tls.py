@@ -146,7 +146,5 @@ def tls_context(options: argparse.Namespace) -> ssl.SSLContext | None:
                 f"--ssl-ca-file {options.ssl_ca_file}: no PEM CA certificate in it "
                 f"({exc.reason or exc})"
             ) from None
-        if not context.get_ca_certs():
-            raise UsageError(f"--ssl-ca-file {options.ssl_ca_file}: no CA certificate in it")
         context.verify_mode = ssl.CERT_REQUIRED
     return context
