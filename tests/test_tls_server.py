@@ -32,6 +32,9 @@ from trio_gearman._proto._packets import (
     SubmitJob,
     WorkComplete,
 )
+from trio_gearman._server import server as server_module
+from trio_gearman._server.connection import HAVE_EPOLL
+from trio_gearman._server.server import GearmanServer
 from trio_gearman._server.tls import certificate_names
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
@@ -117,6 +120,17 @@ async def wait_closed_by_server(stream: anyio.abc.SocketStream) -> None:
 # --- serving through TLS --------------------------------------------------------------------
 
 
+@pytest.fixture(params=["poller", "task per connection"])
+def serving_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Serve with the epoll poller, and again with one task per connection."""
+    mode: str = request.param
+    if mode == "poller" and not HAVE_EPOLL:
+        pytest.skip("no epoll on this system")
+    if mode != "poller":
+        monkeypatch.setattr(server_module, "HAVE_EPOLL", False)
+    return mode
+
+
 async def test_echo_over_tls(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:
     async with (
         tls_server(server_context(ca, server_cert, mtls=False)) as server,
@@ -127,6 +141,7 @@ async def test_echo_over_tls(ca: trustme.CA, server_cert: trustme.LeafCert) -> N
         assert connection.cert_names == ()  # no client certificate asked for
 
 
+@pytest.mark.usefixtures("serving_mode")
 async def test_large_packets_cross_many_records(
     ca: trustme.CA, server_cert: trustme.LeafCert
 ) -> None:
@@ -164,6 +179,7 @@ class Dribble(ByteStream):
         await self.inner.aclose()
 
 
+@pytest.mark.usefixtures("serving_mode")
 async def test_records_in_small_pieces(ca: trustme.CA, server_cert: trustme.LeafCert) -> None:
     async with tls_server(server_context(ca, server_cert, mtls=False)) as server:
         transport = Dribble(await anyio.connect_tcp("127.0.0.1", server.port), step=7)
@@ -325,6 +341,15 @@ async def test_silent_peer_is_closed_at_the_handshake_timeout(
             await wait_closed_by_server(silent)
         assert trio.current_time() - start >= timeout * 0.9
     assert "no TLS handshake within 0.5 s" in caplog.text
+
+
+def test_server_refuses_a_client_side_context() -> None:
+    with pytest.raises(ValueError, match="client-side context"):
+        GearmanServer(ssl_context=ssl.create_default_context())
+    with pytest.raises(ValueError, match="client-side context"):
+        GearmanServer(ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    with pytest.raises(ValueError, match="must be positive"):
+        GearmanServer(ssl_handshake_timeout=0)
 
 
 async def test_memory_connections_stay_plaintext(

@@ -33,7 +33,7 @@ from .sockets import (
 )
 from .store.base import QueueStore
 from .store.writer import StoreStatistics, StoreWriter
-from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls, check_server_context
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -107,6 +107,10 @@ class GearmanServer:
             past it the socket is closed. Handshakes run in tasks of their own,
             so a slow one holds up no other connection.
 
+    Raises:
+        ValueError: ``ssl_context`` is a client-side context, or the handshake
+            timeout is not positive.
+
     Example:
         >>> async def main():
         ...     async with anyio.create_task_group() as tg:
@@ -129,6 +133,10 @@ class GearmanServer:
         ssl_context: ssl.SSLContext | None = None,
         ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        if ssl_context is not None:
+            check_server_context(ssl_context)
+        if not ssl_handshake_timeout > 0:
+            raise ValueError(f"ssl_handshake_timeout must be positive, not {ssl_handshake_timeout}")
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)

@@ -49,7 +49,13 @@ import anyio
 
 from .sockets import wait_readable, wait_writable
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "TLSSocket", "accept_tls", "certificate_names"]
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "TLSSocket",
+    "accept_tls",
+    "certificate_names",
+    "check_server_context",
+]
 
 logger = logging.getLogger("trio_gearman.server")
 
@@ -103,6 +109,21 @@ def certificate_names(cert: Mapping[str, object] | None) -> tuple[str, ...]:
             if value not in names:
                 names.append(value)
     return tuple(names)
+
+
+def check_server_context(context: ssl.SSLContext) -> None:
+    """Refuse a context that cannot serve: one made for the client side.
+
+    Raises:
+        ValueError: ``context`` is a client context (``PROTOCOL_TLS_CLIENT``, or
+            ``check_hostname`` on, as ``ssl.create_default_context()`` makes it).
+    """
+    if context.protocol == ssl.PROTOCOL_TLS_CLIENT or context.check_hostname:
+        raise ValueError(
+            "ssl_context is a client-side context; make the server's with "
+            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) or "
+            "ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)"
+        )
 
 
 class TLSSocket:
@@ -267,6 +288,9 @@ async def accept_tls(
                 return result
     except OSError as exc:  # ssl.SSLError included
         level, reason = _reason(exc)
+    except Exception:
+        logger.exception("Internal error in the TLS handshake with %s", peer, extra={"peer": peer})
+        level, reason = logging.ERROR, "internal error"
     finally:
         if tls is not None:
             tls.close()
