@@ -18,12 +18,14 @@ from anyio.abc import ByteStream, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography.hazmat.primitives import serialization
 
+from trio_gearman import Acl, AclRule
 from trio_gearman._cli.server import main, parse_options
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
     CanDo,
     EchoReq,
     EchoRes,
+    Error,
     GrabJobUniq,
     JobAssignUniq,
     JobCreated,
@@ -219,6 +221,35 @@ async def test_job_from_tls_client_to_tls_worker(
             for connection in connections:
                 await connection.wait_closed()
         assert not server.server.connections
+
+
+async def test_access_rules_match_the_client_certificate(
+    ca: trustme.CA, server_cert: trustme.LeafCert
+) -> None:
+    acl = Acl(
+        [
+            AclRule(certificate="worker-*.example", register=["resize"]),
+            AclRule(certificate="client-*.example", submit=["resize"]),
+        ]
+    )
+    context = server_context(ca, server_cert, mtls=True)
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(
+            GearmanServer(listen=[("127.0.0.1", 0)], ssl_context=context, acl=acl).run
+        )
+        worker = await connect(server.port, client_context(ca, ca.issue_cert("worker-1.example")))
+        client = await connect(server.port, client_context(ca, ca.issue_cert("client-1.example")))
+        async with worker, client:
+            assert await exchange(client, CanDo(b"resize")) == [
+                Error(b"PERMISSION_DENIED", b"not allowed to register the function resize")
+            ]
+            [created] = await exchange(client, SubmitJob(b"resize", b"", b"img", background=True))
+            assert isinstance(created, JobCreated)
+            await worker.send(encode(CanDo(b"resize")))
+            assert await exchange(worker, GrabJobUniq()) == [
+                JobAssignUniq(created.handle, b"resize", b"", b"img")
+            ]
+        await server.aclose()
 
 
 @pytest.mark.parametrize(
