@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from anyio.abc import ByteStream, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography.hazmat.primitives import serialization
 
-from trio_gearman import Acl, AclRule
+from trio_gearman import Acl, AclRule, AdminClient, Client, Job, Worker
 from trio_gearman._cli.server import main, parse_options
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
@@ -41,6 +42,9 @@ from trio_gearman._server.tls import certificate_names
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
 from .test_cli_server import expect_exit, trio_gearmand
+
+TOOLS = "import sys; from trio_gearman._cli.tools import main; sys.exit(main())"
+"""``trio-gearman`` as ``python -c`` runs it."""
 
 # --- certificates and contexts ---------------------------------------------------------------
 
@@ -221,6 +225,29 @@ async def test_job_from_tls_client_to_tls_worker(
             for connection in connections:
                 await connection.wait_closed()
         assert not server.server.connections
+
+
+async def reverse(job: Job) -> bytes:
+    return job.data[::-1]
+
+
+async def test_our_client_worker_and_admin_client_over_mtls(
+    ca: trustme.CA, server_cert: trustme.LeafCert
+) -> None:
+    context = client_context(ca, ca.issue_cert("app.example"))
+    async with tls_server(server_context(ca, server_cert, mtls=True)) as server:
+        address = f"tls://localhost:{server.port}"
+        worker = Worker(address, ssl_context=context)
+        worker.register("reverse", reverse)
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            async with Client(address, ssl_context=context) as client:
+                assert await client.submit("reverse", b"abc") == b"cba"
+            async with AdminClient(address, ssl_context=context) as admin:
+                [row] = [row for row in await admin.status() if row.function == b"reverse"]
+                assert row.workers == 1
+            worker.stop(0)
+        assert {conn.cert_names for conn in server.server.connections} <= {("app.example",)}
 
 
 async def test_access_rules_match_the_client_certificate(
@@ -522,6 +549,32 @@ async def test_cli_serves_tls(ca: trustme.CA, pem_files: dict[str, str], *, mtls
                 async with await connect(server.port, client_context(ca)) as stream:
                     await exchange(stream, EchoReq(b"x"))
             await server.wait_for_line(b"it sent no client certificate")
+        server.process.terminate()
+        await expect_exit(server)
+
+
+async def test_trio_gearman_tools_talk_to_trio_gearmand_over_mtls(
+    ca: trustme.CA, pem_files: dict[str, str], tmp_path: Path
+) -> None:
+    client = ca.issue_cert("ops.example")
+    client.private_key_and_cert_chain_pem.write_to_path(tmp_path / "client.pem")
+    args = ["-L", "127.0.0.1", "-p", "0", "--ssl", "--ssl-ca-file", pem_files["ca"]]
+    args += ["--ssl-certificate", pem_files["cert"], "--ssl-key", pem_files["key"]]
+    tool = [
+        sys.executable,
+        "-c",
+        "import sys; from trio_gearman._cli.tools import main; sys.exit(main())",
+    ]
+    async with trio_gearmand(args) as server:
+        tls = ["--ssl-ca-file", pem_files["ca"], "--ssl-certificate", str(tmp_path / "client.pem")]
+        servers = ["--servers", f"localhost:{server.port}"]
+        with anyio.fail_after(20):
+            submitted = await anyio.run_process(
+                [*tool, "submit", *servers, *tls, "--background", "resize", "img-1"], check=False
+            )
+            assert submitted.returncode == 0, submitted.stderr
+            status = await anyio.run_process([*tool, "admin", *servers, *tls, "status"])
+        assert b"resize" in status.stdout
         server.process.terminate()
         await expect_exit(server)
 
