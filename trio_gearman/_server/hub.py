@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -20,8 +21,9 @@ from anyio.abc import TaskGroup
 
 from .._proto.server.acl import Action, Denial, Identity
 from .._proto.server.model import JobNotice
-from .connection import ReadPoller, ServerConnection
+from .connection import ConnectionSocket, ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
+from .tls import TLSSocket
 
 if TYPE_CHECKING:
     from .._proto.server.state import ServerState
@@ -101,10 +103,14 @@ class ConnectionHub:
         """Serve a connected socket from now on (the one way a connection starts).
 
         Args:
-            sock: a connected stream socket; the hub owns it from now on.
+            sock: a connected stream socket; the hub owns it from now on. An
+                :class:`ssl.SSLSocket` whose handshake is done is served through
+                TLS, with the names of its client certificate as the
+                connection's ``cert_names``.
             peer: the peer's address as the admin protocol lists it.
             identity: who the peer is, for the access rules; by default ``peer``
-                without certificate names (a Unix socket counts as loopback).
+                with the names of its TLS client certificate, if any (a Unix
+                socket counts as loopback).
 
         Returns:
             The connection, or ``None`` if the socket was already dead.
@@ -122,10 +128,20 @@ class ConnectionHub:
             logger.debug("Dropping a connection that closed at once: %s", exc.strerror)
             sock.close()
             return None
+        cert_names: tuple[str, ...] = ()
+        transport: ConnectionSocket = sock
+        if isinstance(sock, ssl.SSLSocket):
+            tls = TLSSocket(sock)
+            transport, cert_names = tls, tls.cert_names
         if identity is None:
-            identity = Identity(peer, local=sock.family == getattr(socket, "AF_UNIX", None))
+            identity = Identity(
+                peer,
+                names=cert_names,
+                local=sock.family == getattr(socket, "AF_UNIX", None),
+            )
         conn = self.state.connect(peer.encode(), sock.fileno(), identity=identity)
-        connection = ServerConnection(self, sock, conn, peer)
+        connection = ServerConnection(self, transport, conn, peer)
+        connection.cert_names = cert_names
         self._connections[conn.id] = connection
         self.accepted += 1
         logger.debug("Connection %d from %s", conn.id, peer, extra={"peer": peer})

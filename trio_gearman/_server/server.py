@@ -10,6 +10,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -33,6 +34,7 @@ from .sockets import (
 )
 from .store.base import QueueStore
 from .store.writer import StoreStatistics, StoreWriter
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls, check_server_context
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -103,6 +105,19 @@ class GearmanServer:
             commands that change the server (gearmand's behaviour); by default
             only loopback peers and Unix sockets may. ``None`` keeps
             ``config.admin_from_anywhere``.
+        ssl_context: serve every TCP connection through TLS with this server-side
+            context (``None``: plaintext). A peer that does not open with a TLS
+            handshake is closed at once; to require client certificates, set
+            ``verify_mode = ssl.CERT_REQUIRED`` on it and load the CA with
+            ``load_verify_locations``. Connections that :meth:`adopt` is given
+            (the test server's memory connections) are not affected.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake;
+            past it the socket is closed. Handshakes run in tasks of their own,
+            so a slow one holds up no other connection.
+
+    Raises:
+        ValueError: ``ssl_context`` is a client-side context, or the handshake
+            timeout is not positive.
 
     Example:
         >>> async def main():
@@ -125,7 +140,13 @@ class GearmanServer:
         store: QueueStore | None = None,
         acl: Acl | None = None,
         admin_from_anywhere: bool | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        if ssl_context is not None:
+            check_server_context(ssl_context)
+        if not ssl_handshake_timeout > 0:
+            raise ValueError(f"ssl_handshake_timeout must be positive, not {ssl_handshake_timeout}")
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)
@@ -142,6 +163,8 @@ class GearmanServer:
         self._listen = tuple(listen)
         self._backlog = backlog
         self._fd_limit = fd_limit
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self._hub = ConnectionHub(
             self.state,
             max_packet_size=max_packet_size,
@@ -389,7 +412,21 @@ class GearmanServer:
                         break
                     logger.warning("Cannot accept a connection: %s", exc.strerror)
                     continue
-                self._hub.adopt(sock, str(address[0]))
+                if self.ssl_context is not None:
+                    self._start_tls(sock, str(address[0]))
+                else:
+                    self._hub.adopt(sock, str(address[0]))
+
+    def _start_tls(self, sock: socket.socket, peer: str) -> None:
+        """Shake hands with a new TLS peer in a task of its own, then serve it."""
+        assert self._task_group is not None
+        self._task_group.start_soon(self._accept_tls, sock, peer)
+
+    async def _accept_tls(self, sock: socket.socket, peer: str) -> None:
+        assert self.ssl_context is not None
+        tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        if tls is not None:
+            self._hub.adopt(tls, peer)
 
     # --- the state's side -------------------------------------------------------------------
 
@@ -441,6 +478,8 @@ async def serve(
     fd_limit: int | None = None,
     acl: Acl | None = None,
     admin_from_anywhere: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -465,5 +504,7 @@ async def serve(
         fd_limit=fd_limit,
         acl=acl,
         admin_from_anywhere=admin_from_anywhere,
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout,
     )
     await server.run(task_status=task_status)
