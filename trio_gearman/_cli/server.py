@@ -34,6 +34,7 @@ from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
+from .server_limits_state import add_state_limit_options, state_limits
 
 __all__ = ["main"]
 
@@ -301,6 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
+    add_state_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -584,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pid=os.getpid(),
         verbose=options.verbose.encode(),
         metrics=options.http_port is not None,
+        **state_limits(options),
     )
     keepalive = None
     if options.keepalive:

@@ -58,6 +58,7 @@ from .._admin import (
 )
 from .jobs import JobTable
 from .model import ConnectionState, Job
+from .names import function_name_error
 
 __all__ = ["AdminHandler"]
 
@@ -153,11 +154,22 @@ class AdminHandler:
             return format_ok()
         return format_error_reply(UNKNOWN_JOB)
 
+    def _refusal(self, name: bytes) -> bytes | None:
+        """The ``ERR`` line refusing the function name ``name``, or ``None``."""
+        why = function_name_error(name, self._state.config.max_function_name)
+        return None if why is None else format_error(b"ARGUMENT_TOO_LARGE", why)
+
     def _create_function(self, command: CreateFunction) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         self._state.create_function(command.function)
         return format_ok()
 
     def _drop_function(self, command: DropFunction) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         dropped = self._state.drop_function(command.function)
         if dropped is None:
             return format_error_reply(DROP_FUNCTION_NOT_FOUND)
@@ -166,6 +178,9 @@ class AdminHandler:
         return format_ok()
 
     def _max_queue(self, command: MaxQueue) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         self._state.set_max_queue(command.function, command.sizes)
         return format_ok()
 

@@ -310,6 +310,30 @@ class JobTable:
             function.stats = FunctionStats()
         return function
 
+    def _function(self, name: bytes) -> Function:
+        """The function ``name``, created if it does not exist."""
+        function = self._functions.get(name)
+        if function is None:
+            function = self._new_function(name)
+        return function
+
+    def _release(self, function: Function) -> None:
+        """Forget ``function`` if nothing needs it: no job, worker, limit or pin.
+
+        So the table of functions holds what is in use, not every name ever
+        seen. Its counters for metrics go with it.
+        """
+        if (
+            function.workers
+            or function.total
+            or function.max_queue is not None
+            or function.pinned
+            or function.sleepers
+        ):
+            return
+        if self._functions.get(function.name) is function:
+            del self._functions[function.name]
+
     # --- admin operations -----------------------------------------------------------------
 
     def cancel_job(self, handle: bytes) -> bool:
@@ -341,10 +365,10 @@ class JobTable:
         return True
 
     def create_function(self, name: bytes) -> Function:
-        """The function with this name, created if it does not exist."""
-        function = self._functions.get(name)
-        if function is None:
-            function = self._new_function(name)
+        """The function with this name, created if it does not exist (admin ``create
+        function``). It stays, even unused, until :meth:`drop_function`."""
+        function = self._function(name)
+        function.pinned = True
         return function
 
     def drop_function(self, name: bytes) -> bool | None:
@@ -388,6 +412,7 @@ class JobTable:
         if sizes is not None:
             sizes = (max(sizes[0], 0), max(sizes[1], 0), max(sizes[2], 0))
         function.max_queue = sizes if sizes and any(sizes) else None
+        self._release(function)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -530,6 +555,9 @@ class JobTable:
             job.clients = None
         if job.stored:
             self._unstore(job)
+        function = job.function
+        if not function.total and not function.workers:
+            self._release(function)
 
     def _unstore(self, job: Job) -> None:
         """The job's row goes in the store's next transaction."""

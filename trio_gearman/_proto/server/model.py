@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from ..._version import __version__
+from .names import DEFAULT_MAX_FUNCTION_NAME
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -234,6 +235,9 @@ class Function:
         uniques: live jobs by unique key (uniques other than ``-``).
         by_data: live jobs submitted with the unique ``-``, by payload.
         stats: its counters for metrics, or ``None`` (metrics off).
+        pinned: the admin ``create function`` made it: it stays until ``drop
+            function``. Any other function is forgotten once it has no job, no
+            worker and no ``maxqueue`` limit.
     """
 
     __slots__ = (
@@ -244,6 +248,7 @@ class Function:
         "max_queue",
         "name",
         "pending",
+        "pinned",
         "queues",
         "running",
         "sleepers",
@@ -266,6 +271,7 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         self.by_data: dict[bytes, Job] = {}
         self.stats: FunctionStats | None = None
+        self.pinned = False
 
     @property
     def queued(self) -> int:
@@ -482,7 +488,10 @@ class ServerConfig:
         durable: background jobs are made durable: each is acknowledged (and
             queued) only after the store has committed it (see :class:`StoreWrite`).
         metrics: keep :class:`FunctionStats` for every function (and mark admin
-            connections), for a metrics exporter.
+            connections), for a metrics exporter. A function's counters go with
+            it when it is forgotten (no job, no worker, no ``maxqueue`` limit).
+        max_function_name: the longest function name accepted, in bytes
+            (``--max-function-name``); a longer one is refused with an ERROR.
     """
 
     job_handle_prefix: bytes = b"H:localhost"
@@ -495,3 +504,4 @@ class ServerConfig:
     max_unique: int = 64
     durable: bool = False
     metrics: bool = False
+    max_function_name: int = DEFAULT_MAX_FUNCTION_NAME

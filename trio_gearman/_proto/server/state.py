@@ -107,6 +107,7 @@ from .model import (
     StoredJob,
     StoreWrite,
 )
+from .names import function_name_error
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
@@ -184,6 +185,7 @@ class ServerState(JobTable):
         self.wall_offset = 0.0
         self._prefix = config.job_handle_prefix + b":"
         self._max_unique = config.max_unique
+        self._max_function_name = config.max_function_name
         self._next_handle = 1
         # Durable servers reserve handle numbers in the store ahead of use.
         self._handle_limit = 0
@@ -408,9 +410,9 @@ class ServerState(JobTable):
         if len(unique) > self._max_unique:
             self._error(conn, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
             return
-        function = self._functions.get(name)
-        if function is None:
-            function = self._new_function(name)
+        if self._refused(conn, name):
+            return
+        function = self._function(name)
         index: dict[bytes, Job] | None = None
         key = unique
         if unique:
@@ -504,7 +506,7 @@ class ServerState(JobTable):
         prefix = self._prefix
         if handle.startswith(prefix) and handle[len(prefix) :].isdigit():
             self._next_handle = max(self._next_handle, int(handle[len(prefix) :]) + 1)
-        owner = self.create_function(function)
+        owner = self._function(function)
         job = Job(handle, owner, unique, data, priority, True, reducer)
         job.stored = self._durable
         job.queued_at = due if due is not None else now
@@ -719,9 +721,7 @@ class ServerState(JobTable):
     # --- workers --------------------------------------------------------------------------------
 
     def _register(self, conn: ConnectionState, name: bytes, timeout: int) -> None:
-        function = self._functions.get(name)
-        if function is None:
-            function = self._new_function(name)
+        function = self._function(name)
         abilities = conn.abilities
         if function in abilities:
             abilities[function] = timeout
@@ -737,10 +737,22 @@ class ServerState(JobTable):
             else:
                 function.sleepers[conn] = None
 
+    def _refused(self, conn: ConnectionState, name: bytes) -> bool:
+        """Whether the function name ``name`` is refused (``conn`` is then told why)."""
+        if len(name) <= self._max_function_name:
+            return False
+        why = function_name_error(name, self._max_function_name)
+        assert why is not None
+        self._error(conn, b"ARGUMENT_TOO_LARGE", why)
+        return True
+
     def _can_do(self, conn: ConnectionState, msg: CanDo, now: float) -> None:
-        self._register(conn, msg.function, 0)
+        if not self._refused(conn, msg.function):
+            self._register(conn, msg.function, 0)
 
     def _can_do_timeout(self, conn: ConnectionState, msg: CanDoTimeout, now: float) -> None:
+        if self._refused(conn, msg.function):
+            return
         timeout = msg.timeout
         self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
 
@@ -755,8 +767,12 @@ class ServerState(JobTable):
         conn.rr = 0
         for job in [job for job in conn.running.values() if job.function in dropped]:
             self._requeue(job)
+        for function in functions:
+            self._release(function)
 
     def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
+        if self._refused(conn, msg.function):
+            return
         function = self._functions.get(msg.function)
         if function is None or function not in conn.abilities:
             return
