@@ -12,6 +12,7 @@ from trio_gearman._proto._packets import (
     GrabJob,
     JobCreated,
     Message,
+    SetClientId,
     SubmitJob,
     SubmitJobEpoch,
     SubmitReduceJob,
@@ -114,3 +115,67 @@ def test_a_forgotten_function_comes_back_fresh() -> None:
     assert again is not first
     assert again.stats is not None
     assert again.stats.submitted[4] == 1
+
+
+# --- names that would forge admin lines ---------------------------------------------------
+
+BAD_NAME = Error(b"INVALID_FUNCTION_NAME", b"Function name with a space or control byte")
+BAD_ID = Error(b"INVALID_ARGUMENT", b"Client id with a control byte")
+FORGED = [
+    b"f\n9 6.6.6.6 fake : evil",
+    b"f\t5\t5\t5",
+    b"f\r",
+    b"f\0g",
+    b"f\x1b[2J",
+    b"f\x7f",
+    b"f g",
+]
+
+
+@pytest.mark.parametrize("name", FORGED)
+def test_a_function_name_with_a_control_byte_or_space_is_refused(name: bytes) -> None:
+    harness = Harness()
+    peer = harness.connect()
+    messages: list[Message] = [
+        CanDo(name),
+        CanDoTimeout(name, 5),
+        CantDo(name),
+        SubmitJob(name, b"", b"x"),
+        SubmitJob(name, b"u", b"x", background=True),
+        SubmitReduceJob(name, b"", b"r", b"", b"x"),
+        SubmitJobEpoch(name, b"", 0, b"x"),
+    ]
+    for message in messages:
+        assert peer.request(message) == [BAD_NAME], message
+    assert list(harness.state.functions) == []
+    assert harness.state.jobs_queued == 0
+    admin = harness.connect()
+    refusal = b"ERR INVALID_FUNCTION_NAME Function+name+with+a+space+or+control+byte\r\n"
+    if b" " not in name and b"\0" not in name:  # an admin word ends at either
+        for command in (b"create function ", b"drop function ", b"maxqueue "):
+            assert admin.admin(command + name) == refusal, command
+
+
+@pytest.mark.parametrize("client_id", [b"w\n9 6.6.6.6 fake :", b"w\t", b"w\r", b"w\0x", b"w\x01"])
+def test_a_client_id_with_a_control_byte_is_refused(client_id: bytes) -> None:
+    harness = Harness()
+    peer = harness.connect()
+    assert peer.request(SetClientId(b"web 1")) == []  # spaces are fine
+    assert peer.request(SetClientId(client_id)) == [BAD_ID]
+    assert peer.conn.client_id == b"web 1"
+
+
+def test_admin_listings_have_exactly_the_lines_expected_after_forgery_attempts() -> None:
+    harness = Harness()
+    worker = harness.connect()
+    worker.send(SetClientId(b"w-1\n99 6.6.6.6 fake : evil"), SetClientId(b"w-1"), CanDo(b"resize"))
+    for name in FORGED:
+        worker.send(CanDo(name), SubmitJob(name, b"", b"x", background=True))
+    client = harness.connect()
+    client.send(SubmitJob(b"resize", b"", b"x", background=True))
+    admin = harness.connect()
+    assert admin.admin(b"status") == b"resize\t1\t0\t1\n.\n"
+    fds = [peer.conn.fd for peer in (worker, client, admin)]
+    assert admin.admin(b"workers") == (
+        b"%d 127.0.0.1 w-1 : resize\n%d 127.0.0.1 - :\n%d 127.0.0.1 - :\n.\n" % tuple(fds)
+    )

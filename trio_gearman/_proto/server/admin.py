@@ -157,7 +157,7 @@ class AdminHandler:
     def _refusal(self, name: bytes) -> bytes | None:
         """The ``ERR`` line refusing the function name ``name``, or ``None``."""
         why = function_name_error(name, self._state.config.max_function_name)
-        return None if why is None else format_error(b"ARGUMENT_TOO_LARGE", why)
+        return None if why is None else format_error(*why)
 
     def _create_function(self, command: CreateFunction) -> bytes:
         refusal = self._refusal(command.function)

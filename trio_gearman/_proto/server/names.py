@@ -1,21 +1,34 @@
-"""Checks of the names that peers give the job server: function names.
+"""Checks of the names that peers give the job server: function names and client ids.
 
 A function name lives as long as its function's entry in the job table, and the
-admin listings print it, so the server bounds its length (gearmand, whose packets
-must fit an 8 KiB buffer, closes the connection of a longer one).
+admin listings print names and ids on lines of tab- and space-separated fields, so:
+
+* a function name is at most ``max_function_name`` bytes (gearmand, whose packets
+  must fit an 8 KiB buffer, closes the connection of a longer one);
+* a function name holds no control byte (``\\x00``-``\\x1f``, ``\\x7f``) and no space:
+  a newline or tab would add lines or columns to ``status``, a space would split
+  one name into two in ``workers``;
+* a client id (SET_CLIENT_ID) holds no control byte (spaces are fine: ``workers``
+  readers find the id by the `` :`` that ends it).
+
+gearmand accepts all of these and prints them as they are.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
-__all__ = ["DEFAULT_MAX_FUNCTION_NAME", "function_name_error"]
+__all__ = ["DEFAULT_MAX_FUNCTION_NAME", "client_id_error", "function_name_error"]
 
 DEFAULT_MAX_FUNCTION_NAME: Final = 8192
 """The longest function name accepted by default, in bytes (gearmand's buffer)."""
 
+_BAD_IN_NAME: Final = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_IN_ID: Final = re.compile(rb"[\x00-\x1f\x7f]")
 
-def function_name_error(name: bytes, limit: int) -> bytes | None:
+
+def function_name_error(name: bytes, limit: int) -> tuple[bytes, bytes] | None:
     """Why ``name`` is refused as a function name, or ``None`` if it is accepted.
 
     Args:
@@ -23,14 +36,33 @@ def function_name_error(name: bytes, limit: int) -> bytes | None:
         limit: the longest name accepted, in bytes.
 
     Returns:
-        The text of the refusal (for an ERROR packet or an ``ERR`` line), or ``None``.
+        The error code and text of the refusal (for an ERROR packet or an ``ERR``
+        line), or ``None``.
 
     Example:
         >>> function_name_error(b"resize", 8192) is None
         True
         >>> function_name_error(b"x" * 9, 8)
-        b'Function name longer than 8 bytes'
+        (b'ARGUMENT_TOO_LARGE', b'Function name longer than 8 bytes')
+        >>> function_name_error(b"a\\tb", 8)
+        (b'INVALID_FUNCTION_NAME', b'Function name with a space or control byte')
     """
     if len(name) > limit:
-        return b"Function name longer than %d bytes" % limit
+        return b"ARGUMENT_TOO_LARGE", b"Function name longer than %d bytes" % limit
+    if _BAD_IN_NAME.search(name) is not None:
+        return b"INVALID_FUNCTION_NAME", b"Function name with a space or control byte"
+    return None
+
+
+def client_id_error(client_id: bytes) -> tuple[bytes, bytes] | None:
+    """Why ``client_id`` is refused as a SET_CLIENT_ID id, or ``None`` if it is accepted.
+
+    Example:
+        >>> client_id_error(b"web 1") is None
+        True
+        >>> client_id_error(b"web\\n9 1.2.3.4 fake :")
+        (b'INVALID_ARGUMENT', b'Client id with a control byte')
+    """
+    if _BAD_IN_ID.search(client_id) is not None:
+        return b"INVALID_ARGUMENT", b"Client id with a control byte"
     return None

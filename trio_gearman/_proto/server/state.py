@@ -107,7 +107,7 @@ from .model import (
     StoredJob,
     StoreWrite,
 )
-from .names import function_name_error
+from .names import client_id_error, function_name_error
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
@@ -410,9 +410,12 @@ class ServerState(JobTable):
         if len(unique) > self._max_unique:
             self._error(conn, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
             return
-        if self._refused(conn, name):
-            return
-        function = self._function(name)
+        function = self._functions.get(name)
+        if function is None:
+            # Names in the table were checked when they entered it.
+            if self._refused(conn, name):
+                return
+            function = self._new_function(name)
         index: dict[bytes, Job] | None = None
         key = unique
         if unique:
@@ -739,19 +742,18 @@ class ServerState(JobTable):
 
     def _refused(self, conn: ConnectionState, name: bytes) -> bool:
         """Whether the function name ``name`` is refused (``conn`` is then told why)."""
-        if len(name) <= self._max_function_name:
-            return False
         why = function_name_error(name, self._max_function_name)
-        assert why is not None
-        self._error(conn, b"ARGUMENT_TOO_LARGE", why)
+        if why is None:
+            return False
+        self._error(conn, *why)
         return True
 
     def _can_do(self, conn: ConnectionState, msg: CanDo, now: float) -> None:
-        if not self._refused(conn, msg.function):
+        if msg.function in self._functions or not self._refused(conn, msg.function):
             self._register(conn, msg.function, 0)
 
     def _can_do_timeout(self, conn: ConnectionState, msg: CanDoTimeout, now: float) -> None:
-        if self._refused(conn, msg.function):
+        if msg.function not in self._functions and self._refused(conn, msg.function):
             return
         timeout = msg.timeout
         self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
@@ -771,10 +773,11 @@ class ServerState(JobTable):
             self._release(function)
 
     def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
-        if self._refused(conn, msg.function):
-            return
         function = self._functions.get(msg.function)
-        if function is None or function not in conn.abilities:
+        if function is None:
+            self._refused(conn, msg.function)  # an unknown name that is valid needs no reply
+            return
+        if function not in conn.abilities:
             return
         self._drop_abilities(conn, [function])
         self._rewake([function])
@@ -926,7 +929,12 @@ class ServerState(JobTable):
         self._send(conn, EchoRes(msg.data))
 
     def _set_client_id(self, conn: ConnectionState, msg: SetClientId, now: float) -> None:
-        conn.client_id = msg.client_id[:_CLIENT_ID_MAX]
+        client_id = msg.client_id[:_CLIENT_ID_MAX]
+        why = client_id_error(client_id)
+        if why is None:
+            conn.client_id = client_id
+        else:
+            self._error(conn, *why)  # the connection keeps its id
 
     def _option(self, conn: ConnectionState, msg: OptionReq, now: float) -> None:
         if msg.option.lower() == b"exceptions":
