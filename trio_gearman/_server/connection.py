@@ -138,7 +138,8 @@ class ServerConnection:
         self._writer_done: anyio.Event | None = None
 
     def flush(self) -> bool:
-        """Send what ``conn.outgoing`` holds, without waiting.
+        """Send the connection's output (``conn.outgoing``, after any shared
+        buffers), without waiting.
 
         What the socket does not take now is left to a writer task, started here
         and ending once everything is sent.
@@ -146,23 +147,52 @@ class ServerConnection:
         Returns:
             ``False`` if the connection is broken (the peer is gone).
         """
-        out = self.conn.outgoing
-        try:
-            sent = self._sock.send(out)
-            self.bytes_out += sent
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return False
-        if sent == len(out):
-            out.clear()
-        else:
+        conn = self.conn
+        out = conn.outgoing
+        if conn.shared is None:
+            try:
+                sent = self._sock.send(out)
+                self.bytes_out += sent
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False
+            if sent == len(out):
+                out.clear()
+                return True
             del out[:sent]
-            self.blocked = True
-            self._writer_scope = anyio.CancelScope()
-            self._writer_done = anyio.Event()
-            self._owner.start_task(self._write_loop)
+        else:
+            try:
+                self._send_buffers()
+            except OSError:
+                return False
+            if not conn.pending_output:
+                return True
+        self.blocked = True
+        self._writer_scope = anyio.CancelScope()
+        self._writer_done = anyio.Event()
+        self._owner.start_task(self._write_loop)
         return True
+
+    def _send_buffers(self) -> None:
+        """Send what the socket takes of an output with shared buffers, in order.
+
+        Raises:
+            OSError: the connection is broken.
+        """
+        conn = self.conn
+        send = self._sock.send
+        total = 0
+        for buffer in conn.output_buffers():
+            try:
+                sent = send(buffer)
+            except BlockingIOError:
+                break
+            total += sent
+            if sent < len(buffer):
+                break
+        self.bytes_out += total
+        conn.consume_output(total)
 
     @property
     def closed(self) -> bool:
@@ -175,7 +205,7 @@ class ServerConnection:
         A connection served by its own task ends when that task has unwound; one
         served by the poller ends here. :meth:`wait_closed` waits for either.
         """
-        self.conn.outgoing.clear()
+        self.conn.clear_output()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
         else:
@@ -208,7 +238,7 @@ class ServerConnection:
         except BlockingIOError:
             return False
         except OSError:
-            self.conn.outgoing.clear()  # the peer is gone: nothing more to send
+            self.conn.clear_output()  # the peer is gone: nothing more to send
             return True
         if not data:
             return True
@@ -253,7 +283,7 @@ class ServerConnection:
         poller = self._poller
         if poller is not None:
             poller.discard(self)
-        if self._writer_scope is not None and self.conn.outgoing:
+        if self._writer_scope is not None and self.conn.pending_output:
             # Let the writer send the last replies (within a bound), then close.
             self._ending = True
             self._writer_scope.deadline = min(
@@ -346,22 +376,25 @@ class ServerConnection:
         broken = False
         try:
             with scope:
-                while conn.outgoing and not self._closed:
+                while conn.pending_output and not self._closed:
                     await wait_writable(sock)
                     out = conn.outgoing
                     try:
-                        sent = sock.send(out)
+                        if conn.shared is None:
+                            sent = sock.send(out)
+                            self.bytes_out += sent
+                            del out[:sent]
+                        else:
+                            self._send_buffers()
                     except BlockingIOError:
                         continue
                     except OSError:
                         # The peer is gone: stop reading too.
-                        out.clear()
+                        conn.clear_output()
                         broken = True
                         if self._reader_scope is not None:
                             self._reader_scope.cancel()
                         return
-                    self.bytes_out += sent
-                    del out[:sent]
         except anyio.ClosedResourceError:  # the reader closed the socket
             pass
         finally:

@@ -139,18 +139,18 @@ class ConnectionHub:
                 conn = dirty.pop()
                 connection = connections.get(conn.id)
                 if connection is None:
-                    conn.outgoing.clear()
+                    conn.clear_output()
                 elif not connection.blocked:
                     if not connection.flush():
                         self.drop(connection, "the peer is gone")
-                    elif len(conn.outgoing) > limit:
+                    elif conn.pending_output > limit:
                         # What the socket did not take waits: the replies of one read
                         # can be over the limit by themselves.
                         self.drop(
                             connection,
                             f"more than {limit} bytes of replies wait while it does not read",
                         )
-                elif len(conn.outgoing) > limit:
+                elif conn.pending_output > limit:
                     self.drop(
                         connection,
                         f"more than {limit} bytes of replies wait while it does not read",

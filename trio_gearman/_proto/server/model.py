@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from itertools import islice
 from typing import Any, Final, Protocol
 
 import attrs
@@ -44,6 +45,10 @@ __all__ = [
     "StoreWrite",
     "StoredJob",
 ]
+
+
+_BUFFERS_AT_ONCE: Final = 64
+"""The most buffers :meth:`ConnectionState.output_buffers` gives at a time."""
 
 
 class JobState(enum.IntEnum):
@@ -301,14 +306,21 @@ class Function:
 class ConnectionState:
     """What the server knows about one connection.
 
-    The I/O layer reads :attr:`outgoing` and :attr:`closing`; everything else is
-    the state machine's own.
+    The I/O layer sends its output (:attr:`shared`, then :attr:`outgoing`) and
+    reads :attr:`closing`; everything else is the state machine's own.
 
     Attributes:
         id: a number unique among this server's connections.
         address: the peer address, as shown by the admin ``workers`` command.
         fd: the file descriptor number, as shown by ``workers``.
-        outgoing: encoded bytes to send. The I/O layer sends and deletes them.
+        outgoing: encoded bytes to send, after those of :attr:`shared`. The I/O
+            layer sends and deletes them.
+        shared: buffers to send before :attr:`outgoing`, or ``None``: a large
+            payload that several connections send (the same bytes object for
+            all), and the bytes of ``outgoing`` that were before it. While it is
+            not ``None`` the I/O layer sends :meth:`output_buffers` and reports
+            what went with :meth:`consume_output`.
+        shared_size: the bytes in :attr:`shared`.
         closing: the server wants the connection closed once ``outgoing`` is sent.
         closed: :meth:`ServerState.disconnect` has run for this connection.
         client_id: set by SET_CLIENT_ID; ``-`` until then.
@@ -347,6 +359,8 @@ class ConnectionState:
         "paused",
         "rr",
         "running",
+        "shared",
+        "shared_size",
         "sleeping",
     )
 
@@ -355,6 +369,8 @@ class ConnectionState:
         self.address = address
         self.fd = fd
         self.outgoing = bytearray()
+        self.shared: deque[bytes | bytearray | memoryview] | None = None
+        self.shared_size = 0
         self.closing = False
         self.closed = False
         self.client_id = b"-"
@@ -372,6 +388,64 @@ class ConnectionState:
 
     def __repr__(self) -> str:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"
+
+    def share(self, payload: bytes) -> None:
+        """Send ``payload`` after what is queued, without copying it.
+
+        Many connections can share one payload (a coalesced job's result): each
+        keeps a reference, none a copy.
+        """
+        shared = self.shared
+        if shared is None:
+            shared = self.shared = deque()
+        out = self.outgoing
+        if out:
+            shared.append(out)  # what was queued before goes first
+            self.shared_size += len(out)
+            self.outgoing = bytearray()
+        shared.append(payload)
+        self.shared_size += len(payload)
+
+    @property
+    def pending_output(self) -> int:
+        """The bytes waiting to be sent."""
+        return len(self.outgoing) + self.shared_size
+
+    def output_buffers(self) -> list[bytes | bytearray | memoryview]:
+        """The buffers to send, in order (the first ones of :attr:`shared`, then
+        :attr:`outgoing`)."""
+        shared = self.shared
+        if shared is None:
+            return [self.outgoing]
+        buffers = list(islice(shared, _BUFFERS_AT_ONCE))
+        if len(buffers) < _BUFFERS_AT_ONCE:
+            buffers.append(self.outgoing)
+        return buffers
+
+    def consume_output(self, sent: int) -> None:
+        """Forget the first ``sent`` bytes of the output: they went out."""
+        shared = self.shared
+        if shared is not None:
+            while shared and sent:
+                size = len(shared[0])
+                if sent < size:
+                    shared[0] = memoryview(shared[0])[sent:]
+                    self.shared_size -= sent
+                    return
+                shared.popleft()
+                self.shared_size -= size
+                sent -= size
+            if shared:
+                return
+            self.shared = None
+        if sent:
+            del self.outgoing[:sent]
+
+    def clear_output(self) -> None:
+        """Forget the whole output (the connection is gone)."""
+        self.outgoing.clear()
+        self.shared = None
+        self.shared_size = 0
 
 
 @attrs.frozen

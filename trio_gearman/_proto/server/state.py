@@ -119,6 +119,9 @@ _JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
 _NO_JOB: Final = _pack(_RES_BYTES, PacketType.NO_JOB, 0)
 
 _CLIENT_ID_MAX: Final = 127
+_SHARE_AT: Final = 4096
+"""Payloads of WORK_* packets from this size on are shared, not copied, by the
+connections they go to."""
 _MIN_TIMEOUT_MS: Final = 1000
 
 _NOT_EXPECTED: Final = (b"INVALID_COMMAND", b"Command not expected")
@@ -828,13 +831,30 @@ class ServerState(JobTable):
 
     def _forward(self, job: Job, message: Message) -> None:
         clients = job.clients
-        if clients is None:
-            return
-        body = b"\0".join(message.wire_parts())
-        packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+        if clients is not None:
+            self._fan_out(clients, message)
+
+    def _fan_out(self, clients: Iterable[ConnectionState], message: Message) -> None:
+        """Send ``message`` to each of ``clients`` (once per entry), encoded once.
+
+        A large payload is not copied at all: each connection's output refers to
+        the message's own bytes object (:meth:`ConnectionState.share`).
+        """
+        parts = message.wire_parts()
+        data = parts[-1]
         dirty = self.dirty
+        if len(data) < _SHARE_AT or len(parts) < 2:
+            body = b"\0".join(parts)
+            packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+            for client in clients:
+                client.outgoing += packet
+                dirty.add(client)
+            return
+        head = b"\0".join(parts[:-1]) + b"\0"
+        head = _pack(_RES_BYTES, message.packet_type, len(head) + len(data)) + head
         for client in clients:
-            client.outgoing += packet
+            client.outgoing += head
+            client.share(data)
             dirty.add(client)
 
     def _work_data(self, conn: ConnectionState, msg: WorkData, now: float) -> None:
@@ -889,10 +909,14 @@ class ServerState(JobTable):
         if job is None:
             self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_EXCEPTION)
             return
-        if job.clients is not None:
-            fail = WorkFail(msg.handle)
-            for client in job.clients:
-                self._send(client, msg if client.exceptions else fail)
+        clients = job.clients
+        if clients is not None:
+            # Those that asked for exceptions get them; the others WORK_FAIL.
+            told = [client for client in clients if client.exceptions]
+            if told:
+                self._fan_out(told, msg)
+            if len(told) < len(clients):
+                self._fan_out([c for c in clients if not c.exceptions], WorkFail(msg.handle))
         self._finish(conn, job)
         outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
         self._ended(job, outcome, msg.data, now)
