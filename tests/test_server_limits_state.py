@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import trio
 
+from trio_gearman._proto._codec import encode
 from trio_gearman._proto._packets import (
     CanDo,
+    EchoReq,
+    EchoRes,
     GrabJob,
     JobAssign,
     JobCreated,
@@ -13,8 +16,12 @@ from trio_gearman._proto._packets import (
     WorkComplete,
     WorkData,
 )
+from trio_gearman._proto.server.state import ServerConfig
 
 from .test_server_io import Peer, running_server, settle
+from .test_server_poller import serving_mode
+
+__all__ = ["serving_mode"]  # the fixture, used by name
 
 
 async def test_a_large_shared_result_reaches_every_waiter_whole_and_in_order() -> None:
@@ -45,3 +52,67 @@ async def test_a_large_shared_result_reaches_every_waiter_whole_and_in_order() -
                     WorkComplete(handle, big)
                 ] * times
         await settle(lambda: not any(c.blocked for c in server.connections))
+
+
+async def test_a_long_listing_to_a_slow_reader_does_not_hold_up_others() -> None:
+    jobs = 200_000
+    prefix = b"H:" + b"p" * 40  # ~55-byte lines: 11 MB, more than the sockets hold
+    async with running_server(config=ServerConfig(job_handle_prefix=prefix)) as server:
+        client = await Peer.connect(server)
+        batch = b"".join(
+            encode(SubmitJob(b"f", b"", b"%d" % i, background=True)) for i in range(10_000)
+        )
+        for _ in range(jobs // 10_000):
+            await client.send(batch)
+        await settle(lambda: server.state.jobs_queued == jobs)
+        admin, other = await Peer.connect(server), await Peer.connect(server)
+        await admin.send(b"show jobs\n")
+        # The admin peer reads nothing yet: the listing waits for it, slice by slice.
+        await settle(lambda: any(c.blocked and c.conn.listing for c in server.connections))
+        for _ in range(5):
+            started = trio.current_time()
+            await other.send(EchoReq(b"ping"))
+            with trio.fail_after(5):
+                assert await other.packet() == EchoRes(b"ping")
+            assert trio.current_time() - started < 0.1
+            assert any(c.conn.listing is not None for c in server.connections)
+        # Read slowly: every job is listed exactly once.
+        lines: list[bytes] = []
+        with trio.fail_after(60):
+            while not lines or lines[-1] != b".\n":
+                lines.append(await admin.line())
+                if len(lines) % 20_000 == 0:
+                    await trio.sleep(0.01)  # a slow reader
+        handles = [line.split(b"\t")[0] for line in lines[:-1]]
+        assert len(handles) == jobs
+        assert set(handles) == {prefix + b":%d" % i for i in range(1, jobs + 1)}
+        assert lines[0] == prefix + b":1\t0\t0\t1\n"
+        await other.send(EchoReq(b"done"))
+        assert await other.packet() == EchoRes(b"done")
+
+
+async def test_a_listing_to_a_peer_that_stopped_sending_arrives_whole(serving_mode: str) -> None:
+    jobs = 100_000
+    prefix = b"H:" + b"p" * 40
+    async with running_server(config=ServerConfig(job_handle_prefix=prefix)) as server:
+        client = await Peer.connect(server)
+        batch = b"".join(
+            encode(SubmitJob(b"f", b"", b"%d" % i, background=True)) for i in range(10_000)
+        )
+        for _ in range(jobs // 10_000):
+            await client.send(batch)
+        await settle(lambda: server.state.jobs_queued == jobs)
+        port = next(port for address, port in server.addresses if ":" not in address)
+        with trio.fail_after(30):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"show jobs\n")
+            await stream.send_eof()  # the server sees the end of the stream
+            await settle(lambda: any(c.blocked and c.conn.listing for c in server.connections))
+            received = bytearray()
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+            await stream.aclose()
+        lines = bytes(received).split(b"\n")
+        assert lines[-2:] == [b".", b""]
+        assert len(lines) == jobs + 2
+        assert lines[-3] == prefix + b":%d\t0\t0\t1" % jobs

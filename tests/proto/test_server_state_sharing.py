@@ -99,6 +99,9 @@ def test_output_with_shared_buffers_is_consumed_in_order() -> None:
     conn.consume_output(4)  # the shared buffers, and part of outgoing
     assert conn.shared is None
     assert b"".join(conn.output_buffers()) == b"h"
+    conn.consume_output(1)  # no shared buffers
+    assert conn.pending_output == 0
+    conn.outgoing += b"h"
     conn.share(b"i" * 10)
     for _ in range(100):  # more buffers than one call gives
         conn.share(b"j")

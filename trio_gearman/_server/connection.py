@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
@@ -103,8 +104,11 @@ class ServerConnection:
     __slots__ = (
         "_closed",
         "_closed_event",
+        "_deadline",
         "_decoder",
         "_ending",
+        "_listing",
+        "_listing_scope",
         "_owner",
         "_poller",
         "_reader_scope",
@@ -131,6 +135,9 @@ class ServerConnection:
         self._closed = False
         self._closed_event: anyio.Event | None = None
         self._ending = False
+        self._deadline = math.inf
+        self._listing: anyio.Event | None = None
+        self._listing_scope: anyio.CancelScope | None = None
         self._decoder: Decoder | None = None
         self._poller: ReadPoller | None = None
         self._reader_scope: anyio.CancelScope | None = None
@@ -169,7 +176,7 @@ class ServerConnection:
             if not conn.pending_output:
                 return True
         self.blocked = True
-        self._writer_scope = anyio.CancelScope()
+        self._writer_scope = anyio.CancelScope(deadline=self._deadline)
         self._writer_done = anyio.Event()
         self._owner.start_task(self._write_loop)
         return True
@@ -193,6 +200,43 @@ class ServerConnection:
                 break
         self.bytes_out += total
         conn.consume_output(total)
+
+    def keep_listing(self) -> None:
+        """Send the rest of the connection's admin listing (``conn.listing``) from a
+        task of its own, a slice at a time (unless that task runs already)."""
+        if self._listing is None and not self._closed:
+            self._listing = anyio.Event()
+            self._listing_scope = anyio.CancelScope(deadline=self._deadline)
+            self._owner.start_task(self._list_loop)
+
+    async def _list_loop(self) -> None:
+        """Ask the state for the next slice each time the last one went out.
+
+        Other connections are served between two slices; while a slice waits for
+        the socket, nothing more is made.
+        """
+        conn = self.conn
+        state = self._owner.state
+        scope = self._listing_scope
+        done = self._listing
+        assert scope is not None
+        assert done is not None
+        try:
+            with scope:
+                while conn.listing is not None and not self._closed:
+                    await anyio.lowlevel.checkpoint()
+                    sending = self._writer_done
+                    if sending is not None:  # the peer has not taken the last slice yet
+                        await sending.wait()
+                        continue
+                    state.continue_listing(conn, anyio.current_time())
+                    self._owner.send_pending()
+        finally:
+            self._listing = self._listing_scope = None
+            done.set()
+            # Served by the poller and ending: close once the last slice is sent.
+            if self._ending and self._writer_done is None:
+                self.close()
 
     @property
     def closed(self) -> bool:
@@ -283,12 +327,16 @@ class ServerConnection:
         poller = self._poller
         if poller is not None:
             poller.discard(self)
-        if self._writer_scope is not None and self.conn.pending_output:
-            # Let the writer send the last replies (within a bound), then close.
+        if self._listing is not None or (
+            self._writer_scope is not None and self.conn.pending_output
+        ):
+            # Let the writer send the last replies, and the rest of a listing
+            # (within a bound), then close.
             self._ending = True
-            self._writer_scope.deadline = min(
-                self._writer_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
-            )
+            self._deadline = anyio.current_time() + FLUSH_TIMEOUT
+            for scope in (self._writer_scope, self._listing_scope):
+                if scope is not None:
+                    scope.deadline = min(scope.deadline, self._deadline)
         else:
             self.close()
 
@@ -305,6 +353,8 @@ class ServerConnection:
             poller.discard(self)
         if self._writer_scope is not None:
             self._writer_scope.cancel()
+        if self._listing_scope is not None:
+            self._listing_scope.cancel()
         try:
             self._owner.connection_closed(self)
         finally:
@@ -319,11 +369,16 @@ class ServerConnection:
             return
         try:
             with anyio.CancelScope() as self._reader_scope:
-                if await self._read_loop() and self._writer_done is not None:
+                if await self._read_loop():
                     # The peer is done sending, or the state wants the connection
-                    # closed: let the last replies go out (within a bound).
+                    # closed: let the last replies and the rest of a listing go out
+                    # (within a bound).
                     with anyio.move_on_after(FLUSH_TIMEOUT):
-                        await self._writer_done.wait()
+                        while True:
+                            waiting = self._listing or self._writer_done
+                            if waiting is None:
+                                break
+                            await waiting.wait()
         finally:
             self.close()
 
@@ -403,7 +458,7 @@ class ServerConnection:
             done.set()
             # Served by the poller (no reader task to notice): close here when the
             # connection was only waiting for these replies, or is broken.
-            if self._ending or (broken and self._reader_scope is None):
+            if (self._ending and self._listing is None) or (broken and self._reader_scope is None):
                 self.close()
 
 

@@ -140,21 +140,17 @@ class ConnectionHub:
                 connection = connections.get(conn.id)
                 if connection is None:
                     conn.clear_output()
-                elif not connection.blocked:
-                    if not connection.flush():
-                        self.drop(connection, "the peer is gone")
-                    elif conn.pending_output > limit:
-                        # What the socket did not take waits: the replies of one read
-                        # can be over the limit by themselves.
-                        self.drop(
-                            connection,
-                            f"more than {limit} bytes of replies wait while it does not read",
-                        )
+                elif not connection.blocked and not connection.flush():
+                    self.drop(connection, "the peer is gone")
                 elif conn.pending_output > limit:
+                    # What the socket did not take waits: the replies of one read can
+                    # be over the limit by themselves.
                     self.drop(
                         connection,
                         f"more than {limit} bytes of replies wait while it does not read",
                     )
+                elif conn.listing is not None:
+                    connection.keep_listing()
         self._after_batch()
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:

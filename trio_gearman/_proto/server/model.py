@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from ..._version import __version__
+from .listing import Listing
 from .names import DEFAULT_MAX_FUNCTION_NAME
 
 __all__ = [
@@ -339,6 +340,9 @@ class ConnectionState:
             before them (anything but another durable submission), in order, or
             ``None``.
         admin: the connection has sent an admin text command.
+        listing: the rest of an admin listing being sent a slice at a time, or
+            ``None``. While it is set, the connection's later events wait in
+            :attr:`paused`.
     """
 
     __slots__ = (
@@ -354,6 +358,7 @@ class ConnectionState:
         "exceptions",
         "fd",
         "id",
+        "listing",
         "noop_sent",
         "outgoing",
         "paused",
@@ -385,6 +390,7 @@ class ConnectionState:
         self.acks: deque[Ack] | None = None
         self.admin = False
         self.paused: list[Any] | None = None
+        self.listing: Listing[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"

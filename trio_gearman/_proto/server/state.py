@@ -274,7 +274,44 @@ class ServerState(JobTable):
         if conn.acks is not None:
             self._receive_behind_acks(conn, event, now)
             return
+        if conn.listing is not None:
+            # Answered once the listing is sent, in order.
+            if conn.paused is None:
+                conn.paused = [event]
+            else:
+                conn.paused.append(event)
+            return
         self._handlers[type(event)](conn, event, now)
+
+    def continue_listing(self, conn: ConnectionState, now: float) -> None:
+        """Append the next slice of ``conn``'s admin listing to its output.
+
+        The I/O layer calls it while :attr:`ConnectionState.listing` is set, each
+        time the previous slice has been sent (letting other connections be served
+        in between). After the last slice, the events that ``conn`` sent meanwhile
+        are handled, in order.
+
+        Args:
+            conn: a connection whose :attr:`~ConnectionState.listing` is set.
+            now: the event loop's time, in seconds.
+        """
+        listing = conn.listing
+        if listing is None:
+            return
+        if conn.closing:  # the connection is going: the rest is not wanted
+            conn.listing = None
+            return
+        chunk, done = listing.next_slice()
+        conn.outgoing += chunk
+        self.dirty.add(conn)
+        if not done:
+            return
+        conn.listing = None
+        paused = conn.paused
+        conn.paused = None
+        if paused:
+            for event in paused:
+                self.receive(conn, event, now)
 
     def _receive_behind_acks(self, conn: ConnectionState, event: Event, now: float) -> None:
         """``conn`` waits for JOB_CREATED replies that the store must commit first.
@@ -339,6 +376,7 @@ class ServerState(JobTable):
             return
         conn.closed = conn.closing = True
         conn.sleeping = False
+        conn.listing = None
         del self._connections[conn.id]
         self.dirty.discard(conn)
         for job in conn.attached:
