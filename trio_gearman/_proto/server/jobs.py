@@ -556,7 +556,7 @@ class JobTable:
         if job.stored:
             self._unstore(job)
         function = job.function
-        if not function.total and not function.workers:
+        if not function.workers and not function.total:  # a worker: the usual case
             self._release(function)
 
     def _unstore(self, job: Job) -> None:
