@@ -6,6 +6,9 @@ which appends replies to the ``outgoing`` buffer of every connection they are
 for. After each batch the server sends each of those buffers with one
 non-blocking ``send``. Only when a peer's socket buffer is full is a writer task
 started for that connection; it sends the rest as the socket drains, and ends.
+An admin listing longer than one slice is sent by a task of its connection too:
+it asks the state for the next slice once the last one went out, and lets the
+other connections be served in between.
 
 Where the system has ``epoll`` the server's connections need no task at all: a
 :class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
@@ -72,7 +75,7 @@ class ConnectionOwner(Protocol):
         """Send the replies that the state queued for any connection."""
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``func`` in a task of the server (a connection's writer)."""
+        """Run ``func`` in a task of the server (a connection's writer or listing sender)."""
 
     def connection_closed(self, connection: ServerConnection) -> None:
         """The connection has ended: forget it and tell the state (once)."""

@@ -154,7 +154,8 @@ class ConnectionHub:
         self._after_batch()
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a connection's writer (it has more to send than its socket took)."""
+        """Run a task of a connection: its writer (it has more to send than its socket
+        took), or the sender of a long admin listing."""
         assert self._task_group is not None
         self._task_group.start_soon(func)
 
