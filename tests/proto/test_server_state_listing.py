@@ -8,6 +8,7 @@ from trio_gearman._proto._packets import (
     EchoReq,
     EchoRes,
     GrabJob,
+    JobCreated,
     SubmitJob,
     WorkComplete,
 )
@@ -156,3 +157,29 @@ def test_a_closing_connection_gets_no_more_slices() -> None:
     harness.state.continue_listing(admin.conn, harness.now)
     assert admin.conn.listing is None
     assert admin.raw() == b""
+
+
+def test_a_listing_behind_store_acks_waits_for_them_then_holds_up_what_follows() -> None:
+    harness = Harness(durable=True)
+    state = harness.state
+    client = harness.connect()
+    for i in range(N):
+        client.send(SubmitJob(b"f", b"", b"%d" % i, background=True))
+    while (write := state.take_store_write()) is not None:
+        state.store_written(write, harness.now)
+    client.raw()
+    # One more durable job: what the connection sends next waits for its commit.
+    client.send(SubmitJob(b"f", b"", b"last", background=True))
+    client.send(TextLine(b"show unique jobs"), EchoReq(b"after"))
+    assert client.raw() == b""
+    write = state.take_store_write()
+    assert write is not None
+    state.store_written(write, harness.now)
+    assert client.conn.listing is not None  # the listing started, the ECHO waits behind it
+    created = encode(JobCreated(handle(N + 1)))
+    first = client.raw()
+    assert first.startswith(created)
+    assert first[len(created) :].count(b"\n") == SLICE_ROWS
+    rest, _ = _finish(harness, client)
+    assert rest.endswith(b"\n.\n" + encode(EchoRes(b"after")))
+    assert (first[len(created) :] + rest).count(b"\n") == N + 1 + 1
