@@ -34,6 +34,7 @@ from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
+from .server_acl import acl_arguments, add_acl_options, check_acl_options
 from .server_limits_state import add_state_limit_options, state_limits
 
 __all__ = ["main"]
@@ -304,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_state_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    add_acl_options(parser)
     return parser
 
 
@@ -396,6 +398,7 @@ def parse_options(
             )
     options.sqlite_table = options.sqlite_table or DEFAULT_TABLE
     options.postgres_table = options.postgres_table or DEFAULT_TABLE
+    check_acl_options(options)
     return options
 
 
@@ -603,7 +606,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         keepalive=keepalive,
         fd_limit=options.file_descriptors,
         store=store,
+        **acl_arguments(options),
     )
+    if options.acl is not None:
+        startup_logger.info("Access rules: %d from %s", len(options.acl.rules), options.acl_file)
     pid_file = Path(options.pid_file) if options.pid_file else None
     try:
         if pid_file is not None:

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._address import format_address
 from .._proto._codec import DEFAULT_MAX_PACKET_SIZE
+from .._proto.server.acl import Acl, Identity
 from .._proto.server.state import ServerConfig, ServerState
 from .connection import HAVE_EPOLL, ServerConnection
 from .hub import ConnectionHub
@@ -95,6 +96,13 @@ class GearmanServer:
             and queued only after the store committed it; submissions that arrive
             during a commit share the next one. The store is driven from a
             thread, never from the event loop.
+        acl: the access rules (who may register, submit and run the admin
+            commands that change the server); ``None`` keeps ``config.acl``
+            (by default none: anybody may register and submit).
+        admin_from_anywhere: without ``acl``, let every peer run the admin
+            commands that change the server (gearmand's behaviour); by default
+            only loopback peers and Unix sockets may. ``None`` keeps
+            ``config.admin_from_anywhere``.
 
     Example:
         >>> async def main():
@@ -115,10 +123,16 @@ class GearmanServer:
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
         store: QueueStore | None = None,
+        acl: Acl | None = None,
+        admin_from_anywhere: bool | None = None,
     ) -> None:
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)
+        if acl is not None:
+            config = attrs.evolve(config, acl=acl)
+        if admin_from_anywhere is not None:
+            config = attrs.evolve(config, admin_from_anywhere=admin_from_anywhere)
         self.config = config
         self.state = ServerState(self.config)
         self.store = store
@@ -295,7 +309,9 @@ class GearmanServer:
             raise RuntimeError("the job server is not running")
         self._start_listening(await open_listeners(self.addresses, self._backlog))
 
-    def adopt(self, sock: socket.socket, peer: str) -> ServerConnection | None:
+    def adopt(
+        self, sock: socket.socket, peer: str, *, identity: Identity | None = None
+    ) -> ServerConnection | None:
         """Serve an already connected socket, as if it had been accepted.
 
         It is the path every accepted connection takes; a socket pair's end (the
@@ -305,6 +321,9 @@ class GearmanServer:
         Args:
             sock: a connected stream socket; the server owns and closes it.
             peer: the peer's address as the admin protocol lists it.
+            identity: who the peer is, for the access rules (its address and
+                the names of its verified TLS certificate); by default ``peer``
+                alone (a Unix socket counts as a loopback peer).
 
         Returns:
             The connection, or ``None`` if the socket was already dead.
@@ -312,7 +331,7 @@ class GearmanServer:
         Raises:
             RuntimeError: the server is not running.
         """
-        return self._hub.adopt(sock, peer)
+        return self._hub.adopt(sock, peer, identity=identity)
 
     def send_pending(self) -> None:
         """Send the replies the state has queued: call it after changing the state directly."""
@@ -420,6 +439,8 @@ async def serve(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     keepalive: KeepAlive | None = None,
     fd_limit: int | None = None,
+    acl: Acl | None = None,
+    admin_from_anywhere: bool | None = None,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -442,5 +463,7 @@ async def serve(
         max_packet_size=max_packet_size,
         keepalive=keepalive,
         fd_limit=fd_limit,
+        acl=acl,
+        admin_from_anywhere=admin_from_anywhere,
     )
     await server.run(task_status=task_status)

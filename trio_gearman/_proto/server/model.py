@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from itertools import islice
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
 from ..._version import __version__
+from .acl import Acl, Grant, Identity
 from .listing import Listing
 from .names import DEFAULT_MAX_FUNCTION_NAME
 
@@ -340,6 +341,8 @@ class ConnectionState:
             before them (anything but another durable submission), in order, or
             ``None``.
         admin: the connection has sent an admin text command.
+        grant: what the peer may do (the access rules matched against its
+            identity); by default anything.
         listing: the rest of an admin listing being sent a slice at a time, or
             ``None``. While it is set, the connection's later events wait in
             :attr:`paused`.
@@ -357,6 +360,7 @@ class ConnectionState:
         "closing",
         "exceptions",
         "fd",
+        "grant",
         "id",
         "listing",
         "noop_sent",
@@ -369,7 +373,9 @@ class ConnectionState:
         "sleeping",
     )
 
-    def __init__(self, id: int, address: bytes, fd: int, exceptions: bool) -> None:
+    def __init__(
+        self, id: int, address: bytes, fd: int, exceptions: bool, grant: Grant | None = None
+    ) -> None:
         self.id = id
         self.address = address
         self.fd = fd
@@ -390,6 +396,7 @@ class ConnectionState:
         self.acks: deque[Ack] | None = None
         self.admin = False
         self.paused: list[Any] | None = None
+        self.grant = grant if grant is not None else Grant(Identity(address.decode("latin-1")))
         self.listing: Listing[Any] | None = None
 
     def __repr__(self) -> str:
@@ -454,9 +461,11 @@ class ConnectionState:
         self.shared_size = 0
 
 
-@attrs.frozen
-class StoredJob:
-    """One background job as a store holds it.
+class StoredJob(NamedTuple):
+    """One background job as a store holds it: a tuple, its fields in column order.
+
+    A named tuple (not an attrs class) because one is made per durable submission
+    on the event loop, and a store can bind it as a row as it is.
 
     Attributes:
         handle: the job handle.
@@ -504,6 +513,27 @@ class StoreWrite:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.handle_limit is not None)
 
+    def parts(self, size: int) -> list[StoreWrite]:
+        """This committed write as successive writes of at most ``size`` jobs each.
+
+        Acknowledging a large commit part by part (``store_written`` for each, in
+        order) lets the I/O layer serve other connections in between. The first
+        part carries the rows, the deletions and the handle limit; the others only
+        jobs to acknowledge.
+        """
+        if len(self.jobs) <= size:
+            return [self]
+        return [
+            StoreWrite(
+                self.added if not start else [],
+                self.removed if not start else [],
+                self.handle_limit if not start else None,
+                self.jobs[start : start + size],
+                self.due[start : start + size],
+            )
+            for start in range(0, len(self.jobs), size)
+        ]
+
 
 class JobOutcome(str, enum.Enum):
     """How a job ended, as a :class:`JobObserver` is told."""
@@ -519,6 +549,32 @@ class JobOutcome(str, enum.Enum):
     LOST = "lost"
     """The server gave up on it: its workers went away once too often (the retry
     limit), or nobody waited for a foreground job any more."""
+
+
+@attrs.frozen
+class JobNotice:
+    """Something happened to a job that an operator wants in the log: an effect.
+
+    The state collects them (:meth:`JobTable.take_job_notices
+    <trio_gearman._proto.server.jobs.JobTable.take_job_notices>`) only for the rare
+    turns of a job's life (its worker went away or timed out while running it, an
+    admin cancelled it), never per job on the hot path; the I/O layer logs them.
+
+    Attributes:
+        handle: the job's handle.
+        function: its function name.
+        peer: the address of the connection concerned (the worker, or the
+            admin connection), or empty.
+        text: what happened, as a sentence fragment (``"its worker went away;
+            queued again (attempt 2)"``).
+        serious: the job is gone without a result (a warning, not information).
+    """
+
+    handle: bytes
+    function: bytes
+    peer: bytes
+    text: str
+    serious: bool = False
 
 
 class JobObserver(Protocol):
@@ -570,6 +626,11 @@ class ServerConfig:
         metrics: keep :class:`FunctionStats` for every function (and mark admin
             connections), for a metrics exporter. A function's counters go with
             it when it is forgotten (no job, no worker, no ``maxqueue`` limit).
+        acl: the access rules (:class:`~.acl.Acl`), or ``None``: every peer may
+            register and submit anything.
+        admin_from_anywhere: without ``acl``, every peer may run the admin commands
+            that change the server (gearmand's behaviour); by default only
+            loopback peers may.
         max_function_name: the longest function name accepted, in bytes
             (``--max-function-name``); a longer one is refused with an ERROR.
     """
@@ -584,4 +645,6 @@ class ServerConfig:
     max_unique: int = 64
     durable: bool = False
     metrics: bool = False
+    acl: Acl | None = None
+    admin_from_anywhere: bool = False
     max_function_name: int = DEFAULT_MAX_FUNCTION_NAME
