@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 
 from trio_gearman._proto._codec import encode
@@ -9,6 +12,7 @@ from trio_gearman._proto._packets import (
     CanDo,
     EchoReq,
     EchoRes,
+    Error,
     GrabJob,
     JobAssign,
     JobCreated,
@@ -116,3 +120,15 @@ async def test_a_listing_to_a_peer_that_stopped_sending_arrives_whole(serving_mo
         assert lines[-2:] == [b".", b""]
         assert len(lines) == jobs + 2
         assert lines[-3] == prefix + b":%d\t0\t0\t1" % jobs
+
+
+async def test_a_refused_name_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trio_gearman.server")
+    async with running_server() as server:
+        worker = await Peer.connect(server)
+        await worker.send(CanDo(b"f\n1 2.3.4.5 fake :"), EchoReq(b"sync"))
+        error = await worker.packet()
+        assert isinstance(error, Error)
+        assert error.code == b"INVALID_FUNCTION_NAME"
+        assert await worker.packet() == EchoRes(b"sync")
+    assert "From 127.0.0.1: function name 'f\\n1 2.3.4.5 fake :' (18 bytes) refused" in caplog.text

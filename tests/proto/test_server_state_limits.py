@@ -179,3 +179,22 @@ def test_admin_listings_have_exactly_the_lines_expected_after_forgery_attempts()
     assert admin.admin(b"workers") == (
         b"%d 127.0.0.1 w-1 : resize\n%d 127.0.0.1 - :\n%d 127.0.0.1 - :\n.\n" % tuple(fds)
     )
+
+
+def test_refused_names_are_kept_for_the_log_within_a_bound() -> None:
+    harness = Harness()
+    peer = harness.connect(b"10.0.0.9")
+    peer.send(CanDo(b"a\tb"), SetClientId(b"x\ny"), SubmitJob(LONG, b"", b"x"))
+    refusals, unlogged = harness.state.take_refusals()
+    assert unlogged == 0
+    assert [r.peer for r in refusals] == [b"10.0.0.9"] * 3
+    assert refusals[0].text == (
+        "function name 'a\\tb' (3 bytes) refused: Function name with a space or control byte"
+    )
+    assert refusals[1].text == "client id 'x\\ny' (3 bytes) refused: Client id with a control byte"
+    assert refusals[2].text.startswith("function name '" + "f" * 64 + "'... (8193 bytes) refused")
+    assert harness.state.take_refusals() == ([], 0)
+    for _ in range(150):
+        peer.send(CanDo(b"a b"))
+    refusals, unlogged = harness.state.take_refusals()
+    assert (len(refusals), unlogged) == (100, 50)

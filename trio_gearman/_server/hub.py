@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from .._proto.server.acl import Action, Denial, Identity
 from .._proto.server.model import JobNotice
+from .._proto.server.names import Refusal
 from .connection import ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
 
@@ -145,6 +146,9 @@ class ConnectionHub:
         notices = self.state.take_job_notices()
         if notices:
             _log_job_notices(notices)
+        refusals, unlogged = self.state.take_refusals()
+        if refusals:
+            _log_refusals(refusals, unlogged)
         dirty = self.state.dirty
         if dirty:
             connections = self._connections
@@ -229,6 +233,15 @@ def _log_denials(denials: Iterable[Denial]) -> None:
             denial.reason,
             extra={"peer": identity.address, "function": function},
         )
+
+
+def _log_refusals(refusals: Iterable[Refusal], unlogged: int) -> None:
+    """One line per refused name, and one for those not kept."""
+    for refusal in refusals:
+        peer = refusal.peer.decode("utf-8", "backslashreplace")
+        logger.info("From %s: %s", peer, refusal.text, extra={"peer": peer})
+    if unlogged:
+        logger.info("%d more names refused since the last batch", unlogged)
 
 
 def _log_job_notices(notices: Iterable[JobNotice]) -> None:

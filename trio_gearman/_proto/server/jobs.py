@@ -52,6 +52,7 @@ from .model import (
     ServerConfig,
     StoreWrite,
 )
+from .names import MAX_REFUSALS_KEPT, Refusal
 
 __all__ = ["JobTable"]
 
@@ -94,6 +95,10 @@ class JobTable:
         # The store's next transaction: durable jobs to add, handles to delete.
         self._write = StoreWrite()
         self._notices: list[JobNotice] = []
+        # Names refused since the I/O layer last took them (for its log), and how
+        # many more were not kept.
+        self._refusals: list[Refusal] = []
+        self._refusals_dropped = 0
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         # Per priority: the functions with at least one QUEUED job of that priority,
@@ -549,6 +554,21 @@ class JobTable:
     ) -> None:
         address = conn.address if conn is not None else b""
         self._notices.append(JobNotice(job.handle, job.function.name, address, text, serious))
+
+    def _note_refusal(self, conn: ConnectionState, text: str) -> None:
+        if len(self._refusals) < MAX_REFUSALS_KEPT:
+            self._refusals.append(Refusal(conn.address, text))
+        else:
+            self._refusals_dropped += 1
+
+    def take_refusals(self) -> tuple[list[Refusal], int]:
+        """The names refused since the last call (bad function names, client ids),
+        and how many more were refused but not kept, for the log."""
+        refusals, dropped = self._refusals, self._refusals_dropped
+        if refusals:
+            self._refusals = []
+            self._refusals_dropped = 0
+        return refusals, dropped
 
     def take_job_notices(self) -> list[JobNotice]:
         """What happened to jobs since the last call that the log should say (rare)."""

@@ -17,15 +17,49 @@ gearmand accepts all of these and prints them as they are.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["DEFAULT_MAX_FUNCTION_NAME", "client_id_error", "function_name_error"]
+__all__ = [
+    "DEFAULT_MAX_FUNCTION_NAME",
+    "MAX_REFUSALS_KEPT",
+    "Refusal",
+    "client_id_error",
+    "describe_refused",
+    "function_name_error",
+]
+
+MAX_REFUSALS_KEPT: Final = 100
+"""Refusals kept for the log between two batches; the rest are only counted."""
 
 DEFAULT_MAX_FUNCTION_NAME: Final = 8192
 """The longest function name accepted by default, in bytes (gearmand's buffer)."""
 
 _BAD_IN_NAME: Final = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_IN_ID: Final = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+class Refusal(NamedTuple):
+    """A name refused from a peer, for the log (the I/O layer writes it).
+
+    Attributes:
+        peer: the peer's address.
+        text: what was refused and why, with the start of the name, escaped.
+    """
+
+    peer: bytes
+    text: str
+
+
+def describe_refused(kind: str, name: bytes, why: bytes) -> str:
+    """A log line's text for a refused ``name``: its first 64 bytes, escaped.
+
+    Example:
+        >>> describe_refused("function name", b"a\\nb", b"Bad")
+        "function name 'a\\\\nb' (3 bytes) refused: Bad"
+    """
+    shown = name[:64].decode("ascii", "backslashreplace")
+    more = "..." if len(name) > 64 else ""
+    return f"{kind} {shown!r}{more} ({len(name)} bytes) refused: {why.decode()}"
 
 
 def function_name_error(name: bytes, limit: int) -> tuple[bytes, bytes] | None:

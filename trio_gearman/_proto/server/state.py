@@ -115,7 +115,7 @@ from .model import (
     StoredJob,
     StoreWrite,
 )
-from .names import client_id_error, function_name_error
+from .names import client_id_error, describe_refused, function_name_error
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
@@ -850,6 +850,7 @@ class ServerState(JobTable):
         why = function_name_error(name, self._max_function_name)
         if why is None:
             return False
+        self._note_refusal(conn, describe_refused("function name", name, why[1]))
         self._error(conn, *why)
         return True
 
@@ -1060,6 +1061,7 @@ class ServerState(JobTable):
         if why is None:
             conn.client_id = client_id
         else:
+            self._note_refusal(conn, describe_refused("client id", client_id, why[1]))
             self._error(conn, *why)  # the connection keeps its id
 
     def _option(self, conn: ConnectionState, msg: OptionReq, now: float) -> None:
