@@ -273,6 +273,18 @@ def test_worker_wakeup_limits_noops_and_rotates_over_sleepers() -> None:
     assert woken() == []
 
 
+def test_a_worker_woken_for_one_function_is_skipped_for_another() -> None:
+    harness = Harness(worker_wakeup=1)
+    client = harness.connect()
+    first, second = harness.worker(b"f", b"g"), harness.worker(b"g")
+    first.send(PreSleep())
+    second.send(PreSleep())
+    _submit(client, b"f", b"1")
+    _submit(client, b"g", b"2")  # the first sleeper of g already has its NOOP
+    assert first.received() == [Noop()]
+    assert second.received() == [Noop()]
+
+
 def test_a_woken_worker_leaving_wakes_another() -> None:
     harness = Harness(worker_wakeup=1)
     client = harness.connect()
