@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import pytest
 import trio
+import trio.testing
 
 from trio_gearman._proto._codec import encode
 from trio_gearman._proto._packets import (
@@ -132,3 +134,37 @@ async def test_a_refused_name_is_logged(caplog: pytest.LogCaptureFixture) -> Non
         assert error.code == b"INVALID_FUNCTION_NAME"
         assert await worker.packet() == EchoRes(b"sync")
     assert "From 127.0.0.1: function name 'f\\n1 2.3.4.5 fake :' (18 bytes) refused" in caplog.text
+
+
+async def test_a_peer_that_sends_without_reading_its_listing_is_held_back(
+    serving_mode: str,
+) -> None:
+    jobs = 100_000
+    prefix = b"H:" + b"p" * 40
+    async with running_server(config=ServerConfig(job_handle_prefix=prefix)) as server:
+        client = await Peer.connect(server)
+        batch = b"".join(
+            encode(SubmitJob(b"f", b"", b"%d" % i, background=True)) for i in range(10_000)
+        )
+        for _ in range(jobs // 10_000):
+            await client.send(batch)
+        await settle(lambda: server.state.jobs_queued == jobs)
+        admin = await Peer.connect(server)
+        await admin.send(b"show jobs\n")
+        await settle(lambda: any(c.blocked and c.conn.listing for c in server.connections))
+        [connection] = [c for c in server.connections if c.conn.listing is not None]
+        echo = EchoReq(b"e" * 4096)
+        count = 2000  # 8 MiB: more than the sockets hold
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(admin.send, encode(echo) * count)
+            # While the listing waits for the peer, the server reads no more of it:
+            # what it sent waits in the sockets, not in the server.
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(connection.conn.paused or ()) <= 65536 // len(encode(echo)) + 1
+            with trio.fail_after(60):
+                lines = 0
+                while await admin.line() != b".\n":
+                    lines += 1
+                assert lines == jobs
+                for _ in range(count):
+                    assert await admin.packet() == EchoRes(echo.data)

@@ -8,7 +8,7 @@ non-blocking ``send``. Only when a peer's socket buffer is full is a writer task
 started for that connection; it sends the rest as the socket drains, and ends.
 An admin listing longer than one slice is sent by a task of its connection too:
 it asks the state for the next slice once the last one went out, and lets the
-other connections be served in between.
+other connections be served in between; the connection is not read meanwhile.
 
 Where the system has ``epoll`` the server's connections need no task at all: a
 :class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
@@ -113,6 +113,7 @@ class ServerConnection:
         "_listing",
         "_listing_scope",
         "_owner",
+        "_paused_poller",
         "_poller",
         "_reader_scope",
         "_sock",
@@ -143,6 +144,7 @@ class ServerConnection:
         self._listing_scope: anyio.CancelScope | None = None
         self._decoder: Decoder | None = None
         self._poller: ReadPoller | None = None
+        self._paused_poller: ReadPoller | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
         self._writer_done: anyio.Event | None = None
@@ -206,10 +208,18 @@ class ServerConnection:
 
     def keep_listing(self) -> None:
         """Send the rest of the connection's admin listing (``conn.listing``) from a
-        task of its own, a slice at a time (unless that task runs already)."""
+        task of its own, a slice at a time (unless that task runs already).
+
+        The connection is not read meanwhile (what it sends would only wait behind
+        the listing): a peer that sends without reading is held back by its socket.
+        """
         if self._listing is None and not self._closed:
             self._listing = anyio.Event()
             self._listing_scope = anyio.CancelScope(deadline=self._deadline)
+            poller = self._poller
+            if poller is not None:
+                poller.discard(self)
+                self._paused_poller = poller
             self._owner.start_task(self._list_loop)
 
     async def _list_loop(self) -> None:
@@ -237,9 +247,12 @@ class ServerConnection:
         finally:
             self._listing = self._listing_scope = None
             done.set()
-            # Served by the poller and ending: close once the last slice is sent.
+            poller, self._paused_poller = self._paused_poller, None
             if self._ending and self._writer_done is None:
+                # Served by the poller and ending: close once the last slice is sent.
                 self.close()
+            elif poller is not None and not self._closed and not poller.resume(self):
+                self.close()  # the poller has stopped: the server is closing
 
     @property
     def closed(self) -> bool:
@@ -420,6 +433,9 @@ class ServerConnection:
             after_batch()
             if conn.closing:
                 return True
+            listing = self._listing
+            if listing is not None:
+                await listing.wait()  # read nothing more until the listing is sent
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -492,6 +508,13 @@ class ReadPoller:
         self._epoll.register(fd, select.EPOLLIN)
         self._by_fd[fd] = connection
         connection._poller = self
+
+    def resume(self, connection: ServerConnection) -> bool:
+        """Read ``connection`` again after a pause; ``False`` if the poller has stopped."""
+        if self._epoll.closed:
+            return False
+        self.add(connection)
+        return True
 
     def discard(self, connection: ServerConnection) -> None:
         """Stop reading ``connection`` (before its socket is closed)."""
