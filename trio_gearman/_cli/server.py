@@ -36,6 +36,7 @@ from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 from .server_acl import acl_arguments, add_acl_options, check_acl_options
+from .server_limits_state import add_state_limit_options, state_limits
 from .server_tls import add_tls_options, check_tls_options, tls_context
 
 __all__ = ["main"]
@@ -304,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
+    add_state_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     add_acl_options(parser)
     add_tls_options(parser)
@@ -592,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pid=os.getpid(),
         verbose=options.verbose.encode(),
         metrics=options.http_port is not None,
+        **state_limits(options),
     )
     keepalive = None
     if options.keepalive:

@@ -6,6 +6,9 @@ which appends replies to the ``outgoing`` buffer of every connection they are
 for. After each batch the server sends each of those buffers with one
 non-blocking ``send``. Only when a peer's socket buffer is full is a writer task
 started for that connection; it sends the rest as the socket drains, and ends.
+An admin listing longer than one slice is sent by a task of its connection too:
+it asks the state for the next slice once the last one went out, and lets the
+other connections be served in between; the connection is not read meanwhile.
 
 Where the system has ``epoll`` the server's connections need no task at all: a
 :class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -75,7 +79,7 @@ class ConnectionSocket(Protocol):
     def recv(self, bufsize: int, /) -> bytes:
         """Up to ``bufsize`` bytes; empty at the end of the stream."""
 
-    def send(self, data: bytearray, /) -> int:
+    def send(self, data: bytes | bytearray | memoryview, /) -> int:
         """Send what the socket takes now; the count sent."""
 
     def close(self) -> None:
@@ -97,7 +101,7 @@ class ConnectionOwner(Protocol):
         """Send the replies that the state queued for any connection."""
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``func`` in a task of the server (a connection's writer)."""
+        """Run ``func`` in a task of the server (a connection's writer or listing sender)."""
 
     def connection_closed(self, connection: ServerConnection) -> None:
         """The connection has ended: forget it and tell the state (once)."""
@@ -134,9 +138,13 @@ class ServerConnection:
     __slots__ = (
         "_closed",
         "_closed_event",
+        "_deadline",
         "_decoder",
         "_ending",
+        "_listing",
+        "_listing_scope",
         "_owner",
+        "_paused_poller",
         "_poller",
         "_reader_scope",
         "_sock",
@@ -164,14 +172,19 @@ class ServerConnection:
         self._closed = False
         self._closed_event: anyio.Event | None = None
         self._ending = False
+        self._deadline = math.inf
+        self._listing: anyio.Event | None = None
+        self._listing_scope: anyio.CancelScope | None = None
         self._decoder: Decoder | None = None
         self._poller: ReadPoller | None = None
+        self._paused_poller: ReadPoller | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
         self._writer_done: anyio.Event | None = None
 
     def flush(self) -> bool:
-        """Send what ``conn.outgoing`` holds, without waiting.
+        """Send the connection's output (``conn.outgoing``, after any shared
+        buffers), without waiting.
 
         What the socket does not take now is left to a writer task, started here
         and ending once everything is sent.
@@ -179,23 +192,100 @@ class ServerConnection:
         Returns:
             ``False`` if the connection is broken (the peer is gone).
         """
-        out = self.conn.outgoing
-        try:
-            sent = self._sock.send(out)
-            self.bytes_out += sent
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return False
-        if sent == len(out):
-            out.clear()
-        else:
+        conn = self.conn
+        out = conn.outgoing
+        if conn.shared is None:
+            try:
+                sent = self._sock.send(out)
+                self.bytes_out += sent
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False
+            if sent == len(out):
+                out.clear()
+                return True
             del out[:sent]
-            self.blocked = True
-            self._writer_scope = anyio.CancelScope()
-            self._writer_done = anyio.Event()
-            self._owner.start_task(self._write_loop)
+        else:
+            try:
+                self._send_buffers()
+            except OSError:
+                return False
+            if not conn.pending_output:
+                return True
+        self.blocked = True
+        self._writer_scope = anyio.CancelScope(deadline=self._deadline)
+        self._writer_done = anyio.Event()
+        self._owner.start_task(self._write_loop)
         return True
+
+    def _send_buffers(self) -> None:
+        """Send what the socket takes of an output with shared buffers, in order.
+
+        Raises:
+            OSError: the connection is broken.
+        """
+        conn = self.conn
+        send = self._sock.send
+        total = 0
+        for buffer in conn.output_buffers():
+            try:
+                sent = send(buffer)
+            except BlockingIOError:
+                break
+            total += sent
+            if sent < len(buffer):
+                break
+        self.bytes_out += total
+        conn.consume_output(total)
+
+    def keep_listing(self) -> None:
+        """Send the rest of the connection's admin listing (``conn.listing``) from a
+        task of its own, a slice at a time (unless that task runs already).
+
+        The connection is not read meanwhile (what it sends would only wait behind
+        the listing): a peer that sends without reading is held back by its socket.
+        """
+        if self._listing is None and not self._closed:
+            self._listing = anyio.Event()
+            self._listing_scope = anyio.CancelScope(deadline=self._deadline)
+            poller = self._poller
+            if poller is not None:
+                poller.discard(self)
+                self._paused_poller = poller
+            self._owner.start_task(self._list_loop)
+
+    async def _list_loop(self) -> None:
+        """Ask the state for the next slice each time the last one went out.
+
+        Other connections are served between two slices; while a slice waits for
+        the socket, nothing more is made.
+        """
+        conn = self.conn
+        state = self._owner.state
+        scope = self._listing_scope
+        done = self._listing
+        assert scope is not None
+        assert done is not None
+        try:
+            with scope:
+                while conn.listing is not None and not self._closed:
+                    await anyio.lowlevel.checkpoint()
+                    sending = self._writer_done
+                    if sending is not None:  # the peer has not taken the last slice yet
+                        await sending.wait()
+                        continue
+                    state.continue_listing(conn, anyio.current_time())
+                    self._owner.send_pending()
+        finally:
+            self._listing = self._listing_scope = None
+            done.set()
+            poller, self._paused_poller = self._paused_poller, None
+            if self._ending and self._writer_done is None:
+                # Served by the poller and ending: close once the last slice is sent.
+                self.close()
+            elif poller is not None and not self._closed and not poller.resume(self):
+                self.close()  # the poller has stopped: the server is closing
 
     @property
     def closed(self) -> bool:
@@ -208,7 +298,7 @@ class ServerConnection:
         A connection served by its own task ends when that task has unwound; one
         served by the poller ends here. :meth:`wait_closed` waits for either.
         """
-        self.conn.outgoing.clear()
+        self.conn.clear_output()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
         else:
@@ -241,7 +331,7 @@ class ServerConnection:
         except BlockingIOError:
             return False
         except OSError:
-            self.conn.outgoing.clear()  # the peer is gone: nothing more to send
+            self.conn.clear_output()  # the peer is gone: nothing more to send
             return True
         if not data:
             return True
@@ -286,12 +376,16 @@ class ServerConnection:
         poller = self._poller
         if poller is not None:
             poller.discard(self)
-        if self._writer_scope is not None and self.conn.outgoing:
-            # Let the writer send the last replies (within a bound), then close.
+        if self._listing is not None or (
+            self._writer_scope is not None and self.conn.pending_output
+        ):
+            # Let the writer send the last replies, and the rest of a listing
+            # (within a bound), then close.
             self._ending = True
-            self._writer_scope.deadline = min(
-                self._writer_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
-            )
+            self._deadline = anyio.current_time() + FLUSH_TIMEOUT
+            for scope in (self._writer_scope, self._listing_scope):
+                if scope is not None:
+                    scope.deadline = min(scope.deadline, self._deadline)
         else:
             self.close()
 
@@ -308,6 +402,8 @@ class ServerConnection:
             poller.discard(self)
         if self._writer_scope is not None:
             self._writer_scope.cancel()
+        if self._listing_scope is not None:
+            self._listing_scope.cancel()
         try:
             self._owner.connection_closed(self)
         finally:
@@ -322,11 +418,16 @@ class ServerConnection:
             return
         try:
             with anyio.CancelScope() as self._reader_scope:
-                if await self._read_loop() and self._writer_done is not None:
+                if await self._read_loop():
                     # The peer is done sending, or the state wants the connection
-                    # closed: let the last replies go out (within a bound).
+                    # closed: let the last replies and the rest of a listing go out
+                    # (within a bound).
                     with anyio.move_on_after(FLUSH_TIMEOUT):
-                        await self._writer_done.wait()
+                        while True:
+                            waiting = self._listing or self._writer_done
+                            if waiting is None:
+                                break
+                            await waiting.wait()
         finally:
             self.close()
 
@@ -365,6 +466,9 @@ class ServerConnection:
             after_batch()
             if conn.closing:
                 return True
+            listing = self._listing
+            if listing is not None:
+                await listing.wait()  # read nothing more until the listing is sent
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -379,22 +483,25 @@ class ServerConnection:
         broken = False
         try:
             with scope:
-                while conn.outgoing and not self._closed:
+                while conn.pending_output and not self._closed:
                     await wait_writable(sock)
                     out = conn.outgoing
                     try:
-                        sent = sock.send(out)
+                        if conn.shared is None:
+                            sent = sock.send(out)
+                            self.bytes_out += sent
+                            del out[:sent]
+                        else:
+                            self._send_buffers()
                     except BlockingIOError:
                         continue
                     except OSError:
                         # The peer is gone: stop reading too.
-                        out.clear()
+                        conn.clear_output()
                         broken = True
                         if self._reader_scope is not None:
                             self._reader_scope.cancel()
                         return
-                    self.bytes_out += sent
-                    del out[:sent]
         except anyio.ClosedResourceError:  # the reader closed the socket
             pass
         finally:
@@ -403,7 +510,7 @@ class ServerConnection:
             done.set()
             # Served by the poller (no reader task to notice): close here when the
             # connection was only waiting for these replies, or is broken.
-            if self._ending or (broken and self._reader_scope is None):
+            if (self._ending and self._listing is None) or (broken and self._reader_scope is None):
                 self.close()
 
 
@@ -434,6 +541,13 @@ class ReadPoller:
         self._epoll.register(fd, select.EPOLLIN)
         self._by_fd[fd] = connection
         connection._poller = self
+
+    def resume(self, connection: ServerConnection) -> bool:
+        """Read ``connection`` again after a pause; ``False`` if the poller has stopped."""
+        if self._epoll.closed:
+            return False
+        self.add(connection)
+        return True
 
     def discard(self, connection: ServerConnection) -> None:
         """Stop reading ``connection`` (before its socket is closed)."""

@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from .._proto.server.acl import Action, Denial, Identity
 from .._proto.server.model import JobNotice
+from .._proto.server.names import Refusal
 from .connection import ConnectionSocket, ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
 from .tls import TLSSocket
@@ -161,6 +162,9 @@ class ConnectionHub:
         notices = self.state.take_job_notices()
         if notices:
             _log_job_notices(notices)
+        refusals, unlogged = self.state.take_refusals()
+        if refusals:
+            _log_refusals(refusals, unlogged)
         dirty = self.state.dirty
         if dirty:
             connections = self._connections
@@ -169,26 +173,23 @@ class ConnectionHub:
                 conn = dirty.pop()
                 connection = connections.get(conn.id)
                 if connection is None:
-                    conn.outgoing.clear()
-                elif not connection.blocked:
-                    if not connection.flush():
-                        self.drop(connection, "the peer is gone")
-                    elif len(conn.outgoing) > limit:
-                        # What the socket did not take waits: the replies of one read
-                        # can be over the limit by themselves.
-                        self.drop(
-                            connection,
-                            f"more than {limit} bytes of replies wait while it does not read",
-                        )
-                elif len(conn.outgoing) > limit:
+                    conn.clear_output()
+                elif not connection.blocked and not connection.flush():
+                    self.drop(connection, "the peer is gone")
+                elif conn.pending_output > limit:
+                    # What the socket did not take waits: the replies of one read can
+                    # be over the limit by themselves.
                     self.drop(
                         connection,
                         f"more than {limit} bytes of replies wait while it does not read",
                     )
+                elif conn.listing is not None:
+                    connection.keep_listing()
         self._after_batch()
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run a connection's writer (it has more to send than its socket took)."""
+        """Run a task of a connection: its writer (it has more to send than its socket
+        took), or the sender of a long admin listing."""
         assert self._task_group is not None
         self._task_group.start_soon(func)
 
@@ -248,6 +249,15 @@ def _log_denials(denials: Iterable[Denial]) -> None:
             denial.reason,
             extra={"peer": identity.address, "function": function},
         )
+
+
+def _log_refusals(refusals: Iterable[Refusal], unlogged: int) -> None:
+    """One line per refused name, and one for those not kept."""
+    for refusal in refusals:
+        peer = refusal.peer.decode("utf-8", "backslashreplace")
+        logger.info("From %s: %s", peer, refusal.text, extra={"peer": peer})
+    if unlogged:
+        logger.info("%d more names refused since the last batch", unlogged)
 
 
 def _log_job_notices(notices: Iterable[JobNotice]) -> None:
