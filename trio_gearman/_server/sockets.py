@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import attrs
 from .._address import format_address
 
 __all__ = [
+    "FdReserve",
     "KeepAlive",
     "ListenAddress",
     "ListenFailed",
@@ -231,3 +233,59 @@ def raise_fd_limit(target: int | None = None) -> int:
         except (ValueError, OSError) as exc:
             logger.debug("Cannot set the open-file limit to %s: %s", limits, exc)
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class FdReserve:
+    """One file descriptor held back, so that a server out of descriptors can still say no.
+
+    When ``accept()`` fails with EMFILE or ENFILE the waiting connections stay in the
+    listen backlog: their clients hang, and the listener stays readable. Closing
+    the reserve frees one descriptor, enough to accept one connection and close it
+    at once (its client sees the connection end instead of hanging); the reserve is
+    then taken again.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def take(self) -> bool:
+        """Hold the reserve descriptor (if not held yet); ``False`` if none is free."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return False
+        return True
+
+    def release(self) -> None:
+        """Close the reserve descriptor (the server stops)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def refuse(self, listener: socket.socket) -> bool:
+        """Accept one waiting connection on the reserve descriptor and close it at once.
+
+        Returns:
+            ``True`` if a connection was refused so; ``False`` if not even the
+            reserve could take it (the caller should back off).
+
+        Raises:
+            BlockingIOError: no connection is waiting.
+        """
+        if self._fd is None and not self.take():
+            return False
+        self.release()
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            raise
+        except OSError:
+            return False
+        else:
+            sock.close()
+            return True
+        finally:
+            self.take()

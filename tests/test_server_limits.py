@@ -1,0 +1,283 @@
+"""The server's bounds, each against a real misbehaving peer over loopback sockets.
+
+Every test also checks that a well-behaved client keeps getting its results while
+(or right after) the bad peer is dealt with.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+import trio
+
+from trio_gearman._proto._packets import EchoReq, EchoRes, PacketType
+from trio_gearman._server.server import GearmanServer
+
+from .test_cli_server import LISTENING, ServerProcess
+from .test_server_io import Peer, round_trip, running_server, settle
+
+SERVER_LOG = "trio_gearman.server"
+
+
+def _echo_header(size: int) -> bytes:
+    """The 12-byte header of an ECHO_REQ with a ``size``-byte body."""
+    return struct.pack(">4sII", b"\0REQ", PacketType.ECHO_REQ, size)
+
+
+async def _echo(peer: Peer, data: bytes = b"ping") -> None:
+    await peer.send(EchoReq(data))
+    assert await peer.packet() == EchoRes(data)
+
+
+async def _reset(peer: Peer) -> None:
+    """Close ``peer`` with a TCP reset (SO_LINGER 0), as a crashed process does."""
+    raw = peer.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await peer.stream.aclose()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(SERVER_LOG) and r.levelno >= logging.WARNING
+    ]
+
+
+# --- connections that end badly ------------------------------------------------------------
+
+
+async def test_a_peer_resetting_its_connection_is_logged_at_debug_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, SERVER_LOG)
+    async with running_server() as server:
+        for _ in range(30):
+            peer = await Peer.connect(server)
+            # A request whose reply finds the connection reset.
+            await peer.send(EchoReq(b"x" * 65536))
+            await _reset(peer)
+        await settle(lambda: server.statistics().connections == 0)
+        assert await round_trip(server, b"fine") == b"enif"
+    assert _warnings(caplog) == []
+
+
+# --- file descriptors and connection counts --------------------------------------------------
+
+
+@asynccontextmanager
+async def trio_gearmand_process(
+    args: Sequence[str], prelude: str = ""
+) -> AsyncIterator[ServerProcess]:
+    """A ``trio-gearmand`` on a free loopback port; ``prelude`` runs first in the child."""
+    code = f"{prelude}\nimport sys\nfrom trio_gearman._cli.server import main\nsys.exit(main())"
+    process = await anyio.open_process(
+        [sys.executable, "-c", code, "--verbose", "INFO", "-L", "127.0.0.1", "-p", "0", *args],
+        stdin=None,
+        stdout=None,
+    )
+    assert process.stderr is not None
+    server = ServerProcess(process, process.stderr)
+    try:
+        match = LISTENING.search(await server.wait_for_line(b"Listening on"))
+        assert match
+        server.port = int(match.group(1))
+        yield server
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+            await process.aclose()
+
+
+async def _connect(port: int) -> Peer:
+    return Peer(await anyio.connect_tcp("127.0.0.1", port))
+
+
+async def _served_or_refused(peer: Peer) -> bool:
+    """``True`` if the server answers an ECHO, ``False`` if it closed the connection."""
+    try:
+        await peer.send(EchoReq(b"ping"))
+        return await peer.packet() == EchoRes(b"ping")
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return False
+
+
+async def test_out_of_file_descriptors_new_clients_are_refused_not_left_hanging() -> None:
+    async with trio_gearmand_process(["--file-descriptors", "40"]) as server:
+        peers = [await _connect(server.port) for _ in range(60)]
+        with trio.fail_after(5):
+            served = [await _served_or_refused(peer) for peer in peers]
+        # Some were served; every other one was closed at once instead of hanging.
+        assert 10 < served.count(True) < 40
+        assert served[-1] is False
+        await server.wait_for_line(b"Cannot accept connections")
+        for peer in peers:
+            await peer.aclose()
+        # Once descriptors are free again, a client is served.
+        with trio.fail_after(5):
+            while not await _served_or_refused(await _connect(server.port)):
+                pass
+        await server.wait_for_line(b"Accepting connections again")
+        server.process.terminate()
+        log = await server.rest_of_log()
+    assert log.count(b"Cannot accept connections") == 1, log
+
+
+async def test_max_connections_refuses_politely_and_logs_once_per_episode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(max_connections=3) as server:
+        peers = [await Peer.connect(server) for _ in range(3)]
+        for peer in peers:
+            await _echo(peer)
+        for _ in range(5):
+            assert await (await Peer.connect(server)).closed_by_server()
+        assert server.statistics().refused == 5
+        refusals = [m for m in _warnings(caplog) if m.startswith("Refusing new connections")]
+        assert refusals == [
+            "Refusing new connections: 3 connections are open (the maximum) "
+            "(logged once until one is accepted again)"
+        ]
+        await peers.pop().aclose()
+        await settle(lambda: server.statistics().connections == 2)
+        await _echo(await Peer.connect(server))
+        assert "Accepting connections again (5 refused)" in caplog.text
+
+
+async def test_max_connections_per_address_leaves_other_addresses_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(max_connections_per_address=2) as server:
+        port = server.port
+        first = [Peer(await anyio.connect_tcp("127.0.0.1", port)) for _ in range(2)]
+        for peer in first:
+            await _echo(peer)
+        extra = Peer(await anyio.connect_tcp("127.0.0.1", port))
+        assert await extra.closed_by_server()
+        assert "2 connections from 127.0.0.1 are open" in caplog.text
+        # Another address is served.
+        other = Peer(await anyio.connect_tcp("127.0.0.1", port, local_host="127.0.0.2"))
+        await _echo(other)
+        await first.pop().aclose()
+        await settle(lambda: server.statistics().connections == 2)
+        await _echo(Peer(await anyio.connect_tcp("127.0.0.1", port)))
+
+
+# --- timeouts ------------------------------------------------------------------------------
+
+
+async def test_a_packet_left_incomplete_is_dropped_after_the_packet_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(packet_timeout=0.5) as server:
+        loris = [await Peer.connect(server) for _ in range(20)]
+        for peer in loris:
+            await peer.send(_echo_header(100) + b"abc")  # and never the rest
+        header_only = await Peer.connect(server)
+        await header_only.send(b"\0RE")
+        normal = await Peer.connect(server)
+        with trio.fail_after(4):
+            for peer in [*loris, header_only]:
+                await _echo(normal)
+                assert await peer.closed_by_server()
+        assert "incomplete after 0.5 s" in caplog.text
+        assert server.statistics().bytes_buffered == 0
+        await _echo(normal)
+
+
+async def test_a_packet_sent_in_pieces_within_the_packet_timeout_is_served() -> None:
+    async with running_server(packet_timeout=1.5) as server:
+        peer = await Peer.connect(server)
+        data = b"x" * 30
+        await peer.send(_echo_header(len(data)))
+        # Incomplete across two sweeps of the server, complete within the timeout.
+        for index in range(0, len(data), 10):
+            await anyio.sleep(0.4)
+            await peer.send(data[index : index + 10])
+        assert await peer.packet() == EchoRes(data)
+
+
+async def test_a_peer_that_does_not_read_is_dropped_after_the_write_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(write_timeout=0.5) as server:
+        hog = await Peer.connect(server)
+        await hog.send(EchoReq(bytes(8 << 20)))  # far more than the socket buffers take
+        normal = await Peer.connect(server)
+        await settle(lambda: server.statistics().bytes_buffered > 0)
+        with trio.fail_after(4):
+            while server.statistics().connections == 2:
+                await _echo(normal)
+                await anyio.sleep(0.1)
+        assert "(the write timeout)" in caplog.text
+        assert server.statistics().bytes_buffered == 0
+        await _echo(normal)
+
+
+async def test_no_idle_timeout_by_default_and_one_when_asked() -> None:
+    assert GearmanServer().limits.idle_timeout is None
+    async with running_server(idle_timeout=0.5) as server:
+        quiet = await Peer.connect(server)
+        busy = await Peer.connect(server)
+        with trio.fail_after(4):
+            while server.statistics().connections == 2:
+                await _echo(busy)
+                await anyio.sleep(0.1)
+        assert await quiet.closed_by_server()
+        await _echo(busy)
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+async def test_over_the_buffer_budget_the_heaviest_connections_are_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = 4 << 20
+    async with running_server(max_buffered_bytes=budget) as server:
+        normal = await Peer.connect(server)
+        peers = []
+        for size in (1 << 20, 3 << 20, 2 << 20):
+            peer = await Peer.connect(server)
+            # All of a packet but its last byte.
+            await peer.send(_echo_header(size + 1) + bytes(size))
+            peers.append(peer)
+        small, big, middle = peers
+        with trio.fail_after(4):
+            assert await big.closed_by_server()
+        await _echo(normal)
+        assert server.statistics().bytes_buffered <= budget
+        assert "over the budget of 4194304" in caplog.text
+        # The others keep their connections and their packets complete.
+        await small.send(b"\0")
+        assert await small.packet() == EchoRes(bytes(1 << 20) + b"\0")
+        await middle.send(b"\0")
+        assert await middle.packet() == EchoRes(bytes(2 << 20) + b"\0")
+
+
+async def test_the_bytes_of_a_partial_packet_are_given_back_when_its_peer_leaves() -> None:
+    async with running_server() as server:
+        peers = []
+        for _ in range(4):
+            peer = await Peer.connect(server)
+            await peer.send(_echo_header(4 << 20) + bytes((4 << 20) - 1))
+            peers.append(peer)
+        await settle(lambda: server.statistics().bytes_buffered >= 4 * ((4 << 20) - 1))
+        connections = server.connections
+        for peer in peers:
+            await peer.aclose()
+        await settle(lambda: server.statistics().connections == 0)
+        assert server.statistics().bytes_buffered == 0
+        # Nothing keeps the ended connections' buffers.
+        assert all(connection.held_in == 0 for connection in connections)
+        assert all(connection.closed for connection in connections)
+        assert await round_trip(server, b"fine") == b"enif"
