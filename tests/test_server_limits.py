@@ -281,3 +281,29 @@ async def test_the_bytes_of_a_partial_packet_are_given_back_when_its_peer_leaves
         assert all(connection.held_in == 0 for connection in connections)
         assert all(connection.closed for connection in connections)
         assert await round_trip(server, b"fine") == b"enif"
+
+
+async def test_running_out_of_memory_costs_a_connection_never_the_server() -> None:
+    limit = 320 << 20
+    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))"
+    args = ["--max-buffered-bytes", "0", "--max-output-bytes", "1G"]
+    async with trio_gearmand_process(args, prelude) as server:
+        normal = await _connect(server.port)
+        await _echo(normal)
+        # 192 MiB of replies pile up for a peer that does not read; once it reads,
+        # the output buffer shrinks by copying what is left, past the memory limit.
+        hog = await _connect(server.port)
+        size = 16 << 20
+        packet = _echo_header(size) + bytes(size)
+        with trio.fail_after(5):
+            for _ in range(12):
+                await hog.stream.send(packet)
+            assert await hog.closed_by_server()
+            await server.wait_for_line(b"MEMORY_ALLOCATION_FAILURE")
+            await _echo(normal)
+            await _echo(await _connect(server.port))
+        assert server.process.returncode is None
+        server.process.terminate()
+        log = await server.rest_of_log()
+        assert await server.process.wait() == 0, log
+    assert b"Traceback" not in log, log

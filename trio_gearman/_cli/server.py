@@ -34,6 +34,7 @@ from .._server.store.sqlite import DEFAULT_TABLE
 from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
+from .server_limits import add_limit_options, limit_arguments
 
 __all__ = ["main"]
 
@@ -301,6 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
+    add_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -600,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keepalive=keepalive,
         fd_limit=options.file_descriptors,
         store=store,
+        **limit_arguments(options),
     )
     pid_file = Path(options.pid_file) if options.pid_file else None
     try:

@@ -399,6 +399,8 @@ class ServerConnection:
                     # closed: let the last replies go out (within a bound).
                     with anyio.move_on_after(FLUSH_TIMEOUT):
                         await self._writer_done.wait()
+        except MemoryError:
+            self._out_of_memory("serving it")
         finally:
             self.close()
 
@@ -559,7 +561,10 @@ class ReadPoller:
                     connection = by_fd.get(fd)
                     if connection is not None and connection.read(now):
                         ending.append(connection)
-                after_batch()
+                try:
+                    after_batch()
+                except MemoryError:  # each connection's own failures are handled in it
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory sending replies")
                 if ending:
                     for connection in ending:
                         connection.end()

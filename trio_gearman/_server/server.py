@@ -428,7 +428,11 @@ class GearmanServer:
                         self._short_of,
                     )
                     self._short_of = None
-                self._hub.adopt(sock, str(address[0]))
+                try:
+                    self._hub.adopt(sock, str(address[0]))
+                except MemoryError:
+                    sock.close()
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory accepting a connection")
 
     async def _accept_short(self, listener: socket.socket, exc: OSError) -> bool:
         """``accept()`` failed for want of a resource: refuse politely, log once, back off.
@@ -490,8 +494,11 @@ class GearmanServer:
                 self._timer_scope = scope
                 await anyio.sleep_forever()
             self._timer_scope = None
-            state.advance(anyio.current_time())
-            self._hub.send_pending()
+            try:
+                state.advance(anyio.current_time())
+                self._hub.send_pending()
+            except MemoryError:
+                logger.error("MEMORY_ALLOCATION_FAILURE: out of memory handling the timers")
 
 
 async def serve(
