@@ -17,7 +17,10 @@ import anyio
 import pytest
 import trio
 
+from trio_gearman._cli.server import main, parse_options
+from trio_gearman._cli.server_limits import limit_arguments
 from trio_gearman._proto._packets import EchoReq, EchoRes, PacketType
+from trio_gearman._server.limits import Limits
 from trio_gearman._server.server import GearmanServer
 
 from .test_cli_server import LISTENING, ServerProcess
@@ -246,11 +249,15 @@ async def test_over_the_buffer_budget_the_heaviest_connections_are_dropped(
     async with running_server(max_buffered_bytes=budget) as server:
         normal = await Peer.connect(server)
         peers = []
+        held = 0
         for size in (1 << 20, 3 << 20, 2 << 20):
             peer = await Peer.connect(server)
-            # All of a packet but its last byte.
+            # All of a packet but its last byte, held by the server before the next.
             await peer.send(_echo_header(size + 1) + bytes(size))
             peers.append(peer)
+            held += size + 12
+            if held <= budget:
+                await settle(lambda: server.statistics().bytes_buffered == held)  # noqa: B023
         small, big, middle = peers
         with trio.fail_after(4):
             assert await big.closed_by_server()
@@ -307,3 +314,68 @@ async def test_running_out_of_memory_costs_a_connection_never_the_server() -> No
         log = await server.rest_of_log()
         assert await server.process.wait() == 0, log
     assert b"Traceback" not in log, log
+
+
+# --- the options ---------------------------------------------------------------------------
+
+
+def test_the_limit_options_reach_the_server_with_their_defaults() -> None:
+    defaults = limit_arguments(parse_options([]))
+    assert defaults == {
+        "max_connections": None,
+        "max_connections_per_address": None,
+        "max_output_bytes": 32 << 20,
+        "max_buffered_bytes": 1 << 30,
+        "max_packet_size": 64 << 20,
+        "packet_timeout": 60.0,
+        "write_timeout": 60.0,
+        "idle_timeout": None,
+    }
+    assert GearmanServer(**defaults).limits == GearmanServer().limits
+    options = parse_options(
+        [
+            "--max-connections=1000",
+            "--max-connections-per-address=50",
+            "--max-output-bytes=8M",
+            "--max-buffered-bytes=0",
+            "--max-packet-size=1MiB",
+            "--packet-timeout=5",
+            "--write-timeout=0",
+            "--idle-timeout=3600",
+        ]
+    )
+    limits = GearmanServer(**limit_arguments(options)).limits
+    assert limits == Limits(
+        max_connections=1000,
+        max_connections_per_address=50,
+        max_output_bytes=8 << 20,
+        max_buffered_bytes=None,
+        max_packet_size=1 << 20,
+        packet_timeout=5.0,
+        write_timeout=None,
+        idle_timeout=3600.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-output-bytes", "lots"], "'lots' is not a byte count"),
+        (["--max-packet-size", "0"], "0 is not a positive byte count"),
+        (["--max-connections", "-3"], "-3 is less than 0"),
+        (["--idle-timeout", "soon"], "not a number of seconds"),
+    ],
+)
+def test_bad_limit_values_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_trio_gearmand_applies_its_limit_options() -> None:
+    async with trio_gearmand_process(["--max-connections", "1"]) as server:
+        first = await _connect(server.port)
+        await _echo(first)
+        assert await (await _connect(server.port)).closed_by_server()
+        await server.wait_for_line(b"Refusing new connections: 1 connections are open")
