@@ -19,8 +19,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .connection import ReadPoller, ServerConnection
-from .limits import SWEEP_INTERVAL, Limits
-from .sockets import KeepAlive, configure_accepted
+from .limits import SWEEP_INTERVAL, TRIM_AFTER, Limits
+from .sockets import KeepAlive, configure_accepted, trim_heap
 
 if TYPE_CHECKING:
     from .._proto.server.state import ServerState
@@ -83,6 +83,7 @@ class ConnectionHub:
         self._holding: set[ServerConnection] = set()
         self._over_budget = False
         self._sweep_wanted: anyio.Event | None = None
+        self._released = 0  # buffer bytes let go of since the last trim_heap()
 
     def traffic(self) -> tuple[int, int]:
         """Bytes received and sent so far, over every connection, ended ones included."""
@@ -257,7 +258,9 @@ class ConnectionHub:
     def hold(self, connection: ServerConnection, delta: int) -> None:
         """``connection`` holds ``delta`` more bytes in its buffers (or fewer)."""
         self.buffered += delta
-        if delta > 0:
+        if delta < 0:
+            self._released -= delta
+        else:
             holding = self._holding
             if connection not in holding:
                 holding.add(connection)
@@ -316,6 +319,9 @@ class ConnectionHub:
                     )
         self._keep_budget()
         self.send_pending()
+        if self._released >= TRIM_AFTER:
+            self._released = 0
+            trim_heap()
 
     def _keep_budget(self) -> None:
         """Drop the connections holding the most until the buffers fit the budget."""
@@ -359,7 +365,9 @@ class ConnectionHub:
             return False
         self._ended_in += connection.bytes_in
         self._ended_out += connection.bytes_out
-        self.buffered -= connection.release_buffers()
+        held = connection.release_buffers()
+        self.buffered -= held
+        self._released += held
         self._holding.discard(connection)
         if self._per_address is not None:
             left = self._per_address.pop(connection.peer, 1) - 1

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_PACKET_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "SWEEP_INTERVAL",
+    "TRIM_AFTER",
     "Limits",
 ]
 
@@ -35,6 +36,8 @@ DEFAULT_WRITE_TIMEOUT: Final = 60.0
 """Seconds a peer may leave its replies unread (no byte of them taken)."""
 SWEEP_INTERVAL: Final = 1.0
 """Seconds between two checks of the timeouts and of the buffer budget."""
+TRIM_AFTER: Final = 32 * 1024 * 1024
+"""Buffer bytes let go of after which the sweep gives freed heap memory back to the system."""
 
 
 def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from .._codec import pack_header
+from .._codec import append_packet, pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
     DURATION_BUCKETS,
@@ -392,10 +392,7 @@ class JobTable:
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, conn: ConnectionState, message: Message) -> None:
-        body = b"\0".join(message.wire_parts())
-        out = conn.outgoing
-        out += _pack(_RES_BYTES, message.packet_type, len(body))
-        out += body
+        append_packet(conn.outgoing, _RES_BYTES, message.packet_type, message.wire_parts())
         self.dirty.add(conn)
 
     def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:

@@ -47,7 +47,7 @@ from ..._exceptions import (
     ProtocolError,
     UnknownPacketType,
 )
-from .._codec import Event, TextLine, UnexpectedMagic, pack_header
+from .._codec import LARGE_PART, Event, TextLine, UnexpectedMagic, append_packet, pack_header
 from .._packets import (
     AllYours,
     CanDo,
@@ -788,10 +788,8 @@ class ServerState(JobTable):
     def _grab_job_uniq(self, conn: ConnectionState, msg: GrabJobUniq, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            body = b"\0".join((job.handle, job.function.name, job.unique, job.data))
-            out = conn.outgoing
-            out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
-            out += body
+            parts = (job.handle, job.function.name, job.unique, job.data)
+            append_packet(conn.outgoing, _RES_BYTES, _JOB_ASSIGN_UNIQ, parts)
 
     def _grab_job_all(self, conn: ConnectionState, msg: GrabJobAll, now: float) -> None:
         job = self._grab(conn, now)
@@ -811,9 +809,15 @@ class ServerState(JobTable):
         clients = job.clients
         if clients is None:
             return
-        body = b"\0".join(message.wire_parts())
-        packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+        parts = message.wire_parts()
         dirty = self.dirty
+        if len(parts[-1]) >= LARGE_PART:  # a large result: copied once per client, no more
+            for client in clients:
+                append_packet(client.outgoing, _RES_BYTES, message.packet_type, parts)
+                dirty.add(client)
+            return
+        body = b"\0".join(parts)
+        packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
         for client in clients:
             client.outgoing += packet
             dirty.add(client)
