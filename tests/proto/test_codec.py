@@ -605,3 +605,6 @@ def test_append_packet_writes_what_encode_returns(message: Message) -> None:
     buffer = bytearray(b"before")
     append_packet(buffer, Magic.RES, message.packet_type, message.wire_parts())
     assert bytes(buffer) == b"before" + encode(message, Magic.RES)
+    buffer = bytearray(b"before")
+    encode_into(buffer, message)
+    assert bytes(buffer) == b"before" + encode(message)

@@ -298,6 +298,16 @@ def test_a_large_result_reaches_every_client_waiting_for_it() -> None:
         ]
 
 
+def test_large_jobs_are_handed_out_whole() -> None:
+    harness = Harness()
+    client = harness.connect()
+    big = bytes(range(256)) * 512
+    client.send(SubmitJob(b"f", b"a", big), SubmitJob(b"f", b"b", big))
+    worker = harness.worker(b"f")
+    assert worker.request(GrabJob()) == [JobAssign(handle(1), b"f", big)]
+    assert worker.request(GrabJobUniq()) == [JobAssignUniq(handle(2), b"f", b"b", big)]
+
+
 def test_every_attachment_gets_every_result() -> None:
     harness = Harness()
     a, b = harness.connect(), harness.connect()

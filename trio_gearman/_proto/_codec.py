@@ -621,4 +621,10 @@ def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None)
         message: the packet.
         magic: as for :func:`encode`.
     """
-    append_packet(buffer, magic or message.MAGIC, message.packet_type, message.wire_parts())
+    parts = message.wire_parts()
+    if len(parts) > 1 and len(parts[-1]) >= LARGE_PART:
+        append_packet(buffer, magic or message.MAGIC, message.packet_type, parts)
+    else:
+        body = b"\0".join(parts)
+        buffer += _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body))
+        buffer += body

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from .._codec import append_packet, pack_header
+from .._codec import LARGE_PART, append_packet, pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
     DURATION_BUCKETS,
@@ -392,7 +392,14 @@ class JobTable:
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, conn: ConnectionState, message: Message) -> None:
-        append_packet(conn.outgoing, _RES_BYTES, message.packet_type, message.wire_parts())
+        parts = message.wire_parts()
+        if len(parts) > 1 and len(parts[-1]) >= LARGE_PART:
+            append_packet(conn.outgoing, _RES_BYTES, message.packet_type, parts)
+        else:
+            body = b"\0".join(parts)
+            out = conn.outgoing
+            out += _pack(_RES_BYTES, message.packet_type, len(body))
+            out += body
         self.dirty.add(conn)
 
     def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:

@@ -789,7 +789,13 @@ class ServerState(JobTable):
         job = self._grab(conn, now)
         if job is not None:
             parts = (job.handle, job.function.name, job.unique, job.data)
-            append_packet(conn.outgoing, _RES_BYTES, _JOB_ASSIGN_UNIQ, parts)
+            if len(job.data) >= LARGE_PART:
+                append_packet(conn.outgoing, _RES_BYTES, _JOB_ASSIGN_UNIQ, parts)
+            else:
+                body = b"\0".join(parts)
+                out = conn.outgoing
+                out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
+                out += body
 
     def _grab_job_all(self, conn: ConnectionState, msg: GrabJobAll, now: float) -> None:
         job = self._grab(conn, now)
