@@ -20,6 +20,7 @@ import anyio
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from trio_gearman._cli.server import main, parse_options
 from trio_gearman._cli.server_limits import limit_arguments
@@ -31,7 +32,9 @@ from trio_gearman._proto._packets import (
     GrabJob,
     JobAssign,
     JobCreated,
+    Noop,
     PacketType,
+    PreSleep,
     SubmitJob,
     WorkComplete,
 )
@@ -40,6 +43,9 @@ from trio_gearman._server.server import GearmanServer
 
 from .test_cli_server import LISTENING, ServerProcess
 from .test_server_io import PREFIX, Peer, round_trip, running_server, settle
+from .test_server_poller import serving_mode
+
+__all__ = ["serving_mode"]  # the fixture: the tests below run with the poller and without
 
 SERVER_LOG = "trio_gearman.server"
 
@@ -197,7 +203,7 @@ async def test_max_connections_per_address_leaves_other_addresses_alone(
 
 
 async def test_a_packet_left_incomplete_is_dropped_after_the_packet_timeout(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, serving_mode: str
 ) -> None:
     async with running_server(packet_timeout=0.5) as server:
         loris = [await Peer.connect(server) for _ in range(20)]
@@ -228,7 +234,7 @@ async def test_a_packet_sent_in_pieces_within_the_packet_timeout_is_served() -> 
 
 
 async def test_a_peer_that_does_not_read_is_dropped_after_the_write_timeout(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, serving_mode: str
 ) -> None:
     async with running_server(write_timeout=0.5) as server:
         hog = await Peer.connect(server)
@@ -242,6 +248,20 @@ async def test_a_peer_that_does_not_read_is_dropped_after_the_write_timeout(
         assert "(the write timeout)" in caplog.text
         assert server.statistics().bytes_buffered == 0
         await _echo(normal)
+
+
+async def test_with_the_defaults_a_worker_may_sleep_for_hours(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_server() as server:
+        worker = await Peer.connect(server)
+        await worker.send(CanDo(b"f"), PreSleep())
+        await settle(lambda: any(c.conn.sleeping for c in server.connections))
+        await trio.sleep(8 * 3600)  # the mock clock's hours
+        client = await Peer.connect(server)
+        await client.send(SubmitJob(b"f", b"", b"x"))
+        assert isinstance(await client.packet(), JobCreated)
+        assert await worker.packet() == Noop()
 
 
 async def test_no_idle_timeout_by_default_and_one_when_asked() -> None:
@@ -261,7 +281,7 @@ async def test_no_idle_timeout_by_default_and_one_when_asked() -> None:
 
 
 async def test_over_the_buffer_budget_the_heaviest_connections_are_dropped(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, serving_mode: str
 ) -> None:
     budget = 4 << 20
     async with running_server(max_buffered_bytes=budget) as server:
@@ -290,7 +310,9 @@ async def test_over_the_buffer_budget_the_heaviest_connections_are_dropped(
         assert await middle.packet() == EchoRes(bytes(2 << 20) + b"\0")
 
 
-async def test_the_bytes_of_a_partial_packet_are_given_back_when_its_peer_leaves() -> None:
+async def test_the_bytes_of_a_partial_packet_are_given_back_when_its_peer_leaves(
+    serving_mode: str,
+) -> None:
     async with running_server() as server:
         peers = []
         for _ in range(4):
