@@ -331,9 +331,15 @@ async def test_the_bytes_of_a_partial_packet_are_given_back_when_its_peer_leaves
         assert await round_trip(server, b"fine") == b"enif"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, RLIMIT_AS")
 async def test_running_out_of_memory_costs_a_connection_never_the_server() -> None:
-    limit = 320 << 20
-    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))"
+    # The child's address space as it starts, plus 300 MiB.
+    prelude = (
+        "import resource\n"
+        "size = next(int(l.split()[1]) for l in open('/proc/self/status') if l[:7] == 'VmSize:')\n"
+        "limit = size * 1024 + (300 << 20)\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))"
+    )
     args = ["--max-buffered-bytes", "0", "--max-output-bytes", "1G"]
     async with trio_gearmand_process(args, prelude) as server:
         normal = await _connect(server.port)
