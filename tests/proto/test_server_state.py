@@ -302,10 +302,11 @@ def test_large_jobs_are_handed_out_whole() -> None:
     harness = Harness()
     client = harness.connect()
     big = bytes(range(256)) * 512
-    client.send(SubmitJob(b"f", b"a", big), SubmitJob(b"f", b"b", big))
+    client.send(*(SubmitJob(b"f", unique, big) for unique in (b"a", b"b", b"c")))
     worker = harness.worker(b"f")
     assert worker.request(GrabJob()) == [JobAssign(handle(1), b"f", big)]
     assert worker.request(GrabJobUniq()) == [JobAssignUniq(handle(2), b"f", b"b", big)]
+    assert worker.request(GrabJobAll()) == [JobAssignUniq(handle(3), b"f", b"c", big)]
 
 
 def test_every_attachment_gets_every_result() -> None:

@@ -392,15 +392,19 @@ class JobTable:
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, conn: ConnectionState, message: Message) -> None:
-        parts = message.wire_parts()
-        if len(parts) > 1 and len(parts[-1]) >= LARGE_PART:
-            append_packet(conn.outgoing, _RES_BYTES, message.packet_type, parts)
-        else:
-            body = b"\0".join(parts)
-            out = conn.outgoing
-            out += _pack(_RES_BYTES, message.packet_type, len(body))
-            out += body
+        body = b"\0".join(message.wire_parts())
+        out = conn.outgoing
+        out += _pack(_RES_BYTES, message.packet_type, len(body))
+        out += body
         self.dirty.add(conn)
+
+    def _send_job(self, conn: ConnectionState, message: Message, data: bytes) -> None:
+        """:meth:`_send` a packet whose last argument is ``data``, copying large data once."""
+        if len(data) >= LARGE_PART:
+            append_packet(conn.outgoing, _RES_BYTES, message.packet_type, message.wire_parts())
+            self.dirty.add(conn)
+        else:
+            self._send(conn, message)
 
     def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:
         self._send(conn, Error(code, text))

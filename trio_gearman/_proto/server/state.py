@@ -783,7 +783,7 @@ class ServerState(JobTable):
     def _grab_job(self, conn: ConnectionState, msg: GrabJob, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            self._send(conn, JobAssign(job.handle, job.function.name, job.data))
+            self._send_job(conn, JobAssign(job.handle, job.function.name, job.data), job.data)
 
     def _grab_job_uniq(self, conn: ConnectionState, msg: GrabJobUniq, now: float) -> None:
         job = self._grab(conn, now)
@@ -802,12 +802,12 @@ class ServerState(JobTable):
         if job is None:
             return
         if job.reducer:
-            self._send(
-                conn,
-                JobAssignAll(job.handle, job.function.name, job.unique, job.reducer, job.data),
+            assign: Message = JobAssignAll(
+                job.handle, job.function.name, job.unique, job.reducer, job.data
             )
         else:
-            self._send(conn, JobAssignUniq(job.handle, job.function.name, job.unique, job.data))
+            assign = JobAssignUniq(job.handle, job.function.name, job.unique, job.data)
+        self._send_job(conn, assign, job.data)
 
     # --- work results ---------------------------------------------------------------------------
 
