@@ -36,6 +36,7 @@ from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 from .server_acl import acl_arguments, add_acl_options, check_acl_options
+from .server_limits import add_limit_options, limit_arguments
 from .server_limits_state import add_state_limit_options, state_limits
 from .server_tls import add_tls_options, check_tls_options, tls_context
 
@@ -306,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
     add_state_limit_options(parser)
+    add_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     add_acl_options(parser)
     add_tls_options(parser)
@@ -614,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **acl_arguments(options),
         ssl_context=ssl_context,
         ssl_handshake_timeout=options.ssl_handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT,
+        **limit_arguments(options),
     )
     if options.acl is not None:
         startup_logger.info("Access rules: %d from %s", len(options.acl.rules), options.acl_file)

@@ -106,6 +106,9 @@ class ConnectionOwner(Protocol):
     def connection_closed(self, connection: ServerConnection) -> None:
         """The connection has ended: forget it and tell the state (once)."""
 
+    def hold(self, connection: ServerConnection, delta: int) -> None:
+        """The connection's buffers hold ``delta`` bytes more (or fewer, if negative)."""
+
 
 class ServerConnection:
     """The job server's side of one connection (a TCP socket, or a socket pair's end).
@@ -133,6 +136,10 @@ class ServerConnection:
             client certificate.
         blocked: replies wait for the socket to become writable (the peer is slow
             to read); a writer task sends them as the socket drains.
+        bytes_in: bytes received so far.
+        bytes_out: bytes sent so far.
+        held_in: bytes of an incomplete packet or line, waiting for the rest.
+        held_out: reply bytes waiting for a blocked peer, as of the last count.
     """
 
     __slots__ = (
@@ -141,12 +148,19 @@ class ServerConnection:
         "_deadline",
         "_decoder",
         "_ending",
+        "_idle_mark",
+        "_idle_since",
+        "_in_mark",
+        "_in_since",
         "_listing",
         "_listing_scope",
+        "_out_mark",
+        "_out_since",
         "_owner",
         "_paused_poller",
         "_poller",
         "_reader_scope",
+        "_released",
         "_sock",
         "_writer_done",
         "_writer_scope",
@@ -155,6 +169,8 @@ class ServerConnection:
         "bytes_out",
         "cert_names",
         "conn",
+        "held_in",
+        "held_out",
         "peer",
     )
 
@@ -181,6 +197,12 @@ class ServerConnection:
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
         self._writer_done: anyio.Event | None = None
+        self.held_in = 0
+        self.held_out = 0
+        self._released = False
+        # What the owner's sweep saw last (a byte count) and since when (see late()).
+        self._in_mark = self._out_mark = self._idle_mark = -1
+        self._in_since = self._out_since = self._idle_since = 0.0
 
     def flush(self) -> bool:
         """Send the connection's output (``conn.outgoing``, after any shared
@@ -314,6 +336,78 @@ class ServerConnection:
             self._closed_event = anyio.Event()
         await self._closed_event.wait()
 
+    # --- the owner's bounds --------------------------------------------------------------------
+
+    def hold_output(self, waiting: int) -> None:
+        """Count ``waiting`` reply bytes as held for a blocked peer (0: none)."""
+        delta = waiting - self.held_out
+        if delta and not self._released:
+            self.held_out = waiting
+            self._owner.hold(self, delta)
+
+    def release_buffers(self) -> int:
+        """Stop counting this connection's buffers (it ends); the bytes it held."""
+        held = self.held_in + self.held_out
+        self.held_in = self.held_out = 0
+        self._released = True
+        return held
+
+    def late(
+        self, now: float, packet_timeout: float | None, write_timeout: float | None
+    ) -> str | None:
+        """Why the connection is past a timeout, or ``None``; called once per sweep.
+
+        The packet timeout runs from the first sweep that saw the packet incomplete
+        until it is complete, however its bytes trickle in (a slowloris peer keeps
+        sending some); the write timeout runs while no reply byte is taken and
+        starts again whenever one is. Both are read from the byte counters, so
+        nothing is timed per packet.
+
+        Args:
+            now: the event loop's time.
+            packet_timeout: seconds a started packet may stay incomplete, or ``None``.
+            write_timeout: seconds replies may wait with none of them taken, or ``None``.
+        """
+        if self.held_in and packet_timeout is not None:
+            mark = self.bytes_in - self.held_in  # where the incomplete packet starts
+            if mark != self._in_mark:
+                self._in_mark, self._in_since = mark, now
+            elif now - self._in_since >= packet_timeout:
+                return (
+                    f"a packet it started is incomplete after {packet_timeout:g} s "
+                    f"({self.held_in} bytes received; the packet timeout)"
+                )
+        if self.blocked and write_timeout is not None:
+            mark = self.bytes_out
+            if mark != self._out_mark:
+                self._out_mark, self._out_since = mark, now
+            elif now - self._out_since >= write_timeout:
+                return (
+                    f"it took none of its {self.conn.pending_output} bytes of replies "
+                    f"for {write_timeout:g} s (the write timeout)"
+                )
+        return None
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last sweep that saw a byte in or out (0 if this one did)."""
+        mark = self.bytes_in + self.bytes_out
+        if mark != self._idle_mark:
+            self._idle_mark, self._idle_since = mark, now
+            return 0.0
+        return now - self._idle_since
+
+    def _out_of_memory(self, doing: str) -> None:
+        """Memory ran out serving this connection: end it, without its pending replies."""
+        self.conn.clear_output()
+        self._decoder = None
+        self.conn.closing = True
+        logger.error(
+            "MEMORY_ALLOCATION_FAILURE: out of memory %s; closing the connection from %s",
+            doing,
+            self.peer,
+            extra={"peer": self.peer},
+        )
+
     # --- reading ----------------------------------------------------------------------------
 
     def read(self, now: float) -> bool:
@@ -333,6 +427,9 @@ class ServerConnection:
         except OSError:
             self.conn.clear_output()  # the peer is gone: nothing more to send
             return True
+        except MemoryError:
+            self._out_of_memory("receiving")
+            return True
         if not data:
             return True
         self._handle(data, now)
@@ -348,13 +445,16 @@ class ServerConnection:
             decoder = self._decoder = Decoder(
                 expect=Magic.REQ, allow_text=True, max_packet_size=self._owner.max_packet_size
             )
-        decoder.feed(data)
         handle = state.receive
         try:
+            decoder.feed(data)
             for event in decoder:
                 handle(conn, event, now)
                 if conn.closing:
                     break
+        except MemoryError:
+            self._out_of_memory("decoding or handling its packets")
+            return
         except ProtocolError as exc:
             logger.info(
                 "Closing the connection from %s: %s", self.peer, exc, extra={"peer": self.peer}
@@ -368,6 +468,10 @@ class ServerConnection:
                 extra={"peer": self.peer},
             )
             conn.closing = True
+        held = decoder.buffered
+        if held != self.held_in and not self._released:
+            self._owner.hold(self, held - self.held_in)
+            self.held_in = held
 
     def end(self) -> None:
         """Stop reading (the poller's side): close now, or once the last replies are sent."""
@@ -397,6 +501,7 @@ class ServerConnection:
         if self._closed:
             return
         self._closed = True
+        self._decoder = None  # a partial packet's bytes go back now
         poller = self._poller
         if poller is not None:
             poller.discard(self)
@@ -428,6 +533,8 @@ class ServerConnection:
                             if waiting is None:
                                 break
                             await waiting.wait()
+        except MemoryError:
+            self._out_of_memory("serving it")
         finally:
             self.close()
 
@@ -458,6 +565,9 @@ class ServerConnection:
                 more = False
                 continue
             except OSError:
+                return False
+            except MemoryError:
+                self._out_of_memory("receiving")
                 return False
             if not data:
                 return True
@@ -502,10 +612,17 @@ class ServerConnection:
                         if self._reader_scope is not None:
                             self._reader_scope.cancel()
                         return
+                    self.hold_output(conn.pending_output)
         except anyio.ClosedResourceError:  # the reader closed the socket
             pass
+        except MemoryError:
+            self._out_of_memory("sending its replies")
+            broken = True
+            if self._reader_scope is not None:
+                self._reader_scope.cancel()
         finally:
             self.blocked = False
+            self.hold_output(0)
             self._writer_scope = self._writer_done = None
             done.set()
             # Served by the poller (no reader task to notice): close here when the
@@ -591,7 +708,10 @@ class ReadPoller:
                     connection = by_fd.get(fd)
                     if connection is not None and connection.read(now):
                         ending.append(connection)
-                after_batch()
+                try:
+                    after_batch()
+                except MemoryError:  # each connection's own failures are handled in it
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory sending replies")
                 if ending:
                     for connection in ending:
                         connection.end()

@@ -25,7 +25,15 @@ from .._proto.server.acl import Acl, Identity
 from .._proto.server.state import ServerConfig, ServerState
 from .connection import HAVE_EPOLL, ServerConnection
 from .hub import ConnectionHub
+from .limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_PACKET_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+    Limits,
+)
 from .sockets import (
+    FdReserve,
     KeepAlive,
     ListenAddress,
     open_listeners,
@@ -42,11 +50,10 @@ logger = logging.getLogger("trio_gearman.server")
 startup_logger = logging.getLogger("trio_gearman.server.startup")
 """Where the server says where it listens: ``trio-gearmand`` shows it at its default level."""
 
-DEFAULT_MAX_OUTPUT_BYTES: Final = 32 * 1024 * 1024
-"""Bytes that may wait behind a blocked send before a connection is dropped (32 MiB)."""
 
 # accept() errors that mean "the system is short of something, try again soon".
 _ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_FD_SHORT = frozenset({errno.EMFILE, errno.ENFILE})
 _ACCEPT_BACKOFF: Final = 0.1
 _ACCEPT_BATCH: Final = 64
 _CLOCK_CHECK: Final = 60.0
@@ -64,6 +71,9 @@ class ServerStatistics:
         accepted: connections served since the start.
         bytes_received: bytes read from every connection since the start.
         bytes_sent: bytes sent to every connection since the start.
+        bytes_buffered: bytes the connections hold in buffers now (packets being
+            received, replies waiting for a peer that does not read).
+        refused: connections closed at once since the start (over a connection limit).
     """
 
     connections: int
@@ -73,6 +83,8 @@ class ServerStatistics:
     accepted: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
+    bytes_buffered: int = 0
+    refused: int = 0
 
 
 class GearmanServer:
@@ -90,6 +102,22 @@ class GearmanServer:
             send to it is blocked (a peer that does not read); past it the
             connection is dropped.
         max_packet_size: the largest packet body accepted from a peer.
+        max_connections: connections served at once (``None``: as many as the
+            open-file limit allows); past it new ones are closed at once.
+        max_connections_per_address: connections from one peer address at once
+            (``None``: no limit).
+        max_buffered_bytes: bytes all connections together may hold in buffers
+            (packets being received, replies waiting for a peer that does not
+            read); past it the connections holding the most are dropped
+            (``None``: no limit; default 1 GiB).
+        packet_timeout: seconds a peer may take to complete a packet (or admin
+            line) it started before its connection is dropped (``None``: no limit;
+            default 60).
+        write_timeout: seconds replies may wait for a peer that takes none of
+            them before its connection is dropped (``None``: no limit; default 60).
+        idle_timeout: seconds a connection may pass without a byte in or out
+            before it is dropped (default ``None``: never; sleeping workers and
+            clients waiting for long jobs are silent legitimately).
         keepalive: TCP keepalive settings for accepted connections, or ``None``.
         fd_limit: the open-file limit to set at start (``None``: the hard limit).
         store: a persistent queue for background jobs, or ``None`` to keep them in
@@ -135,6 +163,12 @@ class GearmanServer:
         backlog: int = 32,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_connections: int | None = None,
+        max_connections_per_address: int | None = None,
+        max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
+        packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+        idle_timeout: float | None = None,
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
         store: QueueStore | None = None,
@@ -165,10 +199,22 @@ class GearmanServer:
         self._fd_limit = fd_limit
         self.ssl_context = ssl_context
         self.ssl_handshake_timeout = ssl_handshake_timeout
+        self._reserve = FdReserve()
+        self._short_of: str | None = None  # what accept() lacks now, if anything
+        self._refused = 0
+        self.limits = Limits(
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            max_output_bytes=max_output_bytes,
+            max_buffered_bytes=max_buffered_bytes,
+            max_packet_size=max_packet_size,
+            packet_timeout=packet_timeout,
+            write_timeout=write_timeout,
+            idle_timeout=idle_timeout,
+        )
         self._hub = ConnectionHub(
             self.state,
-            max_packet_size=max_packet_size,
-            max_output=max_output_bytes,
+            limits=self.limits,
             keepalive=keepalive,
             after_batch=self._after_batch,
         )
@@ -213,6 +259,8 @@ class GearmanServer:
             accepted=self._hub.accepted,
             bytes_received=received,
             bytes_sent=sent,
+            bytes_buffered=self._hub.buffered,
+            refused=self._hub.refused,
         )
 
     def store_statistics(self) -> StoreStatistics | None:
@@ -252,6 +300,7 @@ class GearmanServer:
                     self.replayed,
                 )
             listeners = await open_listeners(self._listen, self._backlog)
+            self._reserve.take()
             self.addresses = tuple(
                 (str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in listeners
             )
@@ -274,6 +323,7 @@ class GearmanServer:
             self._closed = True
             self._task_group = None
             self._hub.shut()
+            self._reserve.release()
             if writer is not None:
                 await writer.close()
             self._stopped.set()
@@ -407,15 +457,52 @@ class GearmanServer:
                     break
                 except OSError as exc:
                     if exc.errno in _ACCEPT_RETRY:
-                        logger.error("Cannot accept a connection (%s); retrying", exc.strerror)
-                        await anyio.sleep(_ACCEPT_BACKOFF)
+                        if await self._accept_short(listener, exc):
+                            continue
                         break
-                    logger.warning("Cannot accept a connection: %s", exc.strerror)
+                    # The peer reset before it was accepted, and the like: its business.
+                    logger.debug("Cannot accept a connection: %s", exc.strerror)
                     continue
-                if self.ssl_context is not None:
-                    self._start_tls(sock, str(address[0]))
-                else:
-                    self._hub.adopt(sock, str(address[0]))
+                if self._short_of is not None:
+                    logger.warning(
+                        "Accepting connections again (%d refused while short of %s)",
+                        self._refused,
+                        self._short_of,
+                    )
+                    self._short_of = None
+                try:
+                    if self.ssl_context is not None:
+                        self._start_tls(sock, str(address[0]))
+                    else:
+                        self._hub.adopt(sock, str(address[0]))
+                except MemoryError:
+                    sock.close()
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory accepting a connection")
+
+    async def _accept_short(self, listener: socket.socket, exc: OSError) -> bool:
+        """``accept()`` failed for want of a resource: refuse politely, log once, back off.
+
+        Returns:
+            ``True`` if a waiting connection was accepted and closed (try the next).
+        """
+        what = "file descriptors" if exc.errno in _FD_SHORT else "memory"
+        if self._short_of is None:
+            self._short_of = what
+            self._refused = 0
+            logger.error(
+                "Cannot accept connections (%s): refusing them until %s are available again",
+                exc.strerror,
+                what,
+            )
+        if exc.errno in _FD_SHORT:
+            try:
+                if self._reserve.refuse(listener):
+                    self._refused += 1
+                    return True
+            except BlockingIOError:
+                return False
+        await anyio.sleep(_ACCEPT_BACKOFF)
+        return False
 
     def _start_tls(self, sock: socket.socket, peer: str) -> None:
         """Shake hands with a new TLS peer in a task of its own, then serve it."""
@@ -426,7 +513,11 @@ class GearmanServer:
         assert self.ssl_context is not None
         tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
         if tls is not None:
-            self._hub.adopt(tls, peer)
+            try:
+                self._hub.adopt(tls, peer)
+            except MemoryError:
+                tls.close()
+                logger.error("MEMORY_ALLOCATION_FAILURE: out of memory accepting a connection")
 
     # --- the state's side -------------------------------------------------------------------
 
@@ -463,8 +554,11 @@ class GearmanServer:
                 self._timer_scope = scope
                 await anyio.sleep_forever()
             self._timer_scope = None
-            state.advance(anyio.current_time())
-            self._hub.send_pending()
+            try:
+                state.advance(anyio.current_time())
+                self._hub.send_pending()
+            except MemoryError:
+                logger.error("MEMORY_ALLOCATION_FAILURE: out of memory handling the timers")
 
 
 async def serve(
@@ -480,6 +574,12 @@ async def serve(
     admin_from_anywhere: bool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_connections: int | None = None,
+    max_connections_per_address: int | None = None,
+    max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
+    packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    idle_timeout: float | None = None,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -506,5 +606,11 @@ async def serve(
         admin_from_anywhere=admin_from_anywhere,
         ssl_context=ssl_context,
         ssl_handshake_timeout=ssl_handshake_timeout,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        max_buffered_bytes=max_buffered_bytes,
+        packet_timeout=packet_timeout,
+        write_timeout=write_timeout,
+        idle_timeout=idle_timeout,
     )
     await server.run(task_status=task_status)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from .._codec import pack_header
+from .._codec import LARGE_PART, append_packet, pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
     DURATION_BUCKETS,
@@ -431,6 +431,14 @@ class JobTable:
         out += _pack(_RES_BYTES, message.packet_type, len(body))
         out += body
         self.dirty.add(conn)
+
+    def _send_job(self, conn: ConnectionState, message: Message, data: bytes) -> None:
+        """:meth:`_send` a packet whose last argument is ``data``, copying large data once."""
+        if len(data) >= LARGE_PART:
+            append_packet(conn.outgoing, _RES_BYTES, message.packet_type, message.wire_parts())
+            self.dirty.add(conn)
+        else:
+            self._send(conn, message)
 
     def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:
         self._send(conn, Error(code, text))

@@ -54,7 +54,7 @@ from ..._exceptions import (
     ProtocolError,
     UnknownPacketType,
 )
-from .._codec import Event, TextLine, UnexpectedMagic, pack_header
+from .._codec import LARGE_PART, Event, TextLine, UnexpectedMagic, append_packet, pack_header
 from .._packets import (
     AllYours,
     CanDo,
@@ -908,27 +908,31 @@ class ServerState(JobTable):
     def _grab_job(self, conn: ConnectionState, msg: GrabJob, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            self._send(conn, JobAssign(job.handle, job.function.name, job.data))
+            self._send_job(conn, JobAssign(job.handle, job.function.name, job.data), job.data)
 
     def _grab_job_uniq(self, conn: ConnectionState, msg: GrabJobUniq, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            body = b"\0".join((job.handle, job.function.name, job.unique, job.data))
-            out = conn.outgoing
-            out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
-            out += body
+            parts = (job.handle, job.function.name, job.unique, job.data)
+            if len(job.data) >= LARGE_PART:
+                append_packet(conn.outgoing, _RES_BYTES, _JOB_ASSIGN_UNIQ, parts)
+            else:
+                body = b"\0".join(parts)
+                out = conn.outgoing
+                out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
+                out += body
 
     def _grab_job_all(self, conn: ConnectionState, msg: GrabJobAll, now: float) -> None:
         job = self._grab(conn, now)
         if job is None:
             return
         if job.reducer:
-            self._send(
-                conn,
-                JobAssignAll(job.handle, job.function.name, job.unique, job.reducer, job.data),
+            assign: Message = JobAssignAll(
+                job.handle, job.function.name, job.unique, job.reducer, job.data
             )
         else:
-            self._send(conn, JobAssignUniq(job.handle, job.function.name, job.unique, job.data))
+            assign = JobAssignUniq(job.handle, job.function.name, job.unique, job.data)
+        self._send_job(conn, assign, job.data)
 
     # --- work results ---------------------------------------------------------------------------
 
