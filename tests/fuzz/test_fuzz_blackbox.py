@@ -1,0 +1,152 @@
+"""Mutated real conversations against a ``trio-gearmand`` process, over many connections.
+
+For a bounded time (``TRIO_GEARMAN_FUZZ_SECONDS``, 10 s by default) parallel peers
+connect, send a client's, a worker's or an admin tool's conversation, mutated
+(``conversations.py``), in random chunks, read what comes back, and hang up. The
+process must never exit, must log no internal error, and must still serve a normal
+client afterwards: a full submit, work, result round trip and an admin ``status``.
+It must then stop cleanly on SIGTERM.
+
+``TRIO_GEARMAN_FUZZ_GEARMAND=1`` plays the same conversations against gearmand
+1.1.20 as well (a long run, never in CI: gearmand crashes under this fuzz; the test
+then reports the crash as an expected failure, with the seed that reproduces it).
+``TRIO_GEARMAN_FUZZ_SEED`` replays a run. See docs/howto/testing.rst.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import deque
+from typing import Final
+
+import anyio
+import pytest
+import trio
+
+import trio_gearman
+
+from ..gearmand_peer import run_gearmand
+from ..test_cli_server import trio_gearmand
+from .conversations import HANDLE_PREFIX, HANDLES, chunks, conversation, mutate
+
+SECONDS: Final = float(os.environ.get("TRIO_GEARMAN_FUZZ_SECONDS") or 10)
+"""How long each black-box fuzz sends (``TRIO_GEARMAN_FUZZ_SECONDS``)."""
+SEED: Final = int(os.environ.get("TRIO_GEARMAN_FUZZ_SEED") or random.randrange(2**32))
+"""The seed of this run's conversations (``TRIO_GEARMAN_FUZZ_SEED`` replays one)."""
+PEERS: Final = 12
+"""Connections at once."""
+WITH_GEARMAND: Final = os.environ.get("TRIO_GEARMAN_FUZZ_GEARMAND", "") not in ("", "0")
+
+# A long run needs more than the suite's 60 s per test.
+pytestmark = pytest.mark.timeout(SECONDS + 60)
+
+
+class Fuzzer:
+    """Parallel peers sending mutated conversations to one server, for a while."""
+
+    def __init__(self, port: int, seed: int) -> None:
+        self.port = port
+        self.seed = seed
+        self.handles: deque[bytes] = deque(maxlen=64)
+        self.sent = 0
+        self.refused = 0
+
+    async def run(self, seconds: float) -> None:
+        """Send until ``seconds`` have passed."""
+        with anyio.move_on_after(seconds):
+            async with anyio.create_task_group() as tg:
+                for index in range(PEERS):
+                    tg.start_soon(self._peer, random.Random(self.seed * PEERS + index))
+
+    async def _peer(self, rng: random.Random) -> None:
+        while True:
+            said = conversation(rng, list(self.handles))
+            if rng.random() < 0.85:
+                said = mutate(rng, said, conversation(rng, list(self.handles)))
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", self.port)
+            except OSError:
+                self.refused += 1  # the backlog is full for a moment
+                await anyio.sleep(0.01)
+                continue
+            async with stream, anyio.create_task_group() as tg:
+                tg.start_soon(self._read, stream)
+                try:
+                    for chunk in chunks(rng, b"".join(said)):
+                        await stream.send(chunk)
+                        if rng.random() < 0.1:
+                            await anyio.lowlevel.checkpoint()
+                    if rng.random() < 0.5:
+                        # Wait for the replies a little (or, as often, hang up at once).
+                        await anyio.sleep(rng.choice([0, 0.001, 0.02]))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass  # the server closed this connection: a broken stream
+                self.sent += 1
+                tg.cancel_scope.cancel()
+
+    async def _read(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            while True:
+                data = await stream.receive()
+                self.handles.extend(HANDLES.findall(data))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+
+async def _round_trip(port: int) -> None:
+    """A normal client and worker, then an admin ``status``, all answered properly."""
+    address = f"127.0.0.1:{port}"
+
+    async def reverse(job: trio_gearman.Job) -> bytes:
+        return job.data[::-1]
+
+    with trio.fail_after(20):
+        worker = trio_gearman.Worker(address)
+        worker.register("fuzz-check", reverse)
+        async with trio_gearman.Client(address) as client, anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            assert await client.submit("fuzz-check", b"after the fuzz") == b"zzuf eht retfa"
+            worker.stop()
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"status\n")
+            reply = b""
+            while not reply.endswith(b"\n.\n") and reply != b".\n":
+                reply += await stream.receive()
+        lines = reply.split(b"\n")
+        assert any(line.startswith(b"fuzz-check\t0\t0\t") for line in lines), reply
+
+
+async def test_mutated_conversations_never_bring_trio_gearmand_down() -> None:
+    args = ["-L", "127.0.0.1", "-p", "0", "--job-handle-prefix", HANDLE_PREFIX.decode()]
+    async with trio_gearmand([*args, "-j", "3"]) as server, anyio.create_task_group() as tg:
+        log: list[bytes] = []
+
+        async def keep_log() -> None:  # the process must never block on a full pipe
+            log.append(await server.rest_of_log())
+
+        tg.start_soon(keep_log)
+        fuzzer = Fuzzer(server.port, SEED)
+        await fuzzer.run(SECONDS)
+        assert server.process.returncode is None, f"seed {SEED}: trio-gearmand exited"
+        assert fuzzer.sent > 100, fuzzer.sent
+        await _round_trip(server.port)
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await server.process.wait() == 0
+    text = b"".join(log)
+    assert b"Internal error" not in text, f"seed {SEED}: {text[-4000:]!r}"
+    assert b"Traceback" not in text, f"seed {SEED}: {text[-4000:]!r}"
+    assert b"Closing the connection from" in text  # the fuzz did break the protocol
+
+
+@pytest.mark.skipif(not WITH_GEARMAND, reason="a long run: TRIO_GEARMAN_FUZZ_GEARMAND=1")
+async def test_the_same_conversations_against_gearmand() -> None:
+    with run_gearmand([f"--job-handle-prefix={HANDLE_PREFIX.decode()}"]) as gearmand:
+        fuzzer = Fuzzer(gearmand.port, SEED)
+        await fuzzer.run(SECONDS)
+        code = gearmand.process.poll()
+        if code is not None:
+            pytest.xfail(f"gearmand 1.1.20 exited ({code}) under the fuzz, seed {SEED}")
+        await _round_trip(gearmand.port)
