@@ -187,7 +187,7 @@ def mutate(rng: random.Random, said: Conversation, other: Conversation) -> Conve
                 ptype = rng.choice([0, 43, 44, 2**31, 2**32 - 1, rng.randrange(1, 43)])
             else:
                 magic = rng.choice([b"\0RES", b"\0req", b"\0\0\0\0", rng.randbytes(4)])
-            said[i] = _HEADER.pack(magic, ptype, size) + said[i][12:]
+            said[i] = _HEADER.pack(magic, ptype, size & 0xFFFFFFFF) + said[i][12:]
         elif kind == "flip":
             flipped = bytearray(b"".join(said))
             if flipped:
