@@ -10,7 +10,7 @@ It must then stop cleanly on SIGTERM.
 ``TRIO_GEARMAN_FUZZ_GEARMAND=1`` plays the same conversations against gearmand
 1.1.20 as well (a long run, never in CI: gearmand crashes under this fuzz; the test
 then reports the crash as an expected failure, with the seed that reproduces it).
-``TRIO_GEARMAN_FUZZ_SEED`` replays a run. See docs/howto/testing.rst.
+``TRIO_GEARMAN_FUZZ_SEED`` replays a run. See docs/design.rst, "Fuzzing".
 """
 
 from __future__ import annotations

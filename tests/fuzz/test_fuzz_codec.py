@@ -4,7 +4,7 @@ Whatever the bytes, the decoder raises nothing but a ``ProtocolError``; how the
 stream is split never changes what it yields or where it fails; once broken it stays
 broken; every packet it yields encodes back to a packet that decodes to itself.
 
-``TRIO_GEARMAN_FUZZ_EXAMPLES=100000`` runs a long fuzz (docs/howto/testing.rst).
+``TRIO_GEARMAN_FUZZ_EXAMPLES=100000`` runs a long fuzz (docs/design.rst, "Fuzzing").
 """
 
 from __future__ import annotations

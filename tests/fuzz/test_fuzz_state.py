@@ -12,7 +12,7 @@ Nothing else may escape, and after every step the state's invariants hold
 (``tests/proto/server_invariants.py``) and every binary connection's replies decode
 as well-formed packets.
 
-``TRIO_GEARMAN_FUZZ_EXAMPLES=100000`` runs a long fuzz (docs/howto/testing.rst).
+``TRIO_GEARMAN_FUZZ_EXAMPLES=100000`` runs a long fuzz (docs/design.rst, "Fuzzing").
 """
 
 from __future__ import annotations
