@@ -1,11 +1,12 @@
 """Mutated real conversations against a ``trio-gearmand`` process, over many connections.
 
-For a bounded time (``TRIO_GEARMAN_FUZZ_SECONDS``, 10 s by default) parallel peers
-connect, send a client's, a worker's or an admin tool's conversation, mutated
-(``conversations.py``), in random chunks, read what comes back, and hang up. The
-process must never exit, must log no internal error, and must still serve a normal
-client afterwards: a full submit, work, result round trip and an admin ``status``.
-It must then stop cleanly on SIGTERM.
+For a bounded time (``TRIO_GEARMAN_FUZZ_SECONDS``, 5 s by default, once with the
+in-memory queue and once with SQLite's) parallel peers connect, send a client's, a
+worker's or an admin tool's conversation, mutated (``conversations.py``), in random
+chunks, read what comes back, and hang up. The process must never exit, must log no
+internal error, and must still serve a normal client afterwards: a full submit,
+work, result round trip and an admin ``status``. It must then stop cleanly on
+SIGTERM.
 
 ``TRIO_GEARMAN_FUZZ_GEARMAND=1`` plays the same conversations against gearmand
 1.1.20 as well (a long run, never in CI: gearmand crashes under this fuzz; the test
@@ -19,6 +20,7 @@ import os
 import random
 import signal
 from collections import deque
+from pathlib import Path
 from typing import Final
 
 import anyio
@@ -31,7 +33,7 @@ from ..gearmand_peer import run_gearmand
 from ..test_cli_server import trio_gearmand
 from .conversations import HANDLE_PREFIX, HANDLES, chunks, conversation, mutate
 
-SECONDS: Final = float(os.environ.get("TRIO_GEARMAN_FUZZ_SECONDS") or 10)
+SECONDS: Final = float(os.environ.get("TRIO_GEARMAN_FUZZ_SECONDS") or 5)
 """How long each black-box fuzz sends (``TRIO_GEARMAN_FUZZ_SECONDS``)."""
 SEED: Final = int(os.environ.get("TRIO_GEARMAN_FUZZ_SEED") or random.randrange(2**32))
 """The seed of this run's conversations (``TRIO_GEARMAN_FUZZ_SEED`` replays one)."""
@@ -118,8 +120,13 @@ async def _round_trip(port: int) -> None:
         assert any(line.startswith(b"fuzz-check\t0\t0\t") for line in lines), reply
 
 
-async def test_mutated_conversations_never_bring_trio_gearmand_down() -> None:
+@pytest.mark.parametrize("queue", ["memory", "sqlite"])
+async def test_mutated_conversations_never_bring_trio_gearmand_down(
+    queue: str, tmp_path: Path
+) -> None:
     args = ["-L", "127.0.0.1", "-p", "0", "--job-handle-prefix", HANDLE_PREFIX.decode()]
+    if queue == "sqlite":
+        args += ["--sqlite-db", str(tmp_path / "queue.db")]
     async with trio_gearmand([*args, "-j", "3"]) as server, anyio.create_task_group() as tg:
         log: list[bytes] = []
 
