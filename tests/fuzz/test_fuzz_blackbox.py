@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
+import struct
 from collections import deque
 from pathlib import Path
 from typing import Final
@@ -28,6 +30,7 @@ import pytest
 import trio
 
 import trio_gearman
+from trio_gearman._proto import EchoReq, encode
 
 from ..gearmand_peer import run_gearmand
 from ..test_cli_server import trio_gearmand
@@ -67,34 +70,55 @@ class Fuzzer:
             said = conversation(rng, list(self.handles))
             if rng.random() < 0.85:
                 said = mutate(rng, said, conversation(rng, list(self.handles)))
+            reads = rng.random() < 0.9
+            if not reads:
+                # A peer that never reads, asking for a lot: its replies back up.
+                said += [encode(EchoReq(b"e" * 32768))] * rng.randrange(40)
             try:
                 stream = await anyio.connect_tcp("127.0.0.1", self.port)
             except OSError:
                 self.refused += 1  # the backlog is full for a moment
                 await anyio.sleep(0.01)
                 continue
+            ended = anyio.Event()
             async with stream, anyio.create_task_group() as tg:
-                tg.start_soon(self._read, stream)
+                if reads:
+                    tg.start_soon(self._read, stream, ended)
+                ending = rng.random()
                 try:
-                    for chunk in chunks(rng, b"".join(said)):
-                        await stream.send(chunk)
-                        if rng.random() < 0.1:
-                            await anyio.lowlevel.checkpoint()
-                    if rng.random() < 0.5:
-                        # Wait for the replies a little (or, as often, hang up at once).
+                    with anyio.move_on_after(1):
+                        for chunk in chunks(rng, b"".join(said)):
+                            await stream.send(chunk)
+                            if rng.random() < 0.1:
+                                await anyio.lowlevel.checkpoint()
+                    if ending < 0.2:
+                        _reset_on_close(stream)
+                    elif ending < 0.35 and reads:
+                        # Done sending: the server answers, then closes too.
+                        await stream.send_eof()
+                        with anyio.move_on_after(0.2):
+                            await ended.wait()
+                    elif ending < 0.7:
+                        # Wait for the replies a little (or hang up at once).
                         await anyio.sleep(rng.choice([0, 0.001, 0.02]))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     pass  # the server closed this connection: a broken stream
                 self.sent += 1
                 tg.cancel_scope.cancel()
 
-    async def _read(self, stream: anyio.abc.SocketStream) -> None:
+    async def _read(self, stream: anyio.abc.SocketStream, ended: anyio.Event) -> None:
         try:
             while True:
                 data = await stream.receive()
                 self.handles.extend(HANDLES.findall(data))
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+            ended.set()
+
+
+def _reset_on_close(stream: anyio.abc.SocketStream) -> None:
+    """Make closing ``stream`` send a TCP RST instead of a FIN."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 async def _round_trip(port: int) -> None:
