@@ -91,11 +91,13 @@ def weighted(*choices: tuple[int, st.SearchStrategy[T]]) -> st.SearchStrategy[T]
     )
 
 
-FUNCTIONS: Final = weighted((4, st.sampled_from([b"a", b"a", b"b", b"c", b""])), (1, ARG))
-UNIQUES: Final = st.one_of(
-    st.sampled_from([b"", b"", b"-", b"u1", b"u2"]),
-    st.integers(60, 70).map(lambda n: b"u" * n),  # around the 64-byte limit
-    ARG,
+FUNCTIONS: Final = weighted(
+    (6, st.sampled_from([b"a", b"a", b"b"])), (1, st.sampled_from([b"c", b""])), (1, ARG)
+)
+UNIQUES: Final = weighted(
+    (8, st.sampled_from([b"", b"", b"-", b"u1", b"u2"])),
+    (1, st.integers(60, 70).map(lambda n: b"u" * n)),  # around the 64-byte limit
+    (1, ARG),
 )
 HANDLES: Final = weighted(
     (6, st.integers(1, 8).map(lambda n: PREFIX + b":%d" % n)),
@@ -313,10 +315,16 @@ _WORKER: Final = worker_requests().map(encode)
 def session_pieces(draw: st.DrawFn) -> list[Piece]:
     """What one connection sends: a client's, a worker's or anyone's requests, mostly
     well formed; a hostile session mixes in broken packets, admin lines and garbage."""
-    role = draw(st.sampled_from(["client", "worker", "worker", "anyone"]))
+    role = draw(st.sampled_from(["worker", "client", "worker", "client", "anyone"]))
     valid = {"client": _CLIENT, "worker": _WORKER, "anyone": _VALID}[role]
-    if draw(st.booleans()):
+    said: list[bytes] = []
+    if role == "worker":
+        # A worker says what it can do first, as real ones do.
+        functions = draw(st.lists(st.sampled_from([b"a", b"b"]), min_size=1, max_size=2))
+        said += [encode(CanDo(function)) for function in functions]
+    if draw(st.integers(0, 2)):  # two sessions in three are clean
         piece = weighted((8, valid), (1, admin_lines()), (1, valid_packets()))
     else:
         piece = _PIECES
-    return [Piece(data) for data in draw(st.lists(piece, min_size=3, max_size=12))]
+    said += draw(st.lists(piece, min_size=3, max_size=12))
+    return [Piece(data) for data in said]

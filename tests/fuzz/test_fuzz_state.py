@@ -162,14 +162,18 @@ class FuzzedServer:
                 self._deliver(connection, connection.reads[connection.read - 1])
 
     def finish(self, sessions: list[Session]) -> None:
-        """Every session sends the rest of its reads, and the store commits what is left."""
-        for index in range(len(sessions)):
-            while True:
-                connection = self.connections.get(index)
-                if connection is not None and (
-                    connection.peer.conn.closed or connection.read >= len(connection.reads)
-                ):
-                    break
+        """The sessions send the rest of their reads, taking turns, and the store
+        commits what is left."""
+        while True:
+            waiting = [
+                index
+                for index in range(len(sessions))
+                if (connection := self.connections.get(index)) is None
+                or not (connection.peer.conn.closed or connection.read >= len(connection.reads))
+            ]
+            if not waiting:
+                break
+            for index in waiting:
                 self.step(index, sessions)
                 self.check()
         for step in (StoreDone(True), TakeWrite(), StoreDone(True), Advance(3600.0)):
