@@ -122,7 +122,8 @@ def _reset_on_close(stream: anyio.abc.SocketStream) -> None:
 
 
 async def _round_trip(port: int) -> None:
-    """A normal client and worker, then an admin ``status``, all answered properly."""
+    """A normal client and worker, then admin ``status`` and ``workers``, all answered
+    properly, and no connection of the fuzz left behind."""
     address = f"127.0.0.1:{port}"
 
     async def reverse(job: trio_gearman.Job) -> bytes:
@@ -136,12 +137,21 @@ async def _round_trip(port: int) -> None:
             assert await client.submit("fuzz-check", b"after the fuzz") == b"zzuf eht retfa"
             worker.stop()
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(b"status\n")
-            reply = b""
-            while not reply.endswith(b"\n.\n") and reply != b".\n":
-                reply += await stream.receive()
-        lines = reply.split(b"\n")
-        assert any(line.startswith(b"fuzz-check\t0\t0\t") for line in lines), reply
+            status = await _admin(stream, b"status")
+            workers = await _admin(stream, b"workers")
+    assert any(line.startswith(b"fuzz-check\t0\t0\t") for line in status), status
+    # Every fuzzing peer has hung up, and the server has let go of its connection:
+    # left are this one and perhaps the round trip's, closing.
+    assert len(workers) <= 3, workers
+
+
+async def _admin(stream: anyio.abc.SocketStream, command: bytes) -> list[bytes]:
+    """The lines of the reply to an admin command, without the final ``.``."""
+    await stream.send(command + b"\n")
+    reply = b""
+    while not reply.endswith(b"\n.\n") and reply != b".\n":
+        reply += await stream.receive()
+    return reply.split(b"\n")[:-2]
 
 
 @pytest.mark.parametrize("queue", ["memory", "sqlite"])
