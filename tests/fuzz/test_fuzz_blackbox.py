@@ -160,7 +160,9 @@ async def test_mutated_conversations_never_bring_trio_gearmand_down(
 ) -> None:
     args = ["-L", "127.0.0.1", "-p", "0", "--job-handle-prefix", HANDLE_PREFIX.decode()]
     if queue == "sqlite":
-        args += ["--sqlite-db", str(tmp_path / "queue.db")]
+        # With the other settings that change how requests are handled, too.
+        args += ["--sqlite-db", str(tmp_path / "queue.db"), "--exceptions", "-w", "1"]
+        args += ["--http-port", "0"]
     async with trio_gearmand([*args, "-j", "3"]) as server, anyio.create_task_group() as tg:
         log: list[bytes] = []
 
