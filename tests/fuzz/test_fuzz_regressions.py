@@ -1,0 +1,56 @@
+"""What the fuzzing found, each kept as a test.
+
+A finding that is not fixed yet is a strict ``xfail``: it fails the suite once the
+fix lands, so that the mark comes off with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+import trio
+
+from trio_gearman._proto import SubmitJob, encode
+
+from ..test_cli_server import trio_gearmand
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        "memory",
+        pytest.param(
+            "sqlite",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the state marks the connection closing when the store's commit "
+                "answers the JOB_CREATED the admin line waited behind; only a read "
+                "makes the I/O layer close a closing connection",
+            ),
+        ),
+    ],
+)
+async def test_an_admin_line_of_too_many_words_closes_the_connection(
+    queue: str, tmp_path: Path
+) -> None:
+    args = ["-L", "127.0.0.1", "-p", "0"]
+    if queue == "sqlite":
+        args += ["--sqlite-db", str(tmp_path / "queue.db")]
+    async with trio_gearmand(args) as server, anyio.create_task_group() as tg:
+        tg.start_soon(server.rest_of_log)  # the process never blocks on a full pipe
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            # On a durable server the admin line waits behind the JOB_CREATED, which
+            # waits for the commit.
+            submit = encode(SubmitJob(b"f", b"", b"x", background=True))
+            await stream.send(submit + b"status a b c d e f\n")
+            received = b""
+            with trio.fail_after(2):
+                while True:
+                    try:
+                        received += await stream.receive()
+                    except anyio.EndOfStream:
+                        break
+        assert received.endswith(b"ERR TOO_MANY_ARGS Too+many+arguments\r\n")
+        server.process.terminate()
