@@ -565,7 +565,15 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
             if repeat and mode.startswith("rss-"):
                 continue  # memory figures do not vary between runs
             for name in servers:
-                profile = opts.profile if name == "ours" and mode in THROUGHPUT_MODES else None
+                profile = (
+                    opts.profile / name
+                    if opts.profile is not None
+                    and name.startswith("ours")
+                    and mode in THROUGHPUT_MODES
+                    else None
+                )
+                if profile is not None:
+                    profile.mkdir(parents=True, exist_ok=True)
                 step = attrs.evolve(opts, profile=profile)
                 started = time.perf_counter()
                 kept: object = None
@@ -1050,7 +1058,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(to_json(results), indent=1))
     if opts.profile is not None:
-        for path in sorted(opts.profile.glob("ours-*.txt")):
+        for path in sorted(opts.profile.glob("*/ours-*.txt")):
+            print(f"{path.parent.name}: ", end="")
             print(hot_spots(path))
     return 0
 

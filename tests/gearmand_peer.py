@@ -20,11 +20,16 @@ import attrs
 import pytest
 
 
-def require_tool(name: str) -> str:
-    """The path of a peer program, or skip (fail under CI) when it is missing."""
+def require_tool(name: str, packages: str = "gearman-job-server gearman-tools") -> str:
+    """The path of a peer program, or skip (fail under CI) when it is missing.
+
+    Args:
+        name: the program.
+        packages: the Debian packages that bring it, for the message.
+    """
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if path is None:
-        message = f"{name} is not installed (apt-get install gearman-job-server gearman-tools)"
+        message = f"{name} is not installed (apt-get install {packages})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -81,11 +81,17 @@ class ServerProcess:
 
 @asynccontextmanager
 async def trio_gearmand(
-    args: Sequence[str], env: dict[str, str] | None = None, wait_listening: bool = True
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    wait_listening: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
-    """Start ``trio-gearmand`` (INFO log on stderr); wait for its "Listening" line."""
+    """Start ``trio-gearmand`` (INFO log on stderr); wait for its "Listening" line.
+
+    ``wrapper`` is a command that runs it (``setpriv ... --``, say).
+    """
     process = await anyio.open_process(
-        [*COMMAND, "--verbose", "INFO", *args],
+        [*wrapper, *COMMAND, "--verbose", "INFO", *args],
         stdin=None,
         stdout=None,
         env=env,
@@ -373,3 +379,31 @@ async def test_json_log_lines_carry_the_peer() -> None:
     for text in rest.decode().splitlines():
         if text.strip():
             json.loads(text)  # every line is one JSON object
+
+
+async def test_json_log_lines_about_a_job_carry_its_handle_function_and_peer() -> None:
+    args = ["-L", "127.0.0.1", "-p", "0", "--log-format", "json", "--job-handle-prefix", "H:log"]
+    async with trio_gearmand(args) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as client:
+            await client.send(encode(SubmitJob(b"resize", b"", b"x", background=True)))
+            worker = await anyio.connect_tcp("127.0.0.1", server.port)
+            async with worker:
+                await worker.send(encode(CanDo(b"resize")) + encode(GrabJobUniq()))
+                received = b""
+                while b"resize" not in received:  # JOB_ASSIGN
+                    received += await worker.receive()
+            # the worker went away with the job: it is queued again, and the log says so
+            with trio.fail_after(10):
+                line = await server.wait_for_line(b"its worker went away")
+        server.process.terminate()
+        await expect_exit(server)
+    record = json.loads(line)
+    assert record["level"] == "INFO"
+    assert (record["handle"], record["function"], record["peer"]) == (
+        "H:log:1",
+        "resize",
+        "127.0.0.1",
+    )
+    assert record["message"] == (
+        "Job H:log:1 (resize, from 127.0.0.1): its worker went away; queued again (attempt 2)"
+    )

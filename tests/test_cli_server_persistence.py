@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -237,6 +239,42 @@ async def test_an_unusable_database_exits_1(tmp_path: Path) -> None:
     async with trio_gearmand(args, wait_listening=False) as server:
         log = await expect_exit(server, 1)
     assert b"cannot use the queue database" in log
+
+
+def without_file_override() -> list[str]:
+    """A command prefix under which file permissions hold for this process's user.
+
+    Root passes them by its capability to override them: ``setpriv`` (util-linux) runs
+    the server without it, as a service with a read-only file would be.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (Debian's util-linux) is needed to drop root's override"
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+async def test_a_read_only_database_stops_the_start_clearly_and_loses_nothing(
+    tmp_path: Path, connect: Connect
+) -> None:
+    db, port = tmp_path / "queue.db", free_port()
+    async with trio_gearmand(arguments(db, port)) as server:
+        client = await connect(server)
+        jobs = [SubmitJob(b"f", b"", b"job %d" % i, background=True) for i in range(3)]
+        assert await client.request(*jobs) == [JobCreated(handle(n)) for n in range(1, 4)]
+        await stop(server, signal.SIGTERM)
+    db.chmod(0o444)
+    async with trio_gearmand(
+        arguments(db, port), wait_listening=False, wrapper=without_file_override()
+    ) as server:
+        log = await expect_exit(server, 1)
+    assert (
+        f"cannot use the queue database {db}: attempt to write a readonly database".encode() in log
+    )
+    assert b"Listening" not in log  # it never served with a queue it cannot write
+    db.chmod(0o644)
+    async with trio_gearmand(arguments(db, port)) as server:
+        await server.wait_for_line(b"(3 background jobs replayed)")
 
 
 async def test_store_queue_on_shutdown_is_accepted(tmp_path: Path) -> None:

@@ -51,6 +51,12 @@ from ._proto._packets import (
     WorkStatus as WorkStatus,
     WorkWarning as WorkWarning,
 )
+from ._proto.server.acl import (
+    Acl as Acl,
+    AclError as AclError,
+    AclRule as AclRule,
+    Identity as Identity,
+)
 from ._proto.server.state import ServerConfig as ServerConfig
 from ._server.server import (
     GearmanServer as GearmanServer,
@@ -63,6 +69,9 @@ from ._worker.job import Job as Job
 from ._worker.worker import Worker as Worker
 
 __all__ = [
+    "Acl",
+    "AclError",
+    "AclRule",
     "AdminClient",
     "AdminError",
     "AdminLineTooLong",
@@ -79,6 +88,7 @@ __all__ = [
     "FunctionStatus",
     "GearmanError",
     "GearmanServer",
+    "Identity",
     "InvalidArgument",
     "Job",
     "JobError",

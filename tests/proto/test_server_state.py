@@ -526,6 +526,8 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "max_unique": 64,
         "durable": False,
         "metrics": False,
+        "acl": None,
+        "admin_from_anywhere": False,
     }
 
 

@@ -451,3 +451,35 @@ def test_a_transaction_adds_at_most_a_thousand_jobs_and_the_rest_follow_in_order
     assert harness.state.take_store_write() is None
     replies = client.received()
     assert replies == [JobCreated(handle(n)) for n in range(1, 2_501)]
+
+
+def test_a_commit_acknowledged_in_parts_answers_each_part_in_order() -> None:
+    harness = durable()
+    client, other = harness.connect(), harness.connect()
+    worker = harness.worker(b"f")
+    client.send(*(bg(b"%d" % n) for n in range(1, 501)))
+    harness.state.cancel_job(handle(1))  # acknowledged, never written
+    client.send(EchoReq(b"after"))  # waits behind every acknowledgement
+    write = take(harness)
+    parts = write.parts(200)
+    assert [len(part.jobs) for part in parts] == [200, 200, 100]
+    assert [part.jobs for part in parts] == [
+        write.jobs[:200],
+        write.jobs[200:400],
+        write.jobs[400:],
+    ]
+    assert [part.added for part in parts] == [write.added, [], []]
+    assert [part.handle_limit for part in parts] == [write.handle_limit, None, None]
+    assert write.parts(500) == [write]
+    harness.state.store_written(parts[0], harness.now)
+    assert client.received() == [JobCreated(handle(n)) for n in range(1, 201)]
+    # between parts, other connections are served and the first part's jobs run
+    assert other.request(EchoReq(b"x")) == [EchoRes(b"x")]
+    assert worker.request(GrabJob())[0] == JobAssign(handle(2), b"f", b"2")
+    assert worker.request(GrabJob())[0] == JobAssign(handle(3), b"f", b"3")
+    for part in parts[1:]:
+        harness.state.store_written(part, harness.now)
+    assert client.received() == [
+        *(JobCreated(handle(n)) for n in range(201, 501)),
+        EchoRes(b"after"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -29,6 +30,7 @@ from .common import (
     connect_failure,
     error,
     resolve_servers,
+    tls_context,
     write_out,
 )
 
@@ -231,8 +233,10 @@ def _check_arguments(name: str, spec: AdminCommand, arguments: Sequence[str]) ->
     raise UsageError(f"expected: admin {usage}")
 
 
-async def _ask(server: str, spec: AdminCommand, arguments: list[str]) -> Any:
-    async with AdminClient(server) as admin:
+async def _ask(
+    server: str, spec: AdminCommand, arguments: list[str], context: ssl.SSLContext | None
+) -> Any:
+    async with AdminClient(server, ssl_context=context) as admin:
         return await spec.request(admin, arguments)
 
 
@@ -244,13 +248,14 @@ async def run_admin(options: argparse.Namespace) -> int:
     if name == "maxqueue":
         for word in options.arguments[1:]:
             _number(word)
-    servers, _ = resolve_servers(options.servers)
+    context = tls_context(options)
+    servers, _ = resolve_servers(options.servers, tls=context is not None)
     answers: list[tuple[str, Any]] = []
     failures: list[GearmanError] = []
     unreachable: list[ConnectFailed] = []
     for server in servers:
         try:
-            answers.append((server, await _ask(server, spec, options.arguments)))
+            answers.append((server, await _ask(server, spec, options.arguments, context)))
         except ConnectFailed as exc:
             unreachable.append(exc)
         except GearmanError as exc:

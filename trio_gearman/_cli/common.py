@@ -1,10 +1,11 @@
-"""What the ``trio-gearman`` subcommands share: server lists, exit codes, output, errors."""
+"""What the ``trio-gearman`` subcommands share: server lists, TLS, exit codes, output, errors."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Mapping
 from typing import Final
@@ -16,7 +17,7 @@ from .._exceptions import (
     InvalidArgument,
     NoServersAvailable,
 )
-from .._net.stream import os_error_text
+from .._net.stream import os_error_text, tls_error_text
 from .options import UsageError, leaves, seconds
 
 __all__ = [
@@ -31,11 +32,14 @@ __all__ = [
     "SERVERS_ENV",
     "UsageError",
     "add_common_options",
+    "add_tls_options",
     "connect_failure",
     "describe_error",
     "error",
     "resolve_servers",
+    "server_arguments",
     "setup_logging",
+    "tls_context",
     "unwrap",
     "write_err",
     "write_out",
@@ -62,21 +66,29 @@ EXIT_INTERRUPTED: Final = 130
 # --- options shared by the subcommands ----------------------------------------------------
 
 
-def _servers(text: str) -> list[str]:
+def server_arguments(text: str) -> list[str]:
+    """An argparse ``type`` for a comma-separated server list.
+
+    The addresses are checked but kept as written: whether ``host:port`` means TLS
+    is known only once every option is read (:func:`resolve_servers` decides).
+    """
     try:
-        return server_list(text)
+        server_list(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, timeout: bool = True) -> None:
-    """Add ``--servers``, ``--timeout`` and ``--verbose`` to a subcommand's parser."""
+    """Add ``--servers``, the TLS options, ``--timeout`` and ``--verbose`` to a parser."""
     parser.add_argument(
         "--servers",
-        type=_servers,
+        type=server_arguments,
         metavar="HOST:PORT,...",
-        help=f"job servers, comma-separated (default: ${SERVERS_ENV}, else {DEFAULT_SERVERS})",
+        help=f"job servers, comma-separated (default: ${SERVERS_ENV}, else {DEFAULT_SERVERS}); "
+        "tls://HOST:PORT for TLS to that one",
     )
+    add_tls_options(parser)
     if timeout:
         parser.add_argument(
             "--timeout",
@@ -94,31 +106,108 @@ def add_common_options(parser: argparse.ArgumentParser, *, timeout: bool = True)
 
 
 def resolve_servers(
-    given: list[str] | None, environ: Mapping[str, str] | None = None
+    given: list[str] | None, environ: Mapping[str, str] | None = None, *, tls: bool = False
 ) -> tuple[list[str], str]:
     """The servers to use, and where they come from.
 
     Args:
         given: the value of ``--servers``, if the option was given.
         environ: the environment (default ``os.environ``).
+        tls: whether a server without ``tls://`` or ``tcp://`` is spoken to over
+            TLS (``--ssl`` or another TLS option was given).
 
     Returns:
-        ``(servers, source)``, where ``source`` is ``"option"``, ``"env"`` or
-        ``"default"``.
+        ``(servers, source)``: the servers normalised (``tls://host:port`` for TLS),
+        and ``"option"``, ``"env"`` or ``"default"``.
 
     Raises:
         UsageError: ``GEARMAN_SERVERS`` is malformed.
     """
     if given is not None:
-        return given, "option"
+        return server_list(given, tls=tls), "option"
     env = os.environ if environ is None else environ
     value = env.get(SERVERS_ENV, "").strip()
     if value:
         try:
-            return server_list(value), "env"
+            return server_list(value, tls=tls), "env"
         except ValueError as exc:
             raise UsageError(f"{SERVERS_ENV}={value!r}: {exc}") from None
-    return [DEFAULT_SERVERS], "default"
+    return server_list(DEFAULT_SERVERS, tls=tls), "default"
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``-S/--ssl``, ``--ssl-ca-file``, ``--ssl-certificate`` and ``--ssl-key``."""
+    group = parser.add_argument_group(
+        "TLS",
+        "A server written tls://HOST:PORT is reached over TLS; these options make every "
+        "server without a scheme TLS too (tcp://HOST:PORT stays plaintext). The server's "
+        "certificate is verified and must name the host.",
+    )
+    group.add_argument(
+        "-S",
+        "--ssl",
+        action="store_true",
+        help="use TLS, verifying the servers against the system's CAs",
+    )
+    group.add_argument(
+        "--ssl-ca-file",
+        metavar="FILE",
+        help="trust the CA certificates in FILE (PEM) instead of the system's; implies --ssl",
+    )
+    group.add_argument(
+        "--ssl-certificate",
+        metavar="FILE",
+        help="present this client certificate (PEM), for servers that require one "
+        "(mutual TLS); implies --ssl",
+    )
+    group.add_argument(
+        "--ssl-key",
+        metavar="FILE",
+        help="the private key of --ssl-certificate (PEM), when it is not in that file",
+    )
+
+
+def tls_context(options: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the options ask for, or ``None`` when they ask for none.
+
+    Any of ``--ssl``, ``--ssl-ca-file`` and ``--ssl-certificate`` asks for one:
+    :func:`ssl.create_default_context` (certificates and host names verified),
+    trusting ``--ssl-ca-file`` if given, else the system's CAs, and presenting
+    ``--ssl-certificate`` (with ``--ssl-key``) if given.
+
+    Raises:
+        UsageError: ``--ssl-key`` without ``--ssl-certificate``, or a file that
+            cannot be read or holds no usable certificate or key.
+    """
+    ca_file: str | None = options.ssl_ca_file
+    certificate: str | None = options.ssl_certificate
+    key: str | None = options.ssl_key
+    if key is not None and certificate is None:
+        raise UsageError("--ssl-key needs --ssl-certificate")
+    if not (options.ssl or ca_file or certificate):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--ssl-ca-file {ca_file}: {_file_error(exc)}") from None
+    if certificate is not None:
+        try:
+            context.load_cert_chain(certificate, key)
+        except (OSError, ValueError) as exc:
+            files = certificate if key is None else f"{certificate} / --ssl-key {key}"
+            raise UsageError(f"--ssl-certificate {files}: {_file_error(exc)}") from None
+    return context
+
+
+def _file_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM file ({tls_error_text(exc)})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 # --- output ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Final
 
 import anyio
 
-from .._address import format_address, server_list
+from .._address import format_address
 from .._monitor import DEFAULT_INTERVAL, Poller
 from .._monitor.model import DEFAULT_WINDOW
 from .._net.stream import os_reason
@@ -27,6 +27,8 @@ from .common import (
     add_common_options,
     error,
     resolve_servers,
+    server_arguments,
+    tls_context,
     unwrap,
 )
 from .options import seconds
@@ -93,22 +95,23 @@ def add_monitor_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(run=run_monitor, parser=parser)
 
 
-def _servers(addresses: list[str], servers: list[str] | None) -> list[str]:
+def _servers(addresses: list[str], servers: list[str] | None, tls: bool) -> list[str]:
     """The positional servers and those of ``--servers``; else the environment's."""
     try:
-        given = [server for text in addresses for server in server_list(text)]
-    except ValueError as exc:
+        given = [server for text in addresses for server in server_arguments(text)]
+    except argparse.ArgumentTypeError as exc:
         raise UsageError(str(exc)) from None
-    if given or servers:
-        return given + (servers or [])
-    return resolve_servers(None)[0]
+    return resolve_servers(given + (servers or []) or None, tls=tls)[0]
 
 
 async def run_monitor(options: argparse.Namespace) -> int:
     """Run ``monitor`` until interrupted; return the exit status."""
-    servers = _servers(options.addresses, options.servers)
+    context = tls_context(options)
+    servers = _servers(options.addresses, options.servers, context is not None)
     try:
-        poller = Poller(servers, interval=options.interval, window=options.window)
+        poller = Poller(
+            servers, interval=options.interval, window=options.window, ssl_context=context
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

@@ -31,9 +31,12 @@ from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import QueueStore, SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
+from .._server.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
+from .server_acl import acl_arguments, add_acl_options, check_acl_options
+from .server_tls import add_tls_options, check_tls_options, tls_context
 
 __all__ = ["main"]
 
@@ -302,6 +305,8 @@ def _parser() -> argparse.ArgumentParser:
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    add_acl_options(parser)
+    add_tls_options(parser)
     return parser
 
 
@@ -394,6 +399,8 @@ def parse_options(
             )
     options.sqlite_table = options.sqlite_table or DEFAULT_TABLE
     options.postgres_table = options.postgres_table or DEFAULT_TABLE
+    check_acl_options(options)
+    check_tls_options(options, env)
     return options
 
 
@@ -556,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-gearmand: cannot open the log file: {exc}", file=sys.stderr)
         return 1
     try:
+        ssl_context = tls_context(options)
         store = _make_store(options)
     except UsageError as exc:
         print(f"trio-gearmand: error: {exc} (see trio-gearmand --help)", file=sys.stderr)
@@ -600,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         keepalive=keepalive,
         fd_limit=options.file_descriptors,
         store=store,
+        **acl_arguments(options),
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=options.ssl_handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT,
     )
+    if options.acl is not None:
+        startup_logger.info("Access rules: %d from %s", len(options.acl.rules), options.acl_file)
     pid_file = Path(options.pid_file) if options.pid_file else None
     try:
         if pid_file is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from typing import Final
 
@@ -20,6 +21,7 @@ from .common import (
     add_common_options,
     error,
     resolve_servers,
+    tls_context,
     write_err,
     write_out,
 )
@@ -98,13 +100,14 @@ async def _read_data(argument: str) -> bytes:
 
 async def run_submit(options: argparse.Namespace) -> int:
     """Run ``submit``; return the exit status (errors are raised)."""
+    context = tls_context(options)
     data = await _read_data(options.data)
-    servers, _ = resolve_servers(options.servers)
+    servers, _ = resolve_servers(options.servers, tls=context is not None)
     priority = PRIORITIES[options.priority]
     function = os.fsencode(options.function)
     unique = None if options.unique is None else os.fsencode(options.unique)
     # A one-shot command fails at once when no server answered its first attempt.
-    async with Client(servers, wait_for_server=0) as client:
+    async with Client(servers, wait_for_server=0, ssl_context=context) as client:
         if options.background:
             handle = await client.submit_background(
                 function, data, priority=priority, unique=unique
@@ -117,7 +120,7 @@ async def run_submit(options: argparse.Namespace) -> int:
             if options.verbose:
                 error(f"job {job.handle} accepted by {job.handle.server}")
             if options.timeout and job.handle.server:
-                options.timeout_hint = await _no_worker_hint(job.handle.server, function)
+                options.timeout_hint = await _no_worker_hint(job.handle.server, function, context)
             async for update in job:
                 if isinstance(update, WorkData):
                     write_out(update.data)
@@ -130,10 +133,12 @@ async def run_submit(options: argparse.Namespace) -> int:
     return 0
 
 
-async def _no_worker_hint(server: str, function: bytes) -> str | None:
+async def _no_worker_hint(
+    server: str, function: bytes, context: ssl.SSLContext | None
+) -> str | None:
     """What to add to "timed out" when ``server`` has no worker for ``function``."""
     try:
-        async with AdminClient(server) as admin:
+        async with AdminClient(server, ssl_context=context) as admin:
             rows = await admin.status()
     except GearmanError:
         return None  # no hint then; the job itself goes on
@@ -196,10 +201,11 @@ async def _status_by_handle(client: Client[bytes], handle: bytes) -> tuple[str, 
 
 async def run_status(options: argparse.Namespace) -> int:
     """Run ``status``; return the exit status (errors are raised)."""
-    servers, _ = resolve_servers(options.servers)
+    context = tls_context(options)
+    servers, _ = resolve_servers(options.servers, tls=context is not None)
     key = os.fsencode(options.handle)
     # A one-shot command fails at once when no server answered its first attempt.
-    async with Client(servers, wait_for_server=0) as client:
+    async with Client(servers, wait_for_server=0, ssl_context=context) as client:
         server: str | None
         if options.unique:
             status = await client.get_status_unique(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import ssl
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,6 @@ from typing import IO, TYPE_CHECKING, Final
 
 import anyio
 
-from .._address import server_list
 from .._client.admin import AdminClient
 from .._exceptions import AdminError, GearmanError
 from .common import (
@@ -29,6 +29,8 @@ from .common import (
     add_common_options,
     error,
     resolve_servers,
+    server_arguments,
+    tls_context,
 )
 from .options import seconds
 from .top_model import (
@@ -68,13 +70,6 @@ terminal) and exits: 0, or 1 when a server did not answer, 3 when none did.
 """
 
 
-def _server_argument(text: str) -> list[str]:
-    try:
-        return server_list(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``top`` subcommand."""
     parser = commands.add_parser(
@@ -87,7 +82,7 @@ def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument(
         "server_arguments",
         metavar="SERVER",
-        type=_server_argument,
+        type=server_arguments,
         nargs="*",
         help="job servers, HOST:PORT (with --servers: both are watched)",
     )
@@ -105,11 +100,11 @@ def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(run=run_top, parser=parser)
 
 
-def _servers(options: argparse.Namespace) -> list[str]:
+def _servers(options: argparse.Namespace, tls: bool) -> list[str]:
     given = [server for group in options.server_arguments for server in group]
     if options.servers is not None:
         given += options.servers
-    servers = given or resolve_servers(None)[0]
+    servers = resolve_servers(given or None, tls=tls)[0]
     return list(dict.fromkeys(servers))
 
 
@@ -119,8 +114,9 @@ def _servers(options: argparse.Namespace) -> list[str]:
 class _Poller:
     """Polls one server over one admin connection, opened again after a failure."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, context: ssl.SSLContext | None) -> None:
         self.server = server
+        self._context = context
         self._admin: AdminClient | None = None
         self._priority_status = True  # until the server refuses the command
 
@@ -138,7 +134,7 @@ class _Poller:
 
     async def _ask(self) -> ServerSnapshot:
         if self._admin is None:
-            admin = AdminClient(self.server)
+            admin = AdminClient(self.server, ssl_context=self._context)
             await admin.__aenter__()
             self._admin = admin
         admin = self._admin
@@ -334,7 +330,8 @@ async def _live(pollers: Sequence[_Poller], interval: float, console: Console) -
 
 async def run_top(options: argparse.Namespace) -> int:
     """Run ``top``; return the exit status."""
-    servers = _servers(options)
+    context = tls_context(options)
+    servers = _servers(options, context is not None)
     try:
         import rich  # noqa: F401
     except ImportError:
@@ -343,7 +340,7 @@ async def run_top(options: argparse.Namespace) -> int:
     console = _console(sys.stdout)
     if not options.once and not console.is_terminal:
         raise UsageError("stdout is not a terminal: use --once to print one frame")
-    pollers = [_Poller(server) for server in servers]
+    pollers = [_Poller(server, context) for server in servers]
     try:
         if not options.once:
             await _live(pollers, options.interval, console)

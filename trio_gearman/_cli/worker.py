@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import signal
+import ssl
 import sys
 import traceback
 from collections.abc import AsyncIterable, Callable
@@ -25,6 +26,7 @@ from .common import (
     error,
     resolve_servers,
     setup_logging,
+    tls_context,
 )
 from .options import seconds
 
@@ -44,6 +46,9 @@ A callable with a 'servers' parameter is called with the servers of --servers (o
 of $GEARMAN_SERVERS); such a factory is the way to choose the servers from the
 command line. A Worker made in advance keeps the servers it was made with, and
 --servers is refused for it: a Worker's servers are fixed when it is made.
+Likewise a callable with an 'ssl_context' parameter gets the TLS context of the
+TLS options (--ssl, --ssl-ca-file, --ssl-certificate); for anything else they
+are refused. A tls://HOST:PORT server needs no option.
 The current directory is searched for MODULE first.
 """
 
@@ -108,7 +113,11 @@ def _import(module_name: str) -> Any:
 
 
 def _call_factory(
-    factory: Callable[..., object], target: str, servers: list[str], source: str
+    factory: Callable[..., object],
+    target: str,
+    servers: list[str],
+    source: str,
+    ssl_context: ssl.SSLContext | None,
 ) -> object:
     try:
         signature: inspect.Signature | None = inspect.signature(factory)
@@ -132,6 +141,13 @@ def _call_factory(
             f"--servers: {target} takes no 'servers' parameter; give it one to choose the "
             "servers from the command line"
         )
+    if ssl_context is not None:
+        if signature is not None and "ssl_context" not in signature.parameters:
+            raise UsageError(
+                f"--ssl: {target} takes no 'ssl_context' parameter; give it one (and pass "
+                "it to Worker) to choose TLS from the command line"
+            )
+        kwargs["ssl_context"] = ssl_context
     if signature is not None:
         try:
             signature.bind(**kwargs)
@@ -143,7 +159,9 @@ def _call_factory(
         raise _user_code_failed(f"{target}() failed", exc) from None
 
 
-def load_worker(target: str, servers: list[str], source: str) -> Worker:
+def load_worker(
+    target: str, servers: list[str], source: str, ssl_context: ssl.SSLContext | None = None
+) -> Worker:
     """Import ``module:object`` and make the Worker it names.
 
     Args:
@@ -151,15 +169,18 @@ def load_worker(target: str, servers: list[str], source: str) -> Worker:
         servers: the servers resolved from the command line or the environment.
         source: where ``servers`` come from: ``"option"`` (``--servers``),
             ``"env"`` (``GEARMAN_SERVERS``) or ``"default"``.
+        ssl_context: the TLS context of the TLS options, if any were given.
 
     Returns:
         The Worker: ``object`` itself, or what calling it returned. A callable with
         a ``servers`` parameter gets ``servers`` (unless they are only the default
-        and the parameter has a default of its own).
+        and the parameter has a default of its own); one with an ``ssl_context``
+        parameter gets ``ssl_context``, when there is one.
 
     Raises:
         UsageError: ``target`` is malformed or names nothing usable, or
-            ``--servers`` was given for a Worker whose servers are fixed.
+            ``--servers`` (or a TLS option) was given for a Worker whose servers
+            (or TLS settings) are fixed.
         WorkerLoadError: importing the module or calling the factory raised.
     """
     module_name, sep, attribute = target.partition(":")
@@ -180,9 +201,15 @@ def load_worker(target: str, servers: list[str], source: str) -> Worker:
                 f"({', '.join(found.addresses)}), which cannot be changed; point at a "
                 "function that takes 'servers' and returns the Worker instead"
             )
+        if ssl_context is not None:
+            raise UsageError(
+                f"--ssl: {target} is a Worker made with its own TLS settings, which cannot "
+                "be changed; point at a function that takes 'ssl_context' and returns the "
+                "Worker instead"
+            )
         worker = found
     elif callable(found):
-        worker_or_not = _call_factory(found, target, servers, source)
+        worker_or_not = _call_factory(found, target, servers, source, ssl_context)
         if not isinstance(worker_or_not, Worker):
             raise UsageError(
                 f"{target}() returned {type(worker_or_not).__name__}, not a trio_gearman.Worker"
@@ -256,9 +283,10 @@ async def serve_worker(
 async def run_worker(options: argparse.Namespace) -> int:
     """Run ``worker``; return the exit status."""
     setup_logging(options.verbose, quiet_level=logging.WARNING)
-    servers, source = resolve_servers(options.servers)
+    context = tls_context(options)
+    servers, source = resolve_servers(options.servers, tls=context is not None)
     try:
-        worker = load_worker(options.target, servers, source)
+        worker = load_worker(options.target, servers, source, context)
     except WorkerLoadError as exc:
         error(str(exc))
         return EXIT_FAILED

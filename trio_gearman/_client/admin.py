@@ -6,6 +6,7 @@ The lines are written and the replies read by the sans-IO :mod:`._proto._admin`.
 
 from __future__ import annotations
 
+import ssl
 from collections import deque
 from types import TracebackType
 from typing import TypeVar
@@ -13,16 +14,15 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .._address import Address, format_address, parse_address
+from .._address import Address, format_server, parse_server
 from .._exceptions import (
     AdminError,
     AdminLineTooLong,
     BadAdminReply,
-    ConnectFailed,
     ConnectionLost,
     InvalidArgument,
 )
-from .._net.stream import DEFAULT_CONNECT_TIMEOUT, os_reason
+from .._net.stream import DEFAULT_CONNECT_TIMEOUT, broken_reason, ended_unheard, open_transport
 from .._proto._admin import (
     DEFAULT_MAX_REPLY_LINE_LENGTH,
     NEED_DATA,
@@ -72,9 +72,14 @@ class AdminClient:
 
     Args:
         address: the server: ``"host"``, ``"host:port"``, ``"[::1]:4730"`` or
-            ``(host, port)``; the port defaults to 4730.
-        connect_timeout: seconds to wait for the TCP connection.
+            ``(host, port)``; the port defaults to 4730. ``tls://host:port`` asks
+            for TLS, ``tcp://host:port`` for plaintext.
+        connect_timeout: seconds to wait for the TCP connection (and the TLS
+            handshake).
         max_line_length: the longest reply line accepted.
+        ssl_context: the TLS settings (trusted CAs, a client certificate) for a
+            ``tls://`` address; given, an address without a scheme uses TLS too.
+            A ``tls://`` address without one is verified against the system's CAs.
 
     Every method raises :class:`~trio_gearman.AdminError` when the server answers
     ``ERR``, :class:`~trio_gearman.ConnectionLost` when the connection breaks, and
@@ -95,9 +100,11 @@ class AdminClient:
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_line_length: int = DEFAULT_MAX_REPLY_LINE_LENGTH,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._host, self._port = parse_address(address)
+        self._host, self._port, self._tls = parse_server(address, tls=ssl_context is not None)
         self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
         self._parser = ReplyParser(max_line_length=max_line_length)
         self._stream: anyio.abc.ByteStream | None = None
         self._lock = anyio.Lock()
@@ -105,31 +112,31 @@ class AdminClient:
         # of cancelled requests stay here; their replies are skipped).
         self._unread: deque[ReplyKind[object]] = deque()
         self._error: ConnectionLost | None = None
+        self._heard = False  # the server has sent something
         self._closed = False
 
     @property
     def server(self) -> str:
-        """The server's address, ``host:port``."""
-        return format_address(self._host, self._port)
+        """The server's address, ``host:port`` (``tls://host:port`` over TLS)."""
+        return format_server(
+            self._host, self._port, self._tls, default_tls=self._ssl_context is not None
+        )
 
     async def __aenter__(self) -> AdminClient:
         """Connect to the server.
 
         Raises:
             ConnectFailed: the connection was refused, the host is unknown or
-                unreachable, or nothing answered within ``connect_timeout``.
+                unreachable, the TLS handshake failed, or nothing answered within
+                ``connect_timeout``.
         """
         if self._stream is not None or self._closed:
             raise RuntimeError("an AdminClient connects once; make a new one")
-        try:
-            with anyio.fail_after(self._connect_timeout):
-                self._stream = await anyio.connect_tcp(self._host, self._port)
-        except TimeoutError as exc:
-            raise ConnectFailed(
-                f"no connection within {self._connect_timeout:g} s", server=self.server
-            ) from exc
-        except OSError as exc:
-            raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=self.server) from exc
+        self._stream, _ = await open_transport(
+            self.server,
+            connect_timeout=self._connect_timeout,
+            ssl_context=self._ssl_context,
+        )
         return self
 
     async def __aexit__(
@@ -237,7 +244,7 @@ class AdminClient:
             try:
                 await stream.send(line)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._lose(f"the connection broke sending {command!r}", exc)
+                self._lose(f"the connection broke sending {command!r}: {broken_reason(exc)}", exc)
                 raise self._failure() from exc
             except BaseException as exc:  # cancelled: part of the line may have gone out
                 self._lose(f"{command!r} was cancelled while being sent", exc)
@@ -282,12 +289,19 @@ class AdminClient:
                 self._lose(f"the server closed the connection before answering {command!r}", exc)
                 raise self._failure() from exc
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._lose(f"the connection broke waiting for the reply to {command!r}", exc)
+                self._lose(
+                    f"the connection broke waiting for the reply to {command!r}: "
+                    f"{broken_reason(exc)}",
+                    exc,
+                )
                 raise self._failure() from exc
+            self._heard = True
             parser.feed(data)
 
     def _lose(self, reason: str, cause: BaseException) -> None:
         if self._error is None:
+            if not self._heard:
+                reason = ended_unheard(self.server, reason)
             error = ConnectionLost(reason, server=self.server)
             error.__cause__ = cause
             self._error = error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -115,9 +116,21 @@ class Client(Generic[R]):
     Cancelling a call (a cancel scope, a timeout) detaches it cleanly; the
     connection stays usable.
 
+    TLS: a server whose address starts with ``tls://`` is spoken to over TLS,
+    with ``ssl_context`` if given, else :func:`ssl.create_default_context`'s
+    (the system's CAs); with an ``ssl_context`` every server without a scheme is
+    too, and only ``tcp://host:port`` stays plaintext. The certificate must name
+    the address's host. :attr:`addresses` and the links' health say
+    ``tls://host:port`` for each TLS server. A handshake that fails (say
+    ``certificate verify failed: unable to get local issuer certificate``) is a
+    failed connection attempt like a refused one: the link logs it, backs off
+    and tries again, and a request that finds no server raises
+    :class:`~trio_gearman.NoServersAvailable` naming it.
+
     Args:
         servers: ``"host:port"``, a comma-separated list, or a sequence of
-            addresses (``"host"``, ``"host:port"``, ``"[v6]:port"``, ``(host, port)``).
+            addresses (``"host"``, ``"host:port"``, ``"[v6]:port"``, ``(host, port)``,
+            any string one after ``tls://`` for TLS or ``tcp://`` for plaintext).
         client_id: sent as SET_CLIENT_ID (shown by the server's ``workers`` command).
         codec: encodes job data and decodes results for every call that does not
             give its own; by default data is bytes (``str`` is sent as UTF-8) and
@@ -135,6 +148,10 @@ class Client(Generic[R]):
             this many seconds, send it an ECHO_REQ.
         heartbeat_timeout: a server that leaves that ECHO_REQ unanswered this
             many seconds is dropped (its link reconnects after back-off).
+        ssl_context: the TLS settings (trusted CAs, a client certificate for
+            mutual TLS) for ``tls://`` servers; given, every server without a
+            scheme uses TLS too. Verification stays as the context says: keep
+            ``verify_mode`` and ``check_hostname`` on.
 
     Raises:
         ValueError: a server is listed twice, or ``wait_for_server`` is negative.
@@ -147,6 +164,11 @@ class Client(Generic[R]):
         ...         handle = await client.submit_background("resize", b"img-42",
         ...                                                 priority=Priority.HIGH)
         ...         status = await client.get_status(handle)
+        >>> async def over_tls():
+        ...     context = ssl.create_default_context(cafile="/etc/gearman/ca.pem")
+        ...     async with trio_gearman.Client("gearman.internal:4730",
+        ...                                    ssl_context=context) as client:
+        ...         ...
     """
 
     @overload
@@ -163,6 +185,7 @@ class Client(Generic[R]):
         backoff: Backoff | None = None,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None: ...
 
     @overload
@@ -179,6 +202,7 @@ class Client(Generic[R]):
         backoff: Backoff | None = None,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None: ...
 
     def __init__(
@@ -194,8 +218,9 @@ class Client(Generic[R]):
         backoff: Backoff | None = None,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.addresses = server_list(servers)
+        self.addresses = server_list(servers, tls=ssl_context is not None)
         if len(set(self.addresses)) != len(self.addresses):
             raise ValueError(f"a server is listed twice: {', '.join(self.addresses)}")
         if wait_for_server < 0:
@@ -209,6 +234,7 @@ class Client(Generic[R]):
         self._client_id = client_id.encode() if isinstance(client_id, str) else client_id
         self._codec = codec
         self._connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self._exceptions = exceptions
         self._tg: anyio.abc.TaskGroup | None = None
         self._links: LinkSet[ClientConnection] | None = None
@@ -300,7 +326,11 @@ class Client(Generic[R]):
         if self._connector is not None:
             stream = await self._connector(address)
         else:
-            stream = await connect(address, connect_timeout=self._connect_timeout)
+            stream = await connect(
+                address,
+                connect_timeout=self._connect_timeout,
+                ssl_context=self.ssl_context,
+            )
         return ClientConnection(
             stream,
             client_id=self._client_id,

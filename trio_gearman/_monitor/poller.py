@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable, Iterable
 
 import anyio
 import anyio.abc
 
-from .._address import format_address, parse_address
+from .._address import format_server, parse_server
 from .._client.admin import AdminClient
 from .._exceptions import AdminError, ConnectionLost, GearmanError
 from .model import (
@@ -38,11 +39,14 @@ DEFAULT_INTERVAL = 2.0
 _log = logging.getLogger("trio_gearman.monitor")
 
 
-def _unique_servers(servers: Iterable[str]) -> tuple[str, ...]:
-    """The servers as ``host:port`` (port 4730 when none is given), each once, in order."""
+def _unique_servers(servers: Iterable[str], tls: bool) -> tuple[str, ...]:
+    """The servers as ``host:port`` (port 4730 when none is given), each once, in order.
+
+    A TLS server keeps its ``tls://`` (and so does every server once ``tls``).
+    """
     found: dict[str, None] = {}
     for server in servers:
-        found[format_address(*parse_address(server))] = None
+        found[format_server(*parse_server(server, tls=tls), default_tls=tls)] = None
     return tuple(found)
 
 
@@ -58,6 +62,8 @@ class Poller:
         window: seconds over which rates are measured.
         clock: the monotonic clock (default ``time.monotonic``).
         wall_clock: the Unix time (default ``time.time``).
+        ssl_context: the TLS settings for ``tls://`` servers; given, every server
+            without a scheme is polled over TLS too.
 
     Run it with :meth:`run` in a task group; :meth:`view` gives what the dashboard
     shows. :meth:`poll` polls every server once, for those who drive it themselves.
@@ -72,8 +78,10 @@ class Poller:
         window: float = DEFAULT_WINDOW,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.servers = _unique_servers(servers)
+        self.servers = _unique_servers(servers, ssl_context is not None)
+        self.ssl_context = ssl_context
         if not self.servers:
             raise ValueError("the monitor needs at least one server")
         if not (interval > 0 and math.isfinite(interval)):
@@ -173,7 +181,11 @@ class Poller:
     async def _read(self, server: str) -> Snapshot:
         admin = self._admins.get(server)
         if admin is None:
-            admin = AdminClient(server, connect_timeout=self.timeout)
+            admin = AdminClient(
+                server,
+                connect_timeout=self.timeout,
+                ssl_context=self.ssl_context,
+            )
             await admin.__aenter__()
             self._admins[server] = admin
         version = self._versions.get(server)

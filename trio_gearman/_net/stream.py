@@ -10,14 +10,19 @@ opens (client, worker, and later the admin client and the failover supervisor):
   accumulated to the transport in a single ``send``.
 
 It is typed by :class:`anyio.abc.ByteStream`, so tests run it on in-memory streams
-as easily as on sockets. :func:`connect` opens a TCP connection with a timeout.
+as easily as on sockets. :func:`connect` opens a TCP connection with a timeout,
+over TLS where the address or the caller asks for it; :func:`open_transport` is
+that connection path alone (the admin client reads lines, not packets).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
+import re
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -27,7 +32,7 @@ import anyio.abc
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-from .._address import Address, format_address, parse_address
+from .._address import TLS_SCHEME, Address, format_server, parse_server
 from .._exceptions import ConnectFailed, ConnectionLost, ProtocolError
 from .._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Event, Magic, Message, encode_into
 
@@ -37,8 +42,12 @@ __all__ = [
     "PacketStream",
     "broken_reason",
     "connect",
+    "default_ssl_context",
+    "ended_unheard",
+    "open_transport",
     "os_error_text",
     "os_reason",
+    "tls_error_text",
 ]
 
 logger = logging.getLogger("trio_gearman.stream")
@@ -50,12 +59,33 @@ _RECEIVE_SIZE = 65536
 _HIGH_WATER = 1024 * 1024
 
 
+_SSL_TEXT = re.compile(r"^\[[^\]]*\]\s*(.*?)\s*\(_ssl\.c:\d+\)$")
+
+
+def tls_error_text(exc: ssl.SSLError) -> str:
+    """What a TLS error means, without OpenSSL's decoration.
+
+    ``certificate verify failed: unable to get local issuer certificate`` for a
+    certificate the trusted CAs did not sign, ``tlsv13 alert certificate required``
+    when the server wanted a client certificate, and so on.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    found = _SSL_TEXT.match(text)
+    if found and found.group(1):
+        return found.group(1)
+    return text or (exc.reason or type(exc).__name__).lower().replace("_", " ")
+
+
 def os_error_text(exc: BaseException) -> str | None:
     """The operating system's own words in an exception's causes, if any.
 
     AnyIO reports "All connection attempts failed" with the attempts' errors as its
     cause (an exception group when there were several addresses); this digs out
-    the first error with an errno, e.g. "Connection refused".
+    the first error with an errno, e.g. "Connection refused". A TLS error in the
+    causes gives ``TLS error: `` and :func:`tls_error_text` instead (its errno is
+    OpenSSL's, not the OS's).
     """
     pending: list[BaseException] = [exc]
     seen: set[int] = set()
@@ -64,6 +94,8 @@ def os_error_text(exc: BaseException) -> str | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return f"TLS error: {tls_error_text(current)}"
         code = current.errno if isinstance(current, OSError) else None
         if code is not None and code in errno.errorcode:
             return os.strerror(code)
@@ -78,6 +110,19 @@ def os_error_text(exc: BaseException) -> str | None:
 def os_reason(exc: BaseException) -> str:
     """The OS's words for a failed connect, else the error's own message."""
     return os_error_text(exc) or str(exc)
+
+
+def ended_unheard(peer: str, reason: str) -> str:
+    """``reason``, with a hint when a TLS connection ends before the server's first byte.
+
+    A TLS 1.3 server that requires a client certificate checks it only after the
+    client's side of the handshake is done: a client without one sees the
+    connection reset or closed on its first exchange, and sees the server's
+    ``certificate required`` alert only when it reads it before the reset.
+    """
+    if not peer.startswith(TLS_SCHEME) or "TLS error" in reason:
+        return reason
+    return f"{reason} before the server's first answer (does it require a client certificate?)"
 
 
 def broken_reason(exc: BaseException) -> str:
@@ -96,18 +141,94 @@ def broken_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The context of a TLS connection made without one: the system's CAs, verified.
+
+    Made once (loading the CA store takes a while) by
+    :func:`ssl.create_default_context`: the server's certificate must chain to a
+    trusted CA and name the host of the address.
+    """
+    return ssl.create_default_context()
+
+
+async def open_transport(
+    address: Address,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[anyio.abc.ByteStream, str]:
+    """Open a TCP connection to a server, with a TLS handshake where asked.
+
+    TLS is used when the address says ``tls://``, or when it has no scheme and
+    ``ssl_context`` is given; ``tcp://`` is always plaintext. The certificate is
+    checked against the address's host (which is also sent as SNI).
+
+    Args:
+        address: the server, see :func:`~trio_gearman._address.parse_server`.
+        connect_timeout: seconds for the connection and the TLS handshake together.
+        ssl_context: the TLS settings; ``None`` takes :func:`default_ssl_context`
+            for a ``tls://`` address.
+
+    Returns:
+        The transport and the server's normalised address (``tls://host:port``
+        for TLS), as errors name it.
+
+    Raises:
+        ConnectFailed: the connection was refused, the host is unknown or
+            unreachable, the TLS handshake failed (the reason says why, e.g.
+            ``certificate verify failed: unable to get local issuer
+            certificate``), or nothing answered within ``connect_timeout``.
+    """
+    default_tls = ssl_context is not None
+    host, port, tls = parse_server(address, tls=default_tls)
+    peer = format_server(host, port, tls, default_tls=default_tls)
+    stream: anyio.abc.ByteStream
+    try:
+        with anyio.fail_after(connect_timeout):
+            if tls:
+                # Not "standard compatible": Gearman's framing shows a cut-off packet,
+                # so a server or proxy that closes without close_notify is no error.
+                stream = await anyio.connect_tcp(
+                    host,
+                    port,
+                    ssl_context=ssl_context or default_ssl_context(),
+                    tls_hostname=host,
+                    tls_standard_compatible=False,
+                )
+            else:
+                stream = await anyio.connect_tcp(host, port)
+    except TimeoutError as exc:
+        raise ConnectFailed(f"no connection within {connect_timeout:g} s", server=peer) from exc
+    except OSError as exc:  # ssl.SSLError too: os_reason() gives its words
+        raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=peer) from exc
+    except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:  # in the TLS handshake
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, ssl.SSLEOFError):
+            reason = (
+                "TLS error: the server closed the connection during the handshake "
+                "(is the port a TLS one?)"
+            )
+        else:
+            reason = broken_reason(exc)
+        raise ConnectFailed(f"cannot connect: {reason}", server=peer) from exc
+    return stream, peer
+
+
 async def connect(
     address: Address,
     *,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
     expect: Magic = Magic.RES,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> PacketStream:
-    """Open a TCP connection to a Gearman server.
+    """Open a TCP connection to a Gearman server, over TLS where asked.
 
     Args:
-        address: the server, see :func:`parse_address`.
-        connect_timeout: seconds to wait for the connection.
+        address: the server, see :func:`~trio_gearman._address.parse_server`.
+        connect_timeout: seconds to wait for the connection (and TLS handshake).
+        ssl_context: as for :func:`open_transport`.
         expect: the magic of the packets this side receives (``RES`` for a client
             or worker).
         max_packet_size: the largest packet body accepted from the server.
@@ -116,18 +237,11 @@ async def connect(
         A :class:`PacketStream` on the new connection (TCP_NODELAY set).
 
     Raises:
-        ConnectFailed: the connection was refused, the host is unknown or
-            unreachable, or nothing answered within ``connect_timeout``.
+        ConnectFailed: as for :func:`open_transport`.
     """
-    host, port = parse_address(address)
-    peer = format_address(host, port)
-    try:
-        with anyio.fail_after(connect_timeout):
-            stream = await anyio.connect_tcp(host, port)
-    except TimeoutError as exc:
-        raise ConnectFailed(f"no connection within {connect_timeout:g} s", server=peer) from exc
-    except OSError as exc:
-        raise ConnectFailed(f"cannot connect: {os_reason(exc)}", server=peer) from exc
+    stream, peer = await open_transport(
+        address, connect_timeout=connect_timeout, ssl_context=ssl_context
+    )
     return PacketStream(stream, peer=peer, expect=expect, max_packet_size=max_packet_size)
 
 
@@ -290,6 +404,9 @@ class PacketStream:
             self._fail(reason)
         await anyio.aclose_forcefully(self._stream)
 
+    def _unheard(self, reason: str) -> str:
+        return ended_unheard(self.peer, reason) if self.reads == 0 else reason
+
     def _fail(self, reason: str, cause: BaseException | None = None) -> ConnectionLost:
         if self._error is None:
             error = ConnectionLost(reason, server=self.peer)
@@ -310,10 +427,10 @@ class PacketStream:
             try:
                 data = await receive(size)
             except anyio.EndOfStream:
-                self._fail("the server closed the connection")
+                self._fail(self._unheard("the server closed the connection"))
                 return
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
+                self._fail(self._unheard(f"the connection broke: {broken_reason(exc)}"), exc)
                 return
             self.reads += 1
             decoder.feed(data)
@@ -346,7 +463,7 @@ class PacketStream:
             try:
                 await send(bytes(out))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._fail(f"the connection broke: {broken_reason(exc)}", exc)
+                self._fail(self._unheard(f"the connection broke: {broken_reason(exc)}"), exc)
                 scope.cancel()
                 return
             finally:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -42,7 +41,14 @@ from .sockets import notify_closing, wait_readable, wait_writable
 if TYPE_CHECKING:
     from .._proto.server.state import ConnectionState, ServerState
 
-__all__ = ["HAVE_EPOLL", "RECEIVE_SIZE", "ConnectionOwner", "ReadPoller", "ServerConnection"]
+__all__ = [
+    "HAVE_EPOLL",
+    "RECEIVE_SIZE",
+    "ConnectionOwner",
+    "ConnectionSocket",
+    "ReadPoller",
+    "ServerConnection",
+]
 
 logger = logging.getLogger("trio_gearman.server")
 
@@ -54,6 +60,26 @@ HAVE_EPOLL: Final = hasattr(select, "epoll")
 """Whether the server's connections can be served by a :class:`ReadPoller`."""
 _POLL_EVENTS: Final = 1024
 """Readable connections taken from the poller at most per batch."""
+
+
+class ConnectionSocket(Protocol):
+    """What a connection needs of its socket: a plain non-blocking socket has it.
+
+    So does a TLS connection's :class:`~trio_gearman._server.tls.TLSSocket`, whose
+    ``recv`` and ``send`` raise ``BlockingIOError`` like a plain socket's.
+    """
+
+    def fileno(self) -> int:
+        """The file descriptor, ``-1`` once closed."""
+
+    def recv(self, bufsize: int, /) -> bytes:
+        """Up to ``bufsize`` bytes; empty at the end of the stream."""
+
+    def send(self, data: bytearray, /) -> int:
+        """Send what the socket takes now; the count sent."""
+
+    def close(self) -> None:
+        """Close the socket."""
 
 
 class ConnectionOwner(Protocol):
@@ -89,13 +115,18 @@ class ServerConnection:
 
     Args:
         owner: the server side it reports to.
-        sock: the connected, non-blocking socket; the connection closes it.
+        sock: the connected, non-blocking socket (or TLS socket); the connection
+            closes it.
         conn: this connection's record in the server state.
         peer: the peer's address, for log messages.
 
     Attributes:
         conn: this connection's record in the server state.
         peer: the peer's address, for log messages.
+        cert_names: the names of the peer's verified TLS client certificate
+            (subject commonName, then subjectAltName DNS, URI, email and IP
+            values); empty for a plaintext connection or one without a
+            client certificate.
         blocked: replies wait for the socket to become writable (the peer is slow
             to read); a writer task sends them as the socket drains.
     """
@@ -114,17 +145,19 @@ class ServerConnection:
         "blocked",
         "bytes_in",
         "bytes_out",
+        "cert_names",
         "conn",
         "peer",
     )
 
     def __init__(
-        self, owner: ConnectionOwner, sock: socket.socket, conn: ConnectionState, peer: str
+        self, owner: ConnectionOwner, sock: ConnectionSocket, conn: ConnectionState, peer: str
     ) -> None:
         self._owner = owner
         self._sock = sock
         self.conn = conn
         self.peer = peer
+        self.cert_names: tuple[str, ...] = ()
         self.bytes_in = 0
         self.bytes_out = 0
         self.blocked = False

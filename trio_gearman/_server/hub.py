@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+import ssl
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
 
-from .connection import ReadPoller, ServerConnection
+from .._proto.server.acl import Action, Denial, Identity
+from .._proto.server.model import JobNotice
+from .connection import ConnectionSocket, ReadPoller, ServerConnection
 from .sockets import KeepAlive, configure_accepted
+from .tls import TLSSocket
 
 if TYPE_CHECKING:
     from .._proto.server.state import ServerState
@@ -93,12 +97,20 @@ class ConnectionHub:
         self._task_group = None
         self._poller = None
 
-    def adopt(self, sock: socket.socket, peer: str) -> ServerConnection | None:
+    def adopt(
+        self, sock: socket.socket, peer: str, *, identity: Identity | None = None
+    ) -> ServerConnection | None:
         """Serve a connected socket from now on (the one way a connection starts).
 
         Args:
-            sock: a connected stream socket; the hub owns it from now on.
+            sock: a connected stream socket; the hub owns it from now on. An
+                :class:`ssl.SSLSocket` whose handshake is done is served through
+                TLS, with the names of its client certificate as the
+                connection's ``cert_names``.
             peer: the peer's address as the admin protocol lists it.
+            identity: who the peer is, for the access rules; by default ``peer``
+                with the names of its TLS client certificate, if any (a Unix
+                socket counts as loopback).
 
         Returns:
             The connection, or ``None`` if the socket was already dead.
@@ -116,8 +128,20 @@ class ConnectionHub:
             logger.debug("Dropping a connection that closed at once: %s", exc.strerror)
             sock.close()
             return None
-        conn = self.state.connect(peer.encode(), sock.fileno())
-        connection = ServerConnection(self, sock, conn, peer)
+        cert_names: tuple[str, ...] = ()
+        transport: ConnectionSocket = sock
+        if isinstance(sock, ssl.SSLSocket):
+            tls = TLSSocket(sock)
+            transport, cert_names = tls, tls.cert_names
+        if identity is None:
+            identity = Identity(
+                peer,
+                names=cert_names,
+                local=sock.family == getattr(socket, "AF_UNIX", None),
+            )
+        conn = self.state.connect(peer.encode(), sock.fileno(), identity=identity)
+        connection = ServerConnection(self, transport, conn, peer)
+        connection.cert_names = cert_names
         self._connections[conn.id] = connection
         self.accepted += 1
         logger.debug("Connection %d from %s", conn.id, peer, extra={"peer": peer})
@@ -131,6 +155,12 @@ class ConnectionHub:
 
     def send_pending(self) -> None:
         """Send every connection's new output; drop those that cannot take it."""
+        denials = self.state.take_denials()
+        if denials:
+            _log_denials(denials)
+        notices = self.state.take_job_notices()
+        if notices:
+            _log_job_notices(notices)
         dirty = self.state.dirty
         if dirty:
             connections = self._connections
@@ -195,3 +225,43 @@ class ConnectionHub:
         self._ended_out += connection.bytes_out
         self.state.disconnect(connection.conn, anyio.current_time())
         return True
+
+
+_WHAT: Final = {
+    Action.REGISTER: "register the function",
+    Action.SUBMIT: "submit jobs of",
+    Action.ADMIN: "run the admin command",
+}
+
+
+def _log_denials(denials: Iterable[Denial]) -> None:
+    """One warning per request the access rules refused."""
+    for denial in denials:
+        identity = denial.identity
+        target = denial.target
+        function = None if denial.action is Action.ADMIN else target
+        logger.warning(
+            "Permission denied: %s may not %s %r: %s",
+            identity.describe(),
+            _WHAT[denial.action],
+            target.decode("utf-8", "backslashreplace"),
+            denial.reason,
+            extra={"peer": identity.address, "function": function},
+        )
+
+
+def _log_job_notices(notices: Iterable[JobNotice]) -> None:
+    """One line per rare turn of a job's life, with its handle, function and peer."""
+    for notice in notices:
+        handle = notice.handle.decode("utf-8", "backslashreplace")
+        function = notice.function.decode("utf-8", "backslashreplace")
+        peer = notice.peer.decode("utf-8", "backslashreplace") or None
+        logger.log(
+            logging.WARNING if notice.serious else logging.INFO,
+            "Job %s (%s%s): %s",
+            handle,
+            function,
+            f", from {peer}" if peer else "",
+            notice.text,
+            extra={"peer": peer, "handle": handle, "function": function},
+        )

@@ -10,6 +10,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -20,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._address import format_address
 from .._proto._codec import DEFAULT_MAX_PACKET_SIZE
+from .._proto.server.acl import Acl, Identity
 from .._proto.server.state import ServerConfig, ServerState
 from .connection import HAVE_EPOLL, ServerConnection
 from .hub import ConnectionHub
@@ -32,6 +34,7 @@ from .sockets import (
 )
 from .store.base import QueueStore
 from .store.writer import StoreStatistics, StoreWriter
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls, check_server_context
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -95,6 +98,26 @@ class GearmanServer:
             and queued only after the store committed it; submissions that arrive
             during a commit share the next one. The store is driven from a
             thread, never from the event loop.
+        acl: the access rules (who may register, submit and run the admin
+            commands that change the server); ``None`` keeps ``config.acl``
+            (by default none: anybody may register and submit).
+        admin_from_anywhere: without ``acl``, let every peer run the admin
+            commands that change the server (gearmand's behaviour); by default
+            only loopback peers and Unix sockets may. ``None`` keeps
+            ``config.admin_from_anywhere``.
+        ssl_context: serve every TCP connection through TLS with this server-side
+            context (``None``: plaintext). A peer that does not open with a TLS
+            handshake is closed at once; to require client certificates, set
+            ``verify_mode = ssl.CERT_REQUIRED`` on it and load the CA with
+            ``load_verify_locations``. Connections that :meth:`adopt` is given
+            (the test server's memory connections) are not affected.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake;
+            past it the socket is closed. Handshakes run in tasks of their own,
+            so a slow one holds up no other connection.
+
+    Raises:
+        ValueError: ``ssl_context`` is a client-side context, or the handshake
+            timeout is not positive.
 
     Example:
         >>> async def main():
@@ -115,10 +138,22 @@ class GearmanServer:
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
         store: QueueStore | None = None,
+        acl: Acl | None = None,
+        admin_from_anywhere: bool | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        if ssl_context is not None:
+            check_server_context(ssl_context)
+        if not ssl_handshake_timeout > 0:
+            raise ValueError(f"ssl_handshake_timeout must be positive, not {ssl_handshake_timeout}")
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)
+        if acl is not None:
+            config = attrs.evolve(config, acl=acl)
+        if admin_from_anywhere is not None:
+            config = attrs.evolve(config, admin_from_anywhere=admin_from_anywhere)
         self.config = config
         self.state = ServerState(self.config)
         self.store = store
@@ -128,6 +163,8 @@ class GearmanServer:
         self._listen = tuple(listen)
         self._backlog = backlog
         self._fd_limit = fd_limit
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self._hub = ConnectionHub(
             self.state,
             max_packet_size=max_packet_size,
@@ -295,7 +332,9 @@ class GearmanServer:
             raise RuntimeError("the job server is not running")
         self._start_listening(await open_listeners(self.addresses, self._backlog))
 
-    def adopt(self, sock: socket.socket, peer: str) -> ServerConnection | None:
+    def adopt(
+        self, sock: socket.socket, peer: str, *, identity: Identity | None = None
+    ) -> ServerConnection | None:
         """Serve an already connected socket, as if it had been accepted.
 
         It is the path every accepted connection takes; a socket pair's end (the
@@ -305,6 +344,9 @@ class GearmanServer:
         Args:
             sock: a connected stream socket; the server owns and closes it.
             peer: the peer's address as the admin protocol lists it.
+            identity: who the peer is, for the access rules (its address and
+                the names of its verified TLS certificate); by default ``peer``
+                alone (a Unix socket counts as a loopback peer).
 
         Returns:
             The connection, or ``None`` if the socket was already dead.
@@ -312,7 +354,7 @@ class GearmanServer:
         Raises:
             RuntimeError: the server is not running.
         """
-        return self._hub.adopt(sock, peer)
+        return self._hub.adopt(sock, peer, identity=identity)
 
     def send_pending(self) -> None:
         """Send the replies the state has queued: call it after changing the state directly."""
@@ -370,7 +412,21 @@ class GearmanServer:
                         break
                     logger.warning("Cannot accept a connection: %s", exc.strerror)
                     continue
-                self._hub.adopt(sock, str(address[0]))
+                if self.ssl_context is not None:
+                    self._start_tls(sock, str(address[0]))
+                else:
+                    self._hub.adopt(sock, str(address[0]))
+
+    def _start_tls(self, sock: socket.socket, peer: str) -> None:
+        """Shake hands with a new TLS peer in a task of its own, then serve it."""
+        assert self._task_group is not None
+        self._task_group.start_soon(self._accept_tls, sock, peer)
+
+    async def _accept_tls(self, sock: socket.socket, peer: str) -> None:
+        assert self.ssl_context is not None
+        tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        if tls is not None:
+            self._hub.adopt(tls, peer)
 
     # --- the state's side -------------------------------------------------------------------
 
@@ -420,6 +476,10 @@ async def serve(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     keepalive: KeepAlive | None = None,
     fd_limit: int | None = None,
+    acl: Acl | None = None,
+    admin_from_anywhere: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -442,5 +502,9 @@ async def serve(
         max_packet_size=max_packet_size,
         keepalive=keepalive,
         fd_limit=fd_limit,
+        acl=acl,
+        admin_from_anywhere=admin_from_anywhere,
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout,
     )
     await server.run(task_status=task_status)

@@ -14,7 +14,7 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import attrs
@@ -22,6 +22,7 @@ import attrs
 from .._address import format_address
 
 __all__ = [
+    "HasFileno",
     "KeepAlive",
     "ListenAddress",
     "ListenFailed",
@@ -43,7 +44,14 @@ wait_readable: Final = anyio.wait_readable
 wait_writable: Final = anyio.wait_writable
 
 
-def notify_closing(sock: socket.socket) -> None:
+class HasFileno(Protocol):
+    """A socket, or anything else with a file descriptor to wait on."""
+
+    def fileno(self) -> int:
+        """The file descriptor, ``-1`` once closed."""
+
+
+def notify_closing(sock: HasFileno) -> None:
     """Wake any task waiting on ``sock`` (with ClosedResourceError) before it is closed."""
     notify = getattr(anyio, "notify_closing", None)
     if notify is not None and sock.fileno() >= 0:

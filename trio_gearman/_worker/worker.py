@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import ssl
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -229,6 +230,10 @@ class Worker:
             silent this many seconds, send it an ECHO_REQ.
         heartbeat_timeout: a server that leaves that ECHO_REQ unanswered this many
             seconds is dropped (its link reconnects after back-off).
+        ssl_context: the TLS settings for ``tls://`` servers, and for every
+            server without a scheme once given (as for
+            :class:`~trio_gearman.Client`: a failed handshake is a failed
+            connection attempt, logged and retried after back-off).
 
     Example:
         >>> worker = Worker(["10.0.0.1:4730", "10.0.0.2:4730"], client_id="resizer-1",
@@ -254,6 +259,7 @@ class Worker:
         backoff: Backoff | None = None,
         heartbeat_interval: float = 10.0,
         heartbeat_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -261,7 +267,7 @@ class Worker:
             raise ValueError(f"max_grabs must be at least 1, got {max_grabs}")
         if not regrab_interval > 0:
             raise ValueError(f"regrab_interval must be positive, got {regrab_interval}")
-        self.addresses = server_list(servers)
+        self.addresses = server_list(servers, tls=ssl_context is not None)
         if len(set(self.addresses)) != len(self.addresses):
             raise ValueError(f"a server is listed twice: {', '.join(self.addresses)}")
         self.client_id = client_id.encode() if isinstance(client_id, str) else client_id
@@ -271,6 +277,7 @@ class Worker:
         self.timeout_grace = timeout_grace
         self.max_grabs = max_grabs
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self.backoff = backoff if backoff is not None else Backoff()
         self.heartbeat = Heartbeat(
             min(connect_timeout, heartbeat_interval), heartbeat_interval, heartbeat_timeout
@@ -531,7 +538,11 @@ class Worker:
     async def _connect(self, address: str) -> PacketStream:
         if self._connector is not None:
             return await self._connector(address)
-        return await connect(address, connect_timeout=self.connect_timeout)
+        return await connect(
+            address,
+            connect_timeout=self.connect_timeout,
+            ssl_context=self.ssl_context,
+        )
 
     async def _open(self, address: str) -> _ServerConns:
         """Connect the main connection and one per function with its own limit."""

@@ -13,6 +13,10 @@ Where we differ from gearmand:
   signals stop the server.
 * A line of more than five words gets ``ERR TOO_MANY_ARGS`` before the connection
   closes (gearmand closes without a word).
+* The commands that change the server (``cancel job``, ``create function``,
+  ``drop function``, ``maxqueue``, ``shutdown``) get ``ERR PERMISSION_DENIED``
+  when the connection's grant does not allow them (by default: from a peer that
+  is not on the loopback); the commands that only read are open to everybody.
 """
 
 from __future__ import annotations
@@ -63,6 +67,15 @@ __all__ = ["AdminHandler"]
 
 _TOO_MANY_ARGS: Final = format_error(b"TOO_MANY_ARGS", b"Too many arguments")
 
+MUTATING_COMMANDS: Final[dict[type[Any], bytes]] = {
+    CancelJob: b"cancel job",
+    CreateFunction: b"create function",
+    DropFunction: b"drop function",
+    MaxQueue: b"maxqueue",
+    Shutdown: b"shutdown",
+}
+"""The admin commands that change the server (access control), with their names."""
+
 
 def _ignored(job: Job) -> bool:
     """Whether ``show jobs`` flags the job as ignored: cancelled, or abandoned."""
@@ -75,11 +88,21 @@ class AdminHandler:
     Args:
         state: the server's functions and jobs, which commands report and change.
         connections: a live view of the server's open connections (``workers``).
+        deny: asked before a command of :data:`MUTATING_COMMANDS` runs, with the
+            connection and the line: ``True`` refuses it (``ERR
+            PERMISSION_DENIED``). ``None``: every command runs.
     """
 
-    def __init__(self, state: JobTable, connections: Iterable[ConnectionState]) -> None:
+    def __init__(
+        self,
+        state: JobTable,
+        connections: Iterable[ConnectionState],
+        *,
+        deny: Callable[[ConnectionState, bytes], bool] | None = None,
+    ) -> None:
         self._state = state
         self._connections = connections
+        self._deny = deny
         self._handlers: dict[type[Any], Callable[[Any], bytes]] = {
             Status: self._status,
             PriorityStatus: self._priority_status,
@@ -110,7 +133,13 @@ class AdminHandler:
             conn.outgoing += _TOO_MANY_ARGS
             conn.closing = True
         else:
-            conn.outgoing += self._handlers[type(command)](command)
+            name = MUTATING_COMMANDS.get(type(command))
+            if name is not None and self._deny is not None and self._deny(conn, line[:256]):
+                conn.outgoing += format_error(
+                    b"PERMISSION_DENIED", b"not allowed to run " + name + b" from this peer"
+                )
+            else:
+                conn.outgoing += self._handlers[type(command)](command)
         state.dirty.add(conn)
 
     def _status(self, command: Status) -> bytes:

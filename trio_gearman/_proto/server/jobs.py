@@ -45,6 +45,7 @@ from .model import (
     Function,
     FunctionStats,
     Job,
+    JobNotice,
     JobObserver,
     JobOutcome,
     JobState,
@@ -92,6 +93,7 @@ class JobTable:
         self._metrics = config.metrics
         # The store's next transaction: durable jobs to add, handles to delete.
         self._write = StoreWrite()
+        self._notices: list[JobNotice] = []
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         # Per priority: the functions with at least one QUEUED job of that priority,
@@ -148,7 +150,7 @@ class JobTable:
                 job.queued_at = now
                 self._enqueue(job)
             else:
-                self._requeue(job)
+                self._requeue(job, "its worker took longer than its CAN_DO_TIMEOUT")
 
     @property
     def jobs_queued(self) -> int:
@@ -335,9 +337,11 @@ class JobTable:
                 job.cancelled = True
                 self._unindex(job)
                 self._unstore(job)
+                self._notice(job, None, "cancelled by an admin command while it runs")
             return True
         self._forget(job)  # QUEUED, FUTURE, HELD or PENDING
         self._ended(job, JobOutcome.CANCELLED)
+        self._notice(job, None, "cancelled by an admin command")
         return True
 
     def create_function(self, name: bytes) -> Function:
@@ -485,8 +489,8 @@ class JobTable:
         if timeout:
             self._arm(job, now + timeout / 1000)
 
-    def _requeue(self, job: Job) -> None:
-        """A running job lost its worker: queue it again, or fail or drop it."""
+    def _requeue(self, job: Job, why: str) -> None:
+        """A running job lost its worker (``why``): queue it again, or fail or drop it."""
         worker = job.worker
         assert worker is not None
         del worker.running[job.handle]
@@ -496,6 +500,7 @@ class JobTable:
         if job.cancelled or (not job.background and job.clients is None):
             self._forget(job)
             self._ended(job, JobOutcome.CANCELLED if job.cancelled else JobOutcome.LOST)
+            self._notice(job, worker, f"{why}; dropped, as nobody waits for it any more")
             return
         job.retries += 1
         if self._retries and job.retries >= self._retries:
@@ -505,10 +510,27 @@ class JobTable:
                     self._send(client, fail)
             self._forget(job)
             self._ended(job, JobOutcome.LOST)
+            self._notice(
+                job, worker, f"{why}; failed after {job.retries} attempts (the retry limit)", True
+            )
             return
         if job.function.stats is not None:
             job.function.stats.retried += 1
         self._enqueue(job)
+        self._notice(job, worker, f"{why}; queued again (attempt {job.retries + 1})")
+
+    def _notice(
+        self, job: Job, conn: ConnectionState | None, text: str, serious: bool = False
+    ) -> None:
+        address = conn.address if conn is not None else b""
+        self._notices.append(JobNotice(job.handle, job.function.name, address, text, serious))
+
+    def take_job_notices(self) -> list[JobNotice]:
+        """What happened to jobs since the last call that the log should say (rare)."""
+        notices = self._notices
+        if notices:
+            self._notices = []
+        return notices
 
     def _finish(self, conn: ConnectionState, job: Job) -> None:
         """The worker reported a terminal result; the job is gone."""

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
 from ..._version import __version__
+from .acl import Acl, Grant, Identity
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -321,6 +322,8 @@ class ConnectionState:
             before them (anything but another durable submission), in order, or
             ``None``.
         admin: the connection has sent an admin text command.
+        grant: what the peer may do (the access rules matched against its
+            identity); by default anything.
     """
 
     __slots__ = (
@@ -335,6 +338,7 @@ class ConnectionState:
         "closing",
         "exceptions",
         "fd",
+        "grant",
         "id",
         "noop_sent",
         "outgoing",
@@ -344,7 +348,9 @@ class ConnectionState:
         "sleeping",
     )
 
-    def __init__(self, id: int, address: bytes, fd: int, exceptions: bool) -> None:
+    def __init__(
+        self, id: int, address: bytes, fd: int, exceptions: bool, grant: Grant | None = None
+    ) -> None:
         self.id = id
         self.address = address
         self.fd = fd
@@ -363,14 +369,17 @@ class ConnectionState:
         self.acks: deque[Ack] | None = None
         self.admin = False
         self.paused: list[Any] | None = None
+        self.grant = grant if grant is not None else Grant(Identity(address.decode("latin-1")))
 
     def __repr__(self) -> str:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"
 
 
-@attrs.frozen
-class StoredJob:
-    """One background job as a store holds it.
+class StoredJob(NamedTuple):
+    """One background job as a store holds it: a tuple, its fields in column order.
+
+    A named tuple (not an attrs class) because one is made per durable submission
+    on the event loop, and a store can bind it as a row as it is.
 
     Attributes:
         handle: the job handle.
@@ -418,6 +427,27 @@ class StoreWrite:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.handle_limit is not None)
 
+    def parts(self, size: int) -> list[StoreWrite]:
+        """This committed write as successive writes of at most ``size`` jobs each.
+
+        Acknowledging a large commit part by part (``store_written`` for each, in
+        order) lets the I/O layer serve other connections in between. The first
+        part carries the rows, the deletions and the handle limit; the others only
+        jobs to acknowledge.
+        """
+        if len(self.jobs) <= size:
+            return [self]
+        return [
+            StoreWrite(
+                self.added if not start else [],
+                self.removed if not start else [],
+                self.handle_limit if not start else None,
+                self.jobs[start : start + size],
+                self.due[start : start + size],
+            )
+            for start in range(0, len(self.jobs), size)
+        ]
+
 
 class JobOutcome(str, enum.Enum):
     """How a job ended, as a :class:`JobObserver` is told."""
@@ -433,6 +463,32 @@ class JobOutcome(str, enum.Enum):
     LOST = "lost"
     """The server gave up on it: its workers went away once too often (the retry
     limit), or nobody waited for a foreground job any more."""
+
+
+@attrs.frozen
+class JobNotice:
+    """Something happened to a job that an operator wants in the log: an effect.
+
+    The state collects them (:meth:`JobTable.take_job_notices
+    <trio_gearman._proto.server.jobs.JobTable.take_job_notices>`) only for the rare
+    turns of a job's life (its worker went away or timed out while running it, an
+    admin cancelled it), never per job on the hot path; the I/O layer logs them.
+
+    Attributes:
+        handle: the job's handle.
+        function: its function name.
+        peer: the address of the connection concerned (the worker, or the
+            admin connection), or empty.
+        text: what happened, as a sentence fragment (``"its worker went away;
+            queued again (attempt 2)"``).
+        serious: the job is gone without a result (a warning, not information).
+    """
+
+    handle: bytes
+    function: bytes
+    peer: bytes
+    text: str
+    serious: bool = False
 
 
 class JobObserver(Protocol):
@@ -483,6 +539,11 @@ class ServerConfig:
             queued) only after the store has committed it (see :class:`StoreWrite`).
         metrics: keep :class:`FunctionStats` for every function (and mark admin
             connections), for a metrics exporter.
+        acl: the access rules (:class:`~.acl.Acl`), or ``None``: every peer may
+            register and submit anything.
+        admin_from_anywhere: without ``acl``, every peer may run the admin commands
+            that change the server (gearmand's behaviour); by default only
+            loopback peers may.
     """
 
     job_handle_prefix: bytes = b"H:localhost"
@@ -495,3 +556,5 @@ class ServerConfig:
     max_unique: int = 64
     durable: bool = False
     metrics: bool = False
+    acl: Acl | None = None
+    admin_from_anywhere: bool = False

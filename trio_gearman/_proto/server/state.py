@@ -33,12 +33,19 @@ fan-out of every WORK_* packet to every attachment, coalescing on unique keys,
   a handle of 64 bytes or more.
 * ``cancel job`` of a running job detaches its clients after their WORK_FAIL, so
   they never see a later WORK_COMPLETE.
+
+Access control (:mod:`.acl`): each connection carries a :class:`~.acl.Grant`
+made from its :class:`~.acl.Identity` when it connects. A CAN_DO,
+CAN_DO_TIMEOUT or submission the grant does not allow gets ``ERROR
+PERMISSION_DENIED`` and changes nothing; a refused admin command gets ``ERR
+PERMISSION_DENIED``. The connection stays open, and each refusal is kept as a
+:class:`~.acl.Denial` for the I/O layer to log (:meth:`ServerState.take_denials`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ..._exceptions import (
@@ -89,6 +96,7 @@ from .._packets import (
     WorkStatus,
     WorkWarning,
 )
+from .acl import Action, Denial, Grant, Identity, grant_for
 from .admin import AdminHandler
 from .jobs import JobTable
 from .model import (
@@ -124,6 +132,7 @@ _NOT_EXPECTED: Final = (b"INVALID_COMMAND", b"Command not expected")
 _NO_JOB_DATA: Final = b"Job does not exist on server"
 _NO_JOB_RESULT: Final = b"Job given in work result not found"
 _NO_JOB_EXCEPTION: Final = b"An exception was received for a job that does not exist"
+_PERMISSION_DENIED: Final = b"PERMISSION_DENIED"
 
 _PROTOCOL_ERROR_CODES: Final[dict[type[ProtocolError], bytes]] = {
     UnknownPacketType: b"INVALID_COMMAND",
@@ -190,7 +199,8 @@ class ServerState(JobTable):
         self._reserving: int | None = None
         self._next_conn = 1
         self._connections: dict[int, ConnectionState] = {}
-        self._admin = AdminHandler(self, self._connections.values())
+        self._denials: list[Denial] = []
+        self._admin = AdminHandler(self, self._connections.values(), deny=self._deny_admin)
         invalid = self._invalid_command
         self._handlers: dict[type[Event], _Handler] = {
             SubmitJob: self._submit_job,
@@ -235,21 +245,55 @@ class ServerState(JobTable):
 
     # --- the interface of the I/O layer -------------------------------------------------
 
-    def connect(self, address: bytes, fd: int) -> ConnectionState:
+    def connect(
+        self, address: bytes, fd: int, *, identity: Identity | None = None
+    ) -> ConnectionState:
         """Register a new connection.
 
         Args:
             address: the peer's address as the admin ``workers`` listing shows it,
                 e.g. ``b"127.0.0.1"``.
             fd: the connection's file descriptor number (shown by ``workers``).
+            identity: who the peer is, for the access rules (its address, and
+                the names of its verified TLS certificate); by default the
+                address alone.
 
         Returns:
             The connection's state; pass it to every later call about it.
         """
-        conn = ConnectionState(self._next_conn, address, fd, self.config.exceptions)
+        if identity is None:
+            identity = Identity(address.decode("latin-1"))
+        conn = ConnectionState(
+            self._next_conn, address, fd, self.config.exceptions, self._grant(identity)
+        )
         self._next_conn += 1
         self._connections[conn.id] = conn
         return conn
+
+    def set_identity(self, conn: ConnectionState, identity: Identity) -> None:
+        """Tell who the peer of ``conn`` is, once known (after a TLS handshake).
+
+        What it may do from now on follows from ``identity``; what it registered
+        before stays registered.
+        """
+        conn.grant = self._grant(identity)
+
+    def _grant(self, identity: Identity) -> Grant:
+        config = self.config
+        return grant_for(config.acl, identity, admin_from_anywhere=config.admin_from_anywhere)
+
+    def take_denials(self) -> Sequence[Denial]:
+        """The requests refused by the access rules since the last call, oldest first.
+
+        The I/O layer logs them (the state cannot); until then they are kept. It
+        costs one check when there are none, so the I/O layer calls it after
+        every batch.
+        """
+        denials = self._denials
+        if not denials:
+            return ()
+        self._denials = []
+        return denials
 
     def receive(self, conn: ConnectionState, event: Event, now: float) -> None:
         """Handle one event from ``conn``'s decoder.
@@ -286,14 +330,13 @@ class ServerState(JobTable):
                 conn.paused.append(event)
             return
         out = conn.outgoing
-        conn.outgoing = bytearray()
-        try:
-            self._handlers[type(event)](conn, event, now)
-        finally:
-            said, conn.outgoing = conn.outgoing, out
-        if said:
+        mark = len(out)
+        self._handlers[type(event)](conn, event, now)
+        if len(out) > mark:  # an immediate reply (an error, a coalesced job's handle)
+            said = bytes(out[mark:])
+            del out[mark:]
             assert conn.acks is not None
-            conn.acks.append(Ack(conn, None, bytes(said)))
+            conn.acks.append(Ack(conn, None, said))
 
     def protocol_error(self, conn: ConnectionState, error: ProtocolError, now: float) -> None:
         """The decoder of ``conn`` failed: answer where that helps, and close.
@@ -342,7 +385,7 @@ class ServerState(JobTable):
         lost = conn.ability_list[:]
         # A worker only runs jobs of functions it can do, and dropping them all
         # re-queued every one of its running jobs.
-        self._drop_abilities(conn, lost)
+        self._drop_abilities(conn, lost, "its worker went away")
         assert not conn.running
         self._rewake(lost)
 
@@ -372,6 +415,17 @@ class ServerState(JobTable):
 
     def _unexpected_magic(self, conn: ConnectionState, event: UnexpectedMagic, now: float) -> None:
         self._send(conn, Error(b"INVALID_MAGIC", b"Request magic expected"))
+
+    def _deny(self, conn: ConnectionState, action: Action, target: bytes) -> None:
+        grant = conn.grant
+        self._denials.append(Denial(grant.identity, action, target, grant.why_not()))
+
+    def _deny_admin(self, conn: ConnectionState, words: bytes) -> bool:
+        """Whether the admin command ``words`` is refused to ``conn`` (and record it)."""
+        if conn.grant.admin:
+            return False
+        self._deny(conn, Action.ADMIN, words)
+        return True
 
     def _text_line(self, conn: ConnectionState, event: TextLine, now: float) -> None:
         conn.admin = True
@@ -405,6 +459,11 @@ class ServerState(JobTable):
         due: float = 0.0,
         now: float = 0.0,
     ) -> None:
+        allowed = conn.grant.submit
+        if allowed is not None and not allowed(name):
+            self._deny(conn, Action.SUBMIT, name)
+            self._error(conn, _PERMISSION_DENIED, b"not allowed to submit jobs of " + name)
+            return
         if len(unique) > self._max_unique:
             self._error(conn, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
             return
@@ -719,6 +778,11 @@ class ServerState(JobTable):
     # --- workers --------------------------------------------------------------------------------
 
     def _register(self, conn: ConnectionState, name: bytes, timeout: int) -> None:
+        allowed = conn.grant.register
+        if allowed is not None and not allowed(name):
+            self._deny(conn, Action.REGISTER, name)
+            self._error(conn, _PERMISSION_DENIED, b"not allowed to register the function " + name)
+            return
         function = self._functions.get(name)
         if function is None:
             function = self._new_function(name)
@@ -744,7 +808,7 @@ class ServerState(JobTable):
         timeout = msg.timeout
         self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
 
-    def _drop_abilities(self, conn: ConnectionState, functions: list[Function]) -> None:
+    def _drop_abilities(self, conn: ConnectionState, functions: list[Function], why: str) -> None:
         """Unregister ``functions`` and re-queue the jobs of them ``conn`` runs."""
         dropped = set(functions)
         for function in functions:
@@ -754,18 +818,18 @@ class ServerState(JobTable):
         conn.ability_list = [f for f in conn.ability_list if f not in dropped]
         conn.rr = 0
         for job in [job for job in conn.running.values() if job.function in dropped]:
-            self._requeue(job)
+            self._requeue(job, why)
 
     def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
         function = self._functions.get(msg.function)
         if function is None or function not in conn.abilities:
             return
-        self._drop_abilities(conn, [function])
+        self._drop_abilities(conn, [function], "its worker sent CANT_DO while running it")
         self._rewake([function])
 
     def _reset_abilities(self, conn: ConnectionState, msg: ResetAbilities, now: float) -> None:
         lost = conn.ability_list[:]
-        self._drop_abilities(conn, lost)
+        self._drop_abilities(conn, lost, "its worker sent RESET_ABILITIES while running it")
         self._rewake(lost)
 
     def _grab(self, conn: ConnectionState, now: float) -> Job | None:

@@ -276,18 +276,8 @@ class PostgresStore:
                     self._sql(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
                 ) as copy:
                     copy.set_types(_COPY_TYPES)
-                    for job in added:
-                        copy.write_row(
-                            (
-                                job.handle,
-                                job.function,
-                                job.unique,
-                                job.data,
-                                job.priority,
-                                job.reducer,
-                                job.epoch,
-                            )
-                        )
+                    for job in added:  # a StoredJob is a tuple in column order
+                        copy.write_row(job)
             if handle_limit is not None:
                 cursor.execute(
                     self._sql(

@@ -41,6 +41,21 @@ _COLUMNS: Final = (
 )
 
 
+_CHUNKS: Final = (128, 32, 8, 2, 1)
+"""Rows per statement: a batch is written by a few statements of these sizes (128 rows
+bind 896 values, under the 999 of SQLite before 3.32)."""
+
+
+def _chunks(count: int) -> list[int]:
+    """``count`` as a sum of :data:`_CHUNKS`, largest first."""
+    sizes = []
+    for size in _CHUNKS:
+        while count >= size:
+            sizes.append(size)
+            count -= size
+    return sizes
+
+
 class SqliteStore:
     """Background jobs in a SQLite database file (WAL mode): a :class:`~.base.QueueStore`.
 
@@ -86,11 +101,16 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._max_size = max_size
         self._db: sqlite3.Connection | None = None
-        self._insert = (
+        # One statement per row count: a batch takes a few statements (and so a few
+        # steps of SQLite, which run beside the event loop's thread), not one per row.
+        insert = (
             f"INSERT INTO {table} (handle, function, unique_key, data, priority, reducer,"
-            " when_epoch) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " when_epoch) VALUES "
         )
-        self._delete = f"DELETE FROM {table} WHERE handle = ?"
+        self._inserts = {n: insert + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n) for n in _CHUNKS}
+        self._deletes = {
+            n: f"DELETE FROM {table} WHERE handle IN ({', '.join(['?'] * n)})" for n in _CHUNKS
+        }
         self._limit = f"UPDATE {table}_meta SET value = max(value, ?) WHERE key = 'handle_limit'"
 
     @property
@@ -136,16 +156,15 @@ class SqliteStore:
             db = self._db if self._db is not None else self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
-                if removed:
-                    db.executemany(self._delete, [(handle,) for handle in removed])
-                if added:
-                    db.executemany(
-                        self._insert,
-                        [
-                            (j.handle, j.function, j.unique, j.data, j.priority, j.reducer, j.epoch)
-                            for j in added
-                        ],
-                    )
+                start = 0
+                for size in _chunks(len(removed)):
+                    db.execute(self._deletes[size], removed[start : start + size])
+                    start += size
+                start = 0
+                for size in _chunks(len(added)):
+                    rows = added[start : start + size]
+                    db.execute(self._inserts[size], [v for row in rows for v in row])
+                    start += size
                 if handle_limit is not None:
                     db.execute(self._limit, (handle_limit,))
                 db.execute("COMMIT")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from ..._proto.server.model import DURATION_BUCKETS, StoreWrite
@@ -31,6 +32,9 @@ logger = logging.getLogger("trio_gearman.server.store")
 T = TypeVar("T")
 
 _CLOSE_TIMEOUT = 10.0  # seconds the last transaction may take at shutdown
+_ANSWER_SLICE: Final = 200
+"""Jobs of a commit acknowledged at a time before other connections are served again (a
+commit holds up to 1,000: answering them in one go was the foreground's worst latency)."""
 
 
 BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -182,12 +186,19 @@ class StoreWriter:
                     exc,
                 )
             state.store_failed(write, str(exc).encode("utf-8", "replace"), anyio.current_time())
-        else:
-            if self._failing:
-                self._failing = False
-                logger.warning("The queue store %s works again", self.store.description)
-            state.store_written(write, anyio.current_time())
-        self._send_pending()
+            self._send_pending()
+            return
+        if self._failing:
+            self._failing = False
+            logger.warning("The queue store %s works again", self.store.description)
+        for number, part in enumerate(write.parts(_ANSWER_SLICE)):
+            if number:
+                # Serve the other connections between parts; the jobs are on disk, so
+                # the rest is acknowledged even if the server is stopping.
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()
+            state.store_written(part, anyio.current_time())
+            self._send_pending()
 
     async def _commit(self, write: StoreWrite) -> None:
         started = time.perf_counter()
