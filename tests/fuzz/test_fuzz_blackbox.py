@@ -48,6 +48,14 @@ WITH_GEARMAND: Final = os.environ.get("TRIO_GEARMAN_FUZZ_GEARMAND", "") not in (
 pytestmark = pytest.mark.timeout(SECONDS + 60)
 
 
+_ACL: Final = """
+[[rule]]
+address = "127.0.0.1"
+register = ["a", "fuzz-check"]
+submit = ["a", "b", "fuzz-check"]
+"""
+
+
 class Fuzzer:
     """Parallel peers sending mutated conversations to one server, for a while."""
 
@@ -160,9 +168,12 @@ async def test_mutated_conversations_never_bring_trio_gearmand_down(
 ) -> None:
     args = ["-L", "127.0.0.1", "-p", "0", "--job-handle-prefix", HANDLE_PREFIX.decode()]
     if queue == "sqlite":
-        # With the other settings that change how requests are handled, too.
+        # With the other settings that change how requests are handled, too: some
+        # registrations, submissions and admin commands are refused.
         args += ["--sqlite-db", str(tmp_path / "queue.db"), "--exceptions", "-w", "1"]
-        args += ["--http-port", "0"]
+        acl = tmp_path / "acl.toml"
+        acl.write_text(_ACL)
+        args += ["--http-port", "0", "--acl", str(acl)]
     async with trio_gearmand([*args, "-j", "3"]) as server, anyio.create_task_group() as tg:
         log: list[bytes] = []
 
