@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from trio_gearman._exceptions import ProtocolError
 from trio_gearman._proto import DEFAULT_MAX_PACKET_SIZE, Decoder, Magic
+from trio_gearman._proto.server.acl import Acl, AclRule
 from trio_gearman._proto.server.model import StoreWrite
 
 from ..proto.server_invariants import check_state
@@ -38,6 +39,10 @@ CONFIGS: list[dict[str, Any]] = [
     {"durable": True, "job_retries": 2, "metrics": True},
     {"worker_wakeup": 1, "job_retries": 1, "exceptions": True},
     {"max_unique": 4, "metrics": True},
+    {
+        "durable": True,
+        "acl": Acl([AclRule(address="127.0.0.1", register=("a",), submit=("a", "b"))]),
+    },
 ]
 
 
@@ -225,6 +230,7 @@ class FuzzedServer:
             if not connection.peer.conn.closed:
                 self._drain(connection)
         self.admin.raw()
+        self.state.take_denials()  # the I/O layer logs them
         self.state.dirty.clear()  # closed connections' leftovers, as the hub drops them
         check_state(self.state, self.admin, self.config.get("worker_wakeup", 0))
 
