@@ -1,11 +1,13 @@
 """Mutated real conversations against a ``trio-gearmand`` process, over many connections.
 
 For a bounded time (``TRIO_GEARMAN_FUZZ_SECONDS``, 5 s by default, once with the
-in-memory queue and once with SQLite's) parallel peers connect, send a client's, a
-worker's or an admin tool's conversation, mutated (``conversations.py``), in random
-chunks, read what comes back, and hang up. The process must never exit, must log no
-internal error, and must still serve a normal client afterwards: a full submit,
-work, result round trip and an admin ``status``. It must then stop cleanly on
+in-memory queue and once with SQLite's, the latter with ``--exceptions``, ``-w 1``,
+metrics and access rules) parallel peers connect, send a client's, a worker's or an
+admin tool's conversation, mutated (``conversations.py``), in random chunks, read
+what comes back (or never read), and hang up (or half-close, or reset). The process
+must never exit, must log no internal error, must still serve a normal client
+afterwards (a full submit, work, result round trip and admin ``status`` and
+``workers``), must hold no connection of the fuzz any more, and must stop cleanly on
 SIGTERM.
 
 ``TRIO_GEARMAN_FUZZ_GEARMAND=1`` plays the same conversations against gearmand
@@ -176,14 +178,19 @@ async def test_mutated_conversations_never_bring_trio_gearmand_down(
         args += ["--http-port", "0", "--acl", str(acl)]
     async with trio_gearmand([*args, "-j", "3"]) as server, anyio.create_task_group() as tg:
         log: list[bytes] = []
+        log_ended = anyio.Event()
 
         async def keep_log() -> None:  # the process must never block on a full pipe
             log.append(await server.rest_of_log())
+            log_ended.set()
 
         tg.start_soon(keep_log)
         fuzzer = Fuzzer(server.port, SEED)
         await fuzzer.run(SECONDS)
-        assert server.process.returncode is None, f"seed {SEED}: trio-gearmand exited"
+        if server.process.returncode is not None:
+            with trio.move_on_after(5):
+                await log_ended.wait()
+            raise AssertionError(f"seed {SEED}: trio-gearmand exited: {b''.join(log)[-4000:]!r}")
         assert fuzzer.sent > 100, fuzzer.sent
         await _round_trip(server.port)
         server.process.send_signal(signal.SIGTERM)
