@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import struct
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -45,6 +44,7 @@ from trio_gearman._proto import (
     WorkWarning,
     encode,
 )
+from trio_gearman._proto._codec import HEADER
 
 __all__ = [
     "HANDLES",
@@ -162,9 +162,6 @@ def conversation(rng: random.Random, handles: Sequence[bytes] = ()) -> Conversat
     return said
 
 
-_HEADER: Final = struct.Struct(">4sII")
-
-
 def _packet_indexes(said: Conversation) -> list[int]:
     return [i for i, piece in enumerate(said) if len(piece) >= 12 and piece[:1] == b"\0"]
 
@@ -179,7 +176,7 @@ def mutate(rng: random.Random, said: Conversation, other: Conversation) -> Conve
         packets = _packet_indexes(said)
         if kind in ("length", "type", "magic") and packets:
             i = rng.choice(packets)
-            magic, ptype, size = _HEADER.unpack_from(said[i])
+            magic, ptype, size = HEADER.unpack_from(said[i])
             if kind == "length":
                 size = rng.choice([0, max(size - 1, 0), size + 1, 2**31, 2**32 - 1, 64 << 20])
                 size = size if rng.random() < 0.8 else rng.randrange(2**32)
@@ -187,7 +184,7 @@ def mutate(rng: random.Random, said: Conversation, other: Conversation) -> Conve
                 ptype = rng.choice([0, 43, 44, 2**31, 2**32 - 1, rng.randrange(1, 43)])
             else:
                 magic = rng.choice([b"\0RES", b"\0req", b"\0\0\0\0", rng.randbytes(4)])
-            said[i] = _HEADER.pack(magic, ptype, size & 0xFFFFFFFF) + said[i][12:]
+            said[i] = HEADER.pack(magic, ptype, size & 0xFFFFFFFF) + said[i][12:]
         elif kind == "flip":
             flipped = bytearray(b"".join(said))
             if flipped:

@@ -168,9 +168,6 @@ def valid_packets() -> st.SearchStrategy[bytes]:
     )
 
 
-_HEADER: Final = struct.Struct(">4sII")
-
-
 @st.composite
 def mutated_packets(draw: st.DrawFn) -> bytes:
     """A valid packet broken in one way."""
