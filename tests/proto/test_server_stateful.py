@@ -1,24 +1,17 @@
 """Random conversations with the job server state machine, checked after every step.
 
 A hypothesis rule-based machine drives clients and workers (submit, grab, results,
-abilities, sleep, disconnect, cancel, time) and checks the state's invariants:
+abilities, sleep, disconnect, cancel, time) and checks the state's invariants
+(``server_invariants.py``) after every step, and that
 
-* every job is in exactly one place: queued once in its function's queue, held by
-  exactly one worker, or waiting in the timer heap; gone jobs are nowhere;
-* the per-function and global counters, and the admin ``status`` listing, equal
-  the numbers recounted from the jobs themselves;
 * the function table holds exactly the functions in use (with a job or a worker),
   and every job and registration refers to the table's entry;
-* the unique-key index holds exactly the live, uncancelled jobs with a unique;
-* no queued job waits while a sleeping worker that can run it has had no NOOP
-  (with ``worker_wakeup`` N: while no worker that can run it is awake or woken);
 * a NOOP is only sent when the woken worker could grab a job, and NO_JOB only when
   it could not.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, settings, strategies as st
@@ -51,8 +44,15 @@ from trio_gearman._proto._packets import (
     WorkFail,
     WorkStatus,
 )
-from trio_gearman._proto.server.model import FUTURE, QUEUED, RUNNING, ConnectionState, Job
+from trio_gearman._proto.server.model import RUNNING, ConnectionState
 
+from .server_invariants import (
+    check_attachments,
+    check_counters,
+    check_job_places,
+    check_sleepers,
+    check_unique_index,
+)
 from .test_server_state_harness import Harness, Peer
 
 FUNCTIONS = st.sampled_from([b"a", b"b", b"c"])
@@ -263,67 +263,11 @@ class ServerMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_job_is_in_exactly_one_place(self) -> None:
-        state = self.state
-        jobs = {job.handle: job for job in state.jobs}
-        queued: Counter[int] = Counter()
-        for function in state.functions:
-            for priority, queue in enumerate(function.queues):
-                for job in queue or ():
-                    if job.state == QUEUED:
-                        assert job.priority == priority
-                        assert job.function is function
-                        queued[id(job)] += 1
-        running: Counter[int] = Counter()
-        for conn in state.connections:
-            assert not conn.closed
-            for handle, job in conn.running.items():
-                assert job.handle == handle
-                assert job.worker is conn
-                running[id(job)] += 1
-        timers = {id(job) for _, seq, job in state._timers if job.timer == seq}
-        for job in jobs.values():
-            places = (queued[id(job)], running[id(job)], id(job) in timers and job.state == FUTURE)
-            if job.state == QUEUED:
-                assert places == (1, 0, False)
-            elif job.state == RUNNING:
-                assert places[:2] == (0, 1)
-            else:
-                assert job.state == FUTURE
-                assert places == (0, 0, True)
-        assert sum(queued.values()) + sum(running.values()) <= len(jobs)
-        assert set(queued) | set(running) <= {id(job) for job in jobs.values()}
+        check_job_places(self.state)
 
     @invariant()
     def counters_match_the_jobs(self) -> None:
-        state = self.state
-        jobs = list(state.jobs)
-        per_function: dict[bytes, list[Job]] = {f.name: [] for f in state.functions}
-        for job in jobs:
-            per_function[job.function.name].append(job)
-        for function in state.functions:
-            mine = per_function[function.name]
-            for priority in range(3):
-                count = sum(1 for j in mine if j.state == QUEUED and j.priority == priority)
-                assert function.counts[priority] == count
-                assert (function in state._ready[priority]) == (count > 0)
-            assert function.running == sum(1 for j in mine if j.state == RUNNING)
-            assert function.future == sum(1 for j in mine if j.state == FUTURE)
-            assert set(function.workers) == {
-                c for c in state.connections if function in c.abilities
-            }
-        assert state.jobs_running == sum(1 for j in jobs if j.state == RUNNING)
-        assert state.jobs_queued == sum(1 for j in jobs if j.state in (QUEUED, FUTURE))
-        expected = b"".join(
-            b"%s\t%d\t%d\t%d\n"
-            % (
-                function.name,
-                len(per_function[function.name]),
-                sum(1 for j in per_function[function.name] if j.state == RUNNING),
-                sum(1 for c in state.connections if function in c.abilities),
-            )
-            for function in state.functions
-        )
-        assert self.admin.admin(b"status") == expected + b".\n"
+        check_counters(self.state, self.admin)
 
     @invariant()
     def only_functions_in_use_are_kept(self) -> None:
@@ -338,52 +282,15 @@ class ServerMachine(RuleBasedStateMachine):
 
     @invariant()
     def unique_index_matches_live_jobs(self) -> None:
-        state = self.state
-        live = {id(job) for job in state.jobs}
-        indexed = []
-        for function in state.functions:
-            for key, job in function.uniques.items():
-                assert id(job) in live
-                assert not job.cancelled
-                assert job.function is function
-                assert job.unique == key
-                indexed.append(job)
-            for key, job in function.by_data.items():
-                assert id(job) in live
-                assert not job.cancelled
-                assert job.function is function
-                assert job.unique == b"-"
-                assert job.data == key
-                indexed.append(job)
-        expected = [job for job in state.jobs if job.unique and not job.cancelled]
-        assert sorted(id(j) for j in indexed) == sorted(id(j) for j in expected)
+        check_unique_index(self.state)
 
     @invariant()
     def attachments_are_consistent(self) -> None:
-        state = self.state
-        for job in state.jobs:
-            for client in job.clients or ():
-                assert not client.closed
-                assert job in client.attached
-            if job.state == QUEUED and not job.background:
-                assert job.clients, "an abandoned foreground job is still queued"
-        for conn in state.connections:
-            for job in conn.attached:
-                assert state.get_job(job.handle) is job
-                assert job.clients is not None
-                assert conn in job.clients
+        check_attachments(self.state)
 
     @invariant()
     def no_sleeper_misses_a_queued_job(self) -> None:
-        for function in self.state.functions:
-            if not any(function.counts):
-                continue
-            capable = list(function.workers)
-            if self.config.get("worker_wakeup", 0) == 0:
-                for conn in capable:
-                    assert not (conn.sleeping and not conn.noop_sent), (conn, function)
-            elif capable:
-                assert any(not c.sleeping or c.noop_sent for c in capable), function
+        check_sleepers(self.state, self.config.get("worker_wakeup", 0))
 
 
 def _not_found_text(message: Message) -> bytes:
