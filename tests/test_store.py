@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
 
 from trio_gearman import Client, JobFailed, Worker
 from trio_gearman._exceptions import GearmanError
+from trio_gearman._proto._codec import encode
+from trio_gearman._proto._packets import JobCreated, SubmitJob
 from trio_gearman._proto.server.state import ServerConfig
+from trio_gearman._server import server as server_module
+from trio_gearman._server.connection import HAVE_EPOLL
 from trio_gearman._server.server import GearmanServer
 from trio_gearman._server.store import QueueStore, SqliteStore, StoredJob, StoreError
 from trio_gearman._server.store.postgres import PostgresStore
@@ -296,3 +303,41 @@ async def test_postgres_going_away_refuses_background_jobs_then_recovers_by_itse
     async with durable_server(PostgresStore(postgres_cluster.dsn, table)) as server:
         kept = sorted((job.handle, job.data) for job in server.state.jobs)
     assert kept == sorted([(before.handle, b"before"), (after.handle, b"after")])
+
+
+@pytest.fixture(params=["poller", "task per connection"])
+def serving_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Serve with the epoll poller, and again with one task per connection."""
+    mode: str = request.param
+    if mode == "poller" and not HAVE_EPOLL:
+        pytest.skip("no epoll on this system")
+    if mode != "poller":
+        monkeypatch.setattr(server_module, "HAVE_EPOLL", False)
+    return mode
+
+
+@pytest.mark.parametrize(
+    ("after", "last"),
+    [
+        (struct.pack(">4sII", b"\0REQ", 99, 0), b"unknown packet type 99"),
+        (b"status a b c d e f\n", b"ERR TOO_MANY_ARGS Too+many+arguments\r\n"),
+    ],
+    ids=["broken packet", "admin line of too many words"],
+)
+async def test_a_request_that_ends_the_connection_behind_a_commit_ends_it_after_its_reply(
+    tmp_path: Path, serving_mode: str, after: bytes, last: bytes
+) -> None:
+    async with durable_server(SqliteStore(tmp_path / "q.db")) as server:
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with stream:
+            await stream.send(encode(SubmitJob(b"f", b"", b"x", background=True)) + after)
+            received = b""
+            with trio.fail_after(5):  # the server closes: the stream ends
+                with contextlib.suppress(anyio.EndOfStream):
+                    while True:
+                        received += await stream.receive()
+        # the JOB_CREATED first (the job is on disk: its handle is the client's), then
+        # the error, then the end
+        assert received.startswith(encode(JobCreated(b"H:t:1")))
+        assert last in received
+        assert server.statistics().connections == 0

@@ -1,7 +1,10 @@
 """What the fuzzing found, each kept as a test.
 
 A finding that is not fixed yet is a strict ``xfail``: it fails the suite once the
-fix lands, so that the mark comes off with it.
+fix lands, so that the mark comes off with it. On a durable server both of these
+failed: a request that waits behind a commit and ends the connection (an admin line
+of too many words, a broken packet) now closes it once the commit is answered, and
+its error comes after the JOB_CREATED it waited behind.
 """
 
 from __future__ import annotations
@@ -22,15 +25,7 @@ from ..test_cli_server import trio_gearmand
     "queue",
     [
         "memory",
-        pytest.param(
-            "sqlite",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the state marks the connection closing when the store's commit "
-                "answers the JOB_CREATED the admin line waited behind; only a read "
-                "makes the I/O layer close a closing connection",
-            ),
-        ),
+        "sqlite",
     ],
 )
 async def test_an_admin_line_of_too_many_words_closes_the_connection(
@@ -46,16 +41,7 @@ async def test_an_admin_line_of_too_many_words_closes_the_connection(
     "queue",
     [
         "memory",
-        pytest.param(
-            "sqlite",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the ERROR of a protocol error goes out at once, ahead of the "
-                "JOB_CREATED that waits for the commit, and the connection closes "
-                "before the commit answers it: the job runs, its handle never reaches "
-                "the client",
-            ),
-        ),
+        "sqlite",
     ],
 )
 async def test_a_protocol_error_after_a_submission_comes_after_its_job_created(

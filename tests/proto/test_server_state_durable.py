@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from trio_gearman import BadMagic, UnknownPacketType
+from trio_gearman._proto._codec import encode
 from trio_gearman._proto._packets import (
     EchoReq,
     EchoRes,
@@ -28,6 +30,7 @@ from trio_gearman._proto._packets import (
     WorkComplete,
     WorkFail,
 )
+from trio_gearman._proto.server.listing import SLICE_ROWS
 from trio_gearman._proto.server.model import PENDING, Job, JobOutcome, StoredJob, StoreWrite
 
 from .test_server_state_harness import Harness, handle
@@ -483,3 +486,56 @@ def test_a_commit_acknowledged_in_parts_answers_each_part_in_order() -> None:
         *(JobCreated(handle(n)) for n in range(201, 501)),
         EchoRes(b"after"),
     ]
+
+
+# --- a broken stream behind pending replies -------------------------------------------------
+
+
+def test_a_protocol_error_behind_a_commit_comes_after_its_reply_and_then_closes() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(bg(b"x"), EchoReq(b"before"))  # the echo waits behind the commit too
+    error = UnknownPacketType("unknown packet type 99 (size 0)", offset=20)
+    harness.state.protocol_error(client.conn, error, harness.now)
+    assert (client.conn.broken, client.conn.closing) == (True, False)
+    harness.state.protocol_error(client.conn, error, harness.now)  # told once is enough
+    client.send(EchoReq(b"ignored"))  # (the I/O layer reads nothing more anyway)
+    assert client.received() == []
+    harness.state.dirty.clear()
+    commit(harness)
+    assert client.conn in harness.state.dirty  # the I/O layer must look: it closes
+    assert client.received() == [
+        JobCreated(handle(1)),
+        EchoRes(b"before"),
+        Error(b"INVALID_COMMAND", str(error).encode()),
+    ]
+    assert client.conn.closing
+
+
+def test_a_bad_magic_behind_a_commit_closes_after_it_without_an_answer() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(bg(b"x"))
+    harness.state.protocol_error(client.conn, BadMagic("expected REQ", offset=28), harness.now)
+    harness.state.dirty.clear()
+    commit(harness)
+    assert client.conn in harness.state.dirty
+    assert client.received() == [JobCreated(handle(1))]
+    assert client.conn.closing
+
+
+def test_a_protocol_error_behind_a_listing_waits_for_its_end() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(*(bg(b"%d" % n, b"u%d" % n) for n in range(SLICE_ROWS + 1)))
+    commit(harness)
+    client.received()
+    admin = harness.connect()
+    admin.admin(b"show jobs")
+    assert admin.conn.listing is not None
+    error = UnknownPacketType("unknown packet type 99 (size 0)", offset=10)
+    harness.state.protocol_error(admin.conn, error, harness.now)
+    assert (admin.conn.broken, admin.conn.closing) == (True, False)
+    harness.state.continue_listing(admin.conn, harness.now)  # the last slice
+    assert admin.conn.closing
+    assert admin.raw().endswith(b".\n" + encode(Error(b"INVALID_COMMAND", str(error).encode())))

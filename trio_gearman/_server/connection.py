@@ -148,6 +148,7 @@ class ServerConnection:
         "_deadline",
         "_decoder",
         "_ending",
+        "_finishing",
         "_idle_mark",
         "_idle_since",
         "_in_mark",
@@ -188,6 +189,7 @@ class ServerConnection:
         self._closed = False
         self._closed_event: anyio.Event | None = None
         self._ending = False
+        self._finishing = False
         self._deadline = math.inf
         self._listing: anyio.Event | None = None
         self._listing_scope: anyio.CancelScope | None = None
@@ -456,11 +458,24 @@ class ServerConnection:
             self._out_of_memory("decoding or handling its packets")
             return
         except ProtocolError as exc:
-            logger.info(
-                "Closing the connection from %s: %s", self.peer, exc, extra={"peer": self.peer}
-            )
             state.protocol_error(conn, exc, now)
-            conn.closing = True
+            if conn.broken and not conn.closing:
+                # Earlier requests still wait for their replies: the error and the
+                # close come after them (see finish()); nothing more is read.
+                logger.info(
+                    "Closing the connection from %s once its pending replies are sent: %s",
+                    self.peer,
+                    exc,
+                    extra={"peer": self.peer},
+                )
+                poller = self._poller
+                if poller is not None:
+                    poller.discard(self)
+            else:
+                logger.info(
+                    "Closing the connection from %s: %s", self.peer, exc, extra={"peer": self.peer}
+                )
+                conn.closing = True
         except Exception:
             logger.exception(
                 "Internal error serving %s; closing its connection",
@@ -472,6 +487,21 @@ class ServerConnection:
         if held != self.held_in and not self._released:
             self._owner.hold(self, held - self.held_in)
             self.held_in = held
+
+    def finish(self) -> None:
+        """The state wants the connection closed (``conn.closing``) outside a read of it:
+        send what is pending, then close.
+
+        That happens when a store's commit, or the end of a listing, answers the
+        requests that waited behind it and one of them ends the connection.
+        """
+        if self._closed:
+            return
+        if self._reader_scope is None:
+            self.end()
+        else:  # served by its own task: stop its reading; run() sends the rest
+            self._finishing = True
+            self._reader_scope.cancel()
 
     def end(self) -> None:
         """Stop reading (the poller's side): close now, or once the last replies are sent."""
@@ -522,17 +552,19 @@ class ServerConnection:
         if self._closed:  # aborted before its task started
             return
         try:
+            flush = False
             with anyio.CancelScope() as self._reader_scope:
-                if await self._read_loop():
-                    # The peer is done sending, or the state wants the connection
-                    # closed: let the last replies and the rest of a listing go out
-                    # (within a bound).
-                    with anyio.move_on_after(FLUSH_TIMEOUT):
-                        while True:
-                            waiting = self._listing or self._writer_done
-                            if waiting is None:
-                                break
-                            await waiting.wait()
+                flush = await self._read_loop()
+            if flush or self._finishing:
+                # The peer is done sending, or the state wants the connection closed:
+                # let the last replies and the rest of a listing go out (within a
+                # bound; abort() cancels this scope too).
+                with anyio.CancelScope() as self._reader_scope, anyio.move_on_after(FLUSH_TIMEOUT):
+                    while True:
+                        waiting = self._listing or self._writer_done
+                        if waiting is None:
+                            break
+                        await waiting.wait()
         except MemoryError:
             self._out_of_memory("serving it")
         finally:
@@ -576,6 +608,8 @@ class ServerConnection:
             after_batch()
             if conn.closing:
                 return True
+            if conn.broken:
+                await anyio.sleep_forever()  # until finish(): the state says when to close
             listing = self._listing
             if listing is not None:
                 await listing.wait()  # read nothing more until the listing is sent

@@ -237,6 +237,7 @@ class ConnectionHub:
         if refusals:
             _log_refusals(refusals, unlogged)
         dirty = self.state.dirty
+        closing: list[ServerConnection] = []
         if dirty:
             connections = self._connections
             limit = self.limits.max_output_bytes
@@ -263,12 +264,17 @@ class ConnectionHub:
                         connection.hold_output(waiting)
                     if conn.listing is not None:
                         connection.keep_listing()
+                    if conn.closing:
+                        closing.append(connection)
                 except MemoryError:
                     self.drop(
                         connection,
                         "MEMORY_ALLOCATION_FAILURE: out of memory for its replies",
                         level=logging.ERROR,
                     )
+        for connection in closing:
+            # The state ended it (maybe outside a read of it, as a commit answers it).
+            connection.finish()
         if self._over_budget:
             self._keep_budget()
         self._after_batch()

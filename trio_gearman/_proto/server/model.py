@@ -324,6 +324,9 @@ class ConnectionState:
             what went with :meth:`consume_output`.
         shared_size: the bytes in :attr:`shared`.
         closing: the server wants the connection closed once ``outgoing`` is sent.
+        broken: the peer's stream broke the protocol while earlier requests still
+            wait for their replies (a commit, a listing): nothing more is read from
+            it, and it gets :attr:`closing` (and its error) once they are answered.
         closed: :meth:`ServerState.disconnect` has run for this connection.
         client_id: set by SET_CLIENT_ID; ``-`` until then.
         exceptions: the client asked for WORK_EXCEPTION packets (OPTION_REQ).
@@ -355,6 +358,7 @@ class ConnectionState:
         "address",
         "admin",
         "attached",
+        "broken",
         "client_id",
         "closed",
         "closing",
@@ -383,6 +387,7 @@ class ConnectionState:
         self.shared: deque[bytes | bytearray | memoryview] | None = None
         self.shared_size = 0
         self.closing = False
+        self.broken = False
         self.closed = False
         self.client_id = b"-"
         self.exceptions = exceptions

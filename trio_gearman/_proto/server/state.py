@@ -149,6 +149,15 @@ _PROTOCOL_ERROR_CODES: Final[dict[type[ProtocolError], bytes]] = {
 _Handler = Callable[[ConnectionState, Any, float], None]
 
 
+class _BrokenStream:
+    """A protocol error among the events waiting behind a connection's pending replies."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+
 def _durable_submission(event: Event) -> bool:
     """Whether ``event`` submits a background job (handled at once behind pending acks)."""
     if isinstance(event, (SubmitJob, SubmitReduceJob)):
@@ -247,6 +256,8 @@ class ServerState(JobTable):
             AllYours: invalid,
             SubmitJobSched: invalid,
         }
+        # Not an event of the decoder: protocol_error() queues it behind pending replies.
+        self._handlers[_BrokenStream] = self._broken_stream  # type: ignore[index]
 
     # --- the interface of the I/O layer -------------------------------------------------
 
@@ -388,21 +399,43 @@ class ServerState(JobTable):
         packet over the size limit (``ARGUMENT_TOO_LARGE``); its text is the
         decoder's message. A bad magic or an over-long admin line gets no answer:
         such a peer does not speak the binary protocol. :attr:`ConnectionState.closing`
-        is set; the I/O layer closes the connection after flushing and then calls
-        :meth:`disconnect`.
+        is set (and the connection marked dirty); the I/O layer closes the
+        connection after flushing and then calls :meth:`disconnect`.
+
+        While earlier requests of ``conn`` wait for their replies (a durable
+        submission's commit, an admin listing), the error comes after those
+        replies, in order: ``conn`` is marked :attr:`~ConnectionState.broken`
+        now (read nothing more from it) and gets ``closing`` once they are
+        answered.
 
         Args:
             conn: the connection whose stream broke the protocol.
             error: what the decoder raised.
             now: the event loop's time, in seconds.
         """
-        if conn.closing:
+        if conn.closing or conn.broken:
             return
+        if conn.acks is not None or conn.listing is not None:
+            conn.broken = True
+            marker = _BrokenStream(error)
+            if conn.paused is None:
+                conn.paused = [marker]
+            else:
+                conn.paused.append(marker)
+            return
+        self._end_broken(conn, error)
+
+    def _end_broken(self, conn: ConnectionState, error: ProtocolError) -> None:
         for kind, code in _PROTOCOL_ERROR_CODES.items():
             if isinstance(error, kind):
                 self._error(conn, code, str(error).encode("ascii", "backslashreplace"))
                 break
         conn.closing = True
+        self.dirty.add(conn)
+
+    def _broken_stream(self, conn: ConnectionState, marker: _BrokenStream, now: float) -> None:
+        """The replies before a deferred protocol error are out: now the error."""
+        self._end_broken(conn, marker.error)
 
     def disconnect(self, conn: ConnectionState, now: float) -> None:
         """Forget a closed connection.
