@@ -35,6 +35,7 @@ from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 from .server_acl import acl_arguments, add_acl_options, check_acl_options
+from .server_cluster import add_cluster_options, check_cluster_options, make_cluster_store
 
 __all__ = ["main"]
 
@@ -304,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     add_acl_options(parser)
+    add_cluster_options(parser)
     return parser
 
 
@@ -397,6 +399,7 @@ def parse_options(
     options.sqlite_table = options.sqlite_table or DEFAULT_TABLE
     options.postgres_table = options.postgres_table or DEFAULT_TABLE
     check_acl_options(options)
+    check_cluster_options(options)
     return options
 
 
@@ -478,6 +481,8 @@ def _make_store(options: argparse.Namespace) -> QueueStore | None:
         UsageError: a table name is not a plain SQL name.
         StoreError: the store cannot be used (e.g. its extra is not installed).
     """
+    if options.cluster is not None:
+        return make_cluster_store(options)
     try:
         if options.queue_type == "sqlite":
             return SqliteStore(options.sqlite_db, options.sqlite_table)

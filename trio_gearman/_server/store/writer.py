@@ -118,6 +118,9 @@ class StoreWriter:
         try:
             contents = await self._run(self.store.open)
             state = self.state
+            if contents.handle_tag:
+                prefix = state.config.job_handle_prefix
+                state.set_handle_prefix(prefix + b":" + contents.handle_tag)
             state.reserve_handles(contents.handle_limit)
             offset = state.wall_offset
             now = anyio.current_time()
