@@ -93,6 +93,12 @@ def test_claim_demand_counts_what_the_workers_here_have() -> None:
     state.restore_job(b"H:o:9", b"f", b"", b"", now=harness.now)
     assert claim_demand(state.functions, 2) == [(b"g", 2)]
     assert claim_demand(state.functions, 1) == [(b"g", 1)]
+    # A running job makes room for another.
+    worker = harness.worker(b"h")
+    state.restore_job(b"H:o:10", b"h", b"", b"", now=harness.now)
+    assert claim_demand(state.functions, 1) == [(b"g", 1)]
+    assert worker.request(GrabJob()) == [JobAssign(b"H:o:10", b"h", b"")]
+    assert claim_demand(state.functions, 1) == [(b"g", 1), (b"h", 1)]
 
 
 def test_claimed_jobs_whose_workers_left_are_given_up() -> None:

@@ -39,6 +39,7 @@ PER_WORKER: Final = 2
 _LISTEN_SLICE: Final = 0.5  # seconds a wait for notifications blocks its thread at most
 _RETRY: Final = 1.0  # seconds before listening again after the database went away
 _CLOSE_TIMEOUT: Final = 5.0
+_LATER_MARGIN: Final = 0.05  # seconds after a lapse or due time before looking
 
 
 class ClusterMember:
@@ -128,23 +129,31 @@ class ClusterMember:
                 self._empty.clear()
             elif self._empty:
                 wanted = [(name, n) for name, n in wanted if name not in self._empty]
-            if wanted and await self._claim(wanted):
-                continue  # the table may hold more
-            with anyio.move_on_after(self._poll) as waited:
+            wait = self._poll
+            if wanted:
+                full, next_in = await self._claim(wanted)
+                if full:
+                    continue  # the table may hold more
+                if next_in is not None:
+                    # A lease lapses or an epoch job comes due before the poll.
+                    wait = min(wait, next_in + _LATER_MARGIN)
+            with anyio.move_on_after(wait) as waited:
                 await self._wake.wait()
             if waited.cancelled_caught:
                 self._notified = True
 
-    async def _claim(self, wanted: list[tuple[bytes, int]]) -> bool:
-        """Claim ``wanted``; whether every function got all it asked for."""
+    async def _claim(self, wanted: list[tuple[bytes, int]]) -> tuple[bool, float | None]:
+        """Claim ``wanted``: whether every function got all it asked for, and when
+        to look again if not (see :attr:`~.store.cluster.Claimed.next_in`)."""
         assert self._claims is not None
         try:
-            jobs = await self._run(self._claims.claim, wanted)
+            claimed = await self._run(self._claims.claim, wanted)
         except StoreError as exc:
             if not self._failing:
                 self._failing = True
                 logger.error("Cannot claim jobs: %s; trying again", exc)
-            return False
+            return False, _RETRY
+        jobs = claimed.jobs
         if self._failing:
             self._failing = False
             logger.warning("Claiming jobs works again")
@@ -166,7 +175,7 @@ class ClusterMember:
                 full = False
         if jobs:
             self._send_pending()
-        return full
+        return full, claimed.next_in
 
     async def _release(self, handles: list[bytes]) -> None:
         assert self._claims is not None

@@ -18,14 +18,15 @@ __all__ = ["claim_demand"]
 def claim_demand(functions: Iterable[Function], per_worker: int) -> list[tuple[bytes, int]]:
     """The functions this server has workers for, with how many jobs each could take.
 
-    A function with ``w`` registered workers may hold ``w * per_worker`` jobs here
-    (queued, held or running, foreground ones too); the demand is what is
-    missing. Functions without workers, or with enough jobs, are left out.
+    A function with ``w`` registered workers may have ``w * per_worker`` jobs
+    queued here (or held; foreground ones too), waiting for a worker; the demand
+    is what is missing. Running jobs do not count: a worker that runs several
+    jobs at once grabs again, and each grab makes room for another claim.
+    Functions without workers, or with enough jobs, are left out.
 
     Args:
         functions: the server's functions (``ServerState.functions``).
-        per_worker: jobs a worker may have here at once: 1 claims only for idle
-            workers, 2 keeps one job ready behind each running one.
+        per_worker: jobs kept ready per worker.
 
     Returns:
         ``(function name, count)`` pairs, in the order of ``functions``.
@@ -39,7 +40,7 @@ def claim_demand(functions: Iterable[Function], per_worker: int) -> list[tuple[b
         workers = len(function.workers)
         if not workers:
             continue
-        have = sum(function.counts) + sum(function.held) + function.running
+        have = sum(function.counts) + sum(function.held)
         missing = workers * per_worker - have
         if missing > 0:
             wanted.append((function.name, missing))

@@ -32,6 +32,8 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from .base import StoreContents, StoredJob, StoreError
 from .postgres import DEFAULT_TABLE, PostgresStore
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-__all__ = ["DEFAULT_LEASE", "ClusterClaims", "ClusterListener", "ClusterStore"]
+__all__ = ["DEFAULT_LEASE", "Claimed", "ClusterClaims", "ClusterListener", "ClusterStore"]
 
 logger = logging.getLogger("trio_gearman.server.cluster")
 
@@ -259,6 +261,21 @@ class ClusterStore(PostgresStore):
                 cursor.execute(self.compose("NOTIFY {}", table))
 
 
+@attrs.frozen
+class Claimed:
+    """What :meth:`ClusterClaims.claim` got.
+
+    Attributes:
+        jobs: the jobs claimed, highest priority and oldest first.
+        next_in: when fewer jobs were found than wanted: in how many seconds
+            (by the database's clock) the next job of those functions becomes
+            claimable, or ``None`` when none will without a new submission.
+    """
+
+    jobs: list[StoredJob]
+    next_in: float | None
+
+
 class ClusterClaims:
     """A member's claims: its own connection, used from one thread at a time.
 
@@ -273,7 +290,7 @@ class ClusterClaims:
         self._member = store.member
         self._lease = store.lease
 
-    def claim(self, wanted: Sequence[tuple[bytes, int]]) -> list[StoredJob]:
+    def claim(self, wanted: Sequence[tuple[bytes, int]]) -> Claimed:
         """Claim up to ``count`` due, unclaimed (or lapsed) jobs of each function.
 
         Highest priority first, then oldest first; epoch jobs only once due (by
@@ -284,13 +301,15 @@ class ClusterClaims:
             wanted: ``(function, count)`` pairs.
 
         Returns:
-            The jobs claimed, highest priority and oldest first.
+            The jobs claimed, highest priority and oldest first; when fewer than
+            wanted, also in how many seconds another job of these functions
+            becomes claimable (a lease lapses, an epoch job comes due), if any.
 
         Raises:
             StoreError: nothing was claimed.
         """
         if not wanted:
-            return []
+            return Claimed([], None)
         functions = [function for function, _ in wanted]
         counts = [count for _, count in wanted]
         table = self._store.names()[0]
@@ -305,11 +324,27 @@ class ClusterClaims:
             table,
         )
 
-        def work(conn: psycopg.Connection[TupleRow]) -> list[StoredJob]:
+        later = self._db.compose(
+            "SELECT min(CASE WHEN claimed_by IS NULL"
+            " THEN when_epoch - extract(epoch FROM now())"
+            " ELSE extract(epoch FROM lease_until - now()) END)::float8"
+            " FROM {} WHERE function = ANY(%s::bytea[]) AND ("
+            " (claimed_by IS NULL AND when_epoch > extract(epoch FROM now()))"
+            " OR (claimed_by IS NOT NULL AND claimed_by <> %s))",
+            table,
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> Claimed:
             with conn.cursor(binary=True) as cursor:
                 cursor.execute(query, (self._member, self._lease, functions, counts))
                 rows = sorted(cursor.fetchall(), key=lambda row: (row[0], row[1]))
-            return [StoredJob(h, f, u, d, p, r, w) for _, _, h, f, u, d, p, r, w in rows]
+            jobs = [StoredJob(h, f, u, d, p, r, w) for _, _, h, f, u, d, p, r, w in rows]
+            wait = None
+            if len(jobs) < sum(counts):
+                found = conn.execute(later, (functions, self._member)).fetchone()
+                if found is not None and found[0] is not None:
+                    wait = max(float(found[0]), 0.0)
+            return Claimed(jobs, wait)
 
         return self._db.transaction(work, "cannot claim jobs in")
 
