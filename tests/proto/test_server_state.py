@@ -528,6 +528,7 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "metrics": False,
         "acl": None,
         "admin_from_anywhere": False,
+        "cluster": False,
     }
 
 
