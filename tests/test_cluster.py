@@ -8,6 +8,7 @@ talks to them over raw Gearman connections as any client or worker would.
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
@@ -32,11 +33,13 @@ from trio_gearman._proto._packets import (
     PreSleep,
     Priority,
     SubmitJob,
+    SubmitJobEpoch,
     WorkComplete,
 )
 from trio_gearman._server.cluster import DEFAULT_POLL
 
 from .gearmand_peer import free_port
+from .postgres_peer import PostgresCluster
 from .test_cli_server import ServerProcess, trio_gearmand
 
 pytestmark = pytest.mark.postgres
@@ -284,6 +287,79 @@ async def test_priorities_hold_across_the_cluster(cluster: Cluster) -> None:
             order.append(job.data)
             await worker.send(WorkComplete(job.handle, b""))
     assert order == [b"high", b"normal", b"low"]
+
+
+async def test_servers_ride_out_a_postgresql_restart(
+    cluster: Cluster, postgres_cluster: PostgresCluster
+) -> None:
+    servers = [await cluster.server(), await cluster.server()]
+    workers = [await cluster.worker(server) for server in servers]
+    clients = [await cluster.connect(server) for server in servers]
+    acknowledged: list[bytes] = []
+    refused: list[bytes] = []
+    ran: list[bytes] = []
+    submitted = False
+    caught_up = trio.Event()
+
+    def check() -> None:
+        if submitted and len(ran) >= len(acknowledged):
+            caught_up.set()
+
+    async def work(worker: Peer) -> None:
+        while True:
+            job = await worker.next_job()
+            ran.append(job.data)
+            await worker.send(WorkComplete(job.handle, b""))
+            check()
+
+    async def submit_some(phase: str, count: int) -> None:
+        for i in range(count):
+            client = clients[i % 2]
+            data = b"%s %d" % (phase.encode(), i)
+            (reply,) = await client.request(SubmitJob(FUNCTION, b"", data, background=True))
+            (acknowledged if isinstance(reply, JobCreated) else refused).append(data)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(work, worker)
+            await submit_some("before", 20)
+            await trio.to_thread.run_sync(postgres_cluster.stop)
+            try:
+                await submit_some("during", 4)
+            finally:
+                await trio.to_thread.run_sync(postgres_cluster.start)
+            await submit_some("after", 20)
+            submitted = True
+            check()
+            await caught_up.wait()
+            nursery.cancel_scope.cancel()
+    assert [data for data in acknowledged if data.startswith(b"during")] == []
+    assert len(refused) == 4
+    counts = Counter(ran)
+    assert sorted(counts) == sorted(acknowledged)
+    assert set(counts.values()) == {1}
+    for worker in workers:
+        await settle(worker)
+    assert cluster.rows() == []
+
+
+async def test_an_epoch_job_runs_once_due_on_another_server(cluster: Cluster) -> None:
+    submitter, runner = await cluster.server(), await cluster.server()
+    worker = await cluster.worker(runner)
+    assert await worker.request(GrabJobUniq()) == [NoJob()]
+    await worker.send(PreSleep())
+    due = int(time.time()) + 2
+    client = await cluster.connect(submitter)
+    (created,) = await client.request(SubmitJobEpoch(FUNCTION, b"", due, b"later"))
+    assert isinstance(created, JobCreated)
+    # Woken when it comes due, not at the next poll.
+    with trio.fail_after(2 + DEFAULT_POLL / 2):
+        assert isinstance(await worker.receive(), Noop)
+        job = await worker.next_job()
+    assert time.time() >= due - 0.01
+    assert time.time() < due + 1.5
+    assert (job.handle, job.data) == (created.handle, b"later")
 
 
 def test_handles_are_unique_per_member(postgres_dsn: str) -> None:

@@ -6,7 +6,7 @@ it claims them from the shared table and gives them to the state as stored jobs
 (``restore_job``), so that their end deletes their rows as on a single server.
 It looks when another member notifies that jobs were committed, when its own
 workers free up or register, and every ``poll`` seconds in any case. It renews
-its leases every third of the lease, and gives back the claims its workers can
+the leases of the jobs it holds every third of the lease, and gives back the claims its workers can
 no longer run (they left) and, when it stops, every claim it still holds.
 
 Each database call runs in a worker thread, one at a time per connection.
@@ -194,8 +194,11 @@ class ClusterMember:
         every = self.store.lease / 3
         while True:
             await anyio.sleep(every)
+            held = [job.handle for job in self.state.jobs if job.stored]
+            if not held:
+                continue
             try:
-                await self._run(self._claims.renew)
+                await self._run(self._claims.renew, held)
             except StoreError as exc:
                 logger.error(
                     "Cannot renew this member's leases: %s; its jobs may run elsewhere too "

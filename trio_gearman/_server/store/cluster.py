@@ -348,20 +348,25 @@ class ClusterClaims:
 
         return self._db.transaction(work, "cannot claim jobs in")
 
-    def renew(self) -> int:
-        """Extend the lease of every claim of this member; how many there are.
+    def renew(self, handles: Sequence[bytes]) -> int:
+        """Extend the leases of this member's claims of ``handles``; how many there are.
+
+        Only the jobs the member holds are renewed: a row it claimed without
+        knowing (the reply to a claim was lost with the connection), or whose
+        job ended but whose deletion is not committed yet, lapses.
 
         Raises:
             StoreError: the leases were not renewed.
         """
         table = self._store.names()[0]
         query = self._db.compose(
-            "UPDATE {} SET lease_until = now() + %s * interval '1 second' WHERE claimed_by = %s",
+            "UPDATE {} SET lease_until = now() + %s * interval '1 second'"
+            " WHERE claimed_by = %s AND handle = ANY(%s)",
             table,
         )
 
         def work(conn: psycopg.Connection[TupleRow]) -> int:
-            return conn.execute(query, (self._lease, self._member)).rowcount
+            return conn.execute(query, (self._lease, self._member, list(handles))).rowcount
 
         return self._db.transaction(work, "cannot renew the leases in")
 
