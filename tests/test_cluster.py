@@ -7,10 +7,11 @@ talks to them over raw Gearman connections as any client or worker would.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 
 import anyio
@@ -19,6 +20,7 @@ import trio
 
 from trio_gearman._cli.options import UsageError
 from trio_gearman._cli.server import parse_options
+from trio_gearman._cli.server_cluster import make_cluster_store
 from trio_gearman._proto import Event
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
@@ -36,7 +38,8 @@ from trio_gearman._proto._packets import (
     SubmitJobEpoch,
     WorkComplete,
 )
-from trio_gearman._server.cluster import DEFAULT_POLL
+from trio_gearman._server.server import GearmanServer
+from trio_gearman._server.store.cluster import DEFAULT_POLL, ClusterStore
 
 from .gearmand_peer import free_port
 from .postgres_peer import PostgresCluster
@@ -363,8 +366,6 @@ async def test_an_epoch_job_runs_once_due_on_another_server(cluster: Cluster) ->
 
 
 def test_handles_are_unique_per_member(postgres_dsn: str) -> None:
-    from trio_gearman._server.store.cluster import ClusterStore
-
     stores = [ClusterStore(postgres_dsn, "t_handles") for _ in range(2)]
     try:
         tags = [store.open().handle_tag for store in stores]
@@ -394,3 +395,104 @@ def test_bad_cluster_options_are_usage_errors(args: list[str], message: str) -> 
 def test_cluster_options_are_folded_and_defaulted() -> None:
     options = parse_options(["--postgres-dsn", "host=x", "--cluster", "Prod"], environ={})
     assert (options.cluster, options.cluster_lease) == ("prod", 30.0)
+
+
+# --- in-process members: what they log when PostgreSQL goes away, and how they recover ---
+
+
+class LogWatch(logging.Handler):
+    """Records the messages of the cluster's and the store's loggers; waits for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._waiting: list[tuple[str, trio.Event]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.messages.append(message)
+        for text, event in self._waiting:
+            if text in message:
+                event.set()
+
+    async def wait_for(self, text: str) -> None:
+        if any(text in message for message in self.messages):
+            return
+        event = trio.Event()
+        self._waiting.append((text, event))
+        with trio.fail_after(5):
+            await event.wait()
+
+
+@pytest.fixture
+def log_watch() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    loggers = [logging.getLogger(name) for name in ("trio_gearman.server", "trio_gearman")]
+    old = [(logger.level, logger.propagate) for logger in loggers]
+    loggers[0].addHandler(watch)
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    yield watch
+    loggers[0].removeHandler(watch)
+    for logger, (level, _) in zip(loggers, old, strict=True):
+        logger.setLevel(level)
+
+
+async def test_members_log_and_recover_when_postgresql_goes_away(
+    cluster: Cluster, postgres_cluster: PostgresCluster, log_watch: LogWatch
+) -> None:
+    def member() -> GearmanServer:
+        store = ClusterStore(cluster.dsn, cluster.name, lease=1.5, poll=0.2)
+        return GearmanServer(listen=[("127.0.0.1", 0)], store=store)
+
+    async with trio.open_nursery() as nursery:
+        runner: GearmanServer = await nursery.start(member().run)
+        submitter: GearmanServer = await nursery.start(member().run)
+        worker = Peer(await anyio.connect_tcp("127.0.0.1", runner.port))
+        client = Peer(await anyio.connect_tcp("127.0.0.1", submitter.port))
+        await worker.send(CanDo(FUNCTION))
+        await submit(client, [b"one"])
+        with trio.fail_after(5):
+            job = await worker.next_job()
+        await trio.to_thread.run_sync(postgres_cluster.stop)
+        try:
+            await log_watch.wait_for("Cannot renew this member's leases")
+            await log_watch.wait_for("Not listening for new jobs")
+            await log_watch.wait_for("Cannot claim jobs")
+            # The job ends while the database is away: its deletion waits.
+            await worker.send(WorkComplete(job.handle, b""))
+            await log_watch.wait_for("durable submissions get QUEUE_ERROR")
+        finally:
+            await trio.to_thread.run_sync(postgres_cluster.start)
+        await log_watch.wait_for("Claiming jobs works again")
+        await log_watch.wait_for("Listening for new jobs again")
+        await submit(client, [b"two"])
+        with trio.fail_after(5):
+            second = await worker.next_job()
+        assert second.data == b"two"
+        await worker.send(WorkComplete(second.handle, b""))
+        await settle(worker)
+        assert cluster.rows() == []
+        # A member that stops while the database is away cannot give its claims back.
+        await submit(client, [b"three"])
+        with trio.fail_after(5):
+            third = await worker.next_job()
+        await trio.to_thread.run_sync(postgres_cluster.stop)
+        try:
+            await runner.aclose()
+            await log_watch.wait_for("Cannot give back this member's claims")
+        finally:
+            await trio.to_thread.run_sync(postgres_cluster.start)
+        assert [data for data, _ in cluster.rows()] == [third.data]
+        await worker.stream.aclose()
+        await client.stream.aclose()
+        await submitter.aclose()
+
+
+def test_a_cluster_table_name_that_is_too_long_is_a_usage_error() -> None:
+    options = parse_options(
+        ["--postgres-dsn", "host=x", "--postgres-table", "q" * 30, "--cluster", "c" * 30],
+        environ={},
+    )
+    with pytest.raises(UsageError, match="longer than 57 characters"):
+        make_cluster_store(options)

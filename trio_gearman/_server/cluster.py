@@ -24,7 +24,7 @@ import anyio.to_thread
 from .._proto.server.cluster import claim_demand
 from .._proto.server.state import ServerState
 from .store.base import StoreError
-from .store.cluster import ClusterClaims, ClusterListener, ClusterStore
+from .store.cluster import DEFAULT_POLL, ClusterClaims, ClusterListener, ClusterStore
 
 __all__ = ["DEFAULT_POLL", "ClusterMember"]
 
@@ -32,8 +32,6 @@ logger = logging.getLogger("trio_gearman.server.cluster")
 
 T = TypeVar("T")
 
-DEFAULT_POLL: Final = 5.0
-"""Seconds between looks at the shared table when no notification comes."""
 PER_WORKER: Final = 2
 """Jobs a worker may have here at once: one running, one ready behind it."""
 _LISTEN_SLICE: Final = 0.5  # seconds a wait for notifications blocks its thread at most
@@ -50,7 +48,8 @@ class ClusterMember:
             :meth:`run`.
         state: the server's state (``ServerConfig(durable=True, cluster=True)``).
         send_pending: sends what the state queued (a claimed job wakes workers).
-        poll: seconds between looks at the table when nothing notifies.
+        poll: seconds between looks at the table when nothing notifies
+            (``None``: the store's).
     """
 
     def __init__(
@@ -59,12 +58,12 @@ class ClusterMember:
         state: ServerState,
         send_pending: Callable[[], None],
         *,
-        poll: float = DEFAULT_POLL,
+        poll: float | None = None,
     ) -> None:
         self.store = store
         self.state = state
         self._send_pending = send_pending
-        self._poll = poll
+        self._poll = store.poll if poll is None else poll
         self._wake = anyio.Event()
         # Functions the table had no more jobs of at the last claim: only a
         # notification or a poll looks for them again, not every local change.

@@ -42,12 +42,21 @@ if TYPE_CHECKING:
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-__all__ = ["DEFAULT_LEASE", "Claimed", "ClusterClaims", "ClusterListener", "ClusterStore"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_POLL",
+    "Claimed",
+    "ClusterClaims",
+    "ClusterListener",
+    "ClusterStore",
+]
 
 logger = logging.getLogger("trio_gearman.server.cluster")
 
 DEFAULT_LEASE: Final = 30.0
 """Seconds a claim lasts unless renewed (``--cluster-lease``)."""
+DEFAULT_POLL: Final = 5.0
+"""Seconds between looks at the shared table when no notification comes."""
 
 _CLUSTER_NAME: Final = re.compile(r"[a-z0-9_]{1,40}")
 _LONGEST_TABLE: Final = 57  # "<table>_claim" (the index) must fit in 63 bytes
@@ -94,6 +103,7 @@ class ClusterStore(PostgresStore):
         table: the prefix of the cluster's tables: its jobs live in
             ``<table>_<cluster>``.
         lease: seconds a claim lasts unless renewed.
+        poll: seconds between looks at the table when no notification comes.
         connect_timeout: how long one attempt to connect may take, in seconds.
 
     Raises:
@@ -108,6 +118,7 @@ class ClusterStore(PostgresStore):
         table: str = DEFAULT_TABLE,
         *,
         lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
         connect_timeout: float = 5.0,
     ) -> None:
         cluster = check_cluster_name(cluster)
@@ -117,11 +128,13 @@ class ClusterStore(PostgresStore):
                 f"the cluster's table {name!r} is longer than {_LONGEST_TABLE} characters;"
                 " choose a shorter table or cluster name"
             )
-        if not (lease > 0 and math.isfinite(lease)):
-            raise ValueError(f"the lease must be a positive number of seconds, not {lease!r}")
+        for what, value in (("lease", lease), ("poll", poll)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"the {what} must be a positive number of seconds, not {value!r}")
         super().__init__(dsn, name, connect_timeout=connect_timeout)
         self.cluster = cluster
         self.lease = lease
+        self.poll = poll
         self.member = 0
         self._connect_timeout_seconds = connect_timeout
 
