@@ -68,7 +68,9 @@ def test_a_claimed_job_runs_here_and_its_end_deletes_its_row() -> None:
     harness.state.restore_job(b"H:other:m2:5", b"f", b"", b"claimed", now=harness.now)
     assert worker.request(GrabJob()) == [JobAssign(b"H:other:m2:5", b"f", b"claimed")]
     worker.send(WorkComplete(b"H:other:m2:5", b"done"))
+    assert harness.state.removals_pending() == [b"H:other:m2:5"]
     assert take(harness).removed == [b"H:other:m2:5"]
+    assert harness.state.removals_pending() == []
 
 
 def test_the_handle_prefix_can_be_set_before_serving() -> None:
@@ -122,3 +124,16 @@ def test_claimed_jobs_whose_workers_left_are_given_up() -> None:
     assert harness.state.take_store_write() is None
     assert state.get_job(b"H:o:4") is waited
     assert other.request(GrabJob()) == [JobAssign(b"H:o:3", b"g", b"three")]
+
+
+def test_every_queued_claimed_job_can_be_given_up() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    state = harness.state
+    state.restore_job(b"H:o:1", b"f", b"", b"runs", now=harness.now)
+    state.restore_job(b"H:o:2", b"f", b"", b"waits", now=harness.now)
+    assert worker.request(GrabJob()) == [JobAssign(b"H:o:1", b"f", b"runs")]
+    assert state.release_unserved() == []
+    assert state.release_unserved(served_too=True) == [b"H:o:2"]
+    assert state.get_job(b"H:o:1") is not None  # a running job stays
+    assert worker.request(GrabJob()) == [NoJob()]

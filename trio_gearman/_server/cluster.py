@@ -22,9 +22,9 @@ import anyio
 import anyio.to_thread
 
 from .._proto.server.cluster import claim_demand
-from .._proto.server.state import ServerState
 from .store.base import StoreError
 from .store.cluster import DEFAULT_POLL, ClusterClaims, ClusterListener, ClusterStore
+from .store.writer import StoreWriter
 
 __all__ = ["DEFAULT_POLL", "ClusterMember"]
 
@@ -46,7 +46,8 @@ class ClusterMember:
     Args:
         store: the member's store, opened (by the server's writer) before
             :meth:`run`.
-        state: the server's state (``ServerConfig(durable=True, cluster=True)``).
+        writer: the server's store writer (of ``store``; its state has
+            ``ServerConfig(durable=True, cluster=True)``).
         send_pending: sends what the state queued (a claimed job wakes workers).
         poll: seconds between looks at the table when nothing notifies
             (``None``: the store's).
@@ -55,13 +56,14 @@ class ClusterMember:
     def __init__(
         self,
         store: ClusterStore,
-        state: ServerState,
+        writer: StoreWriter,
         send_pending: Callable[[], None],
         *,
         poll: float | None = None,
     ) -> None:
         self.store = store
-        self.state = state
+        self.state = writer.state
+        self._writer = writer
         self._send_pending = send_pending
         self._poll = store.poll if poll is None else poll
         self._wake = anyio.Event()
@@ -141,12 +143,20 @@ class ClusterMember:
             if waited.cancelled_caught:
                 self._notified = True
 
+    def _deleting(self) -> list[bytes]:
+        """The handles of jobs that ended here whose rows are not deleted yet."""
+        handles = self.state.removals_pending()
+        writing = self._writer.writing
+        if writing is not None:
+            handles += writing.removed
+        return handles
+
     async def _claim(self, wanted: list[tuple[bytes, int]]) -> tuple[bool, float | None]:
         """Claim ``wanted``: whether every function got all it asked for, and when
         to look again if not (see :attr:`~.store.cluster.Claimed.next_in`)."""
         assert self._claims is not None
         try:
-            claimed = await self._run(self._claims.claim, wanted)
+            claimed = await self._run(self._claims.claim, wanted, self._deleting())
         except StoreError as exc:
             if not self._failing:
                 self._failing = True
@@ -190,21 +200,42 @@ class ClusterMember:
 
     async def _renew(self) -> None:
         assert self._claims is not None
-        every = self.store.lease / 3
+        lease = self.store.lease
+        renewed = anyio.current_time()
+        failing = False
         while True:
-            await anyio.sleep(every)
-            held = [job.handle for job in self.state.jobs if job.stored]
+            await anyio.sleep(lease / 3)
+            # Rows of jobs that ended here but are not deleted yet stay claimed too.
+            held = [job.handle for job in self.state.jobs if job.stored] + self._deleting()
             if not held:
+                renewed = anyio.current_time()
                 continue
+            started = anyio.current_time()
             try:
                 await self._run(self._claims.renew, held)
             except StoreError as exc:
-                logger.error(
-                    "Cannot renew this member's leases: %s; its jobs may run elsewhere too "
-                    "once the lease of %g s lapses",
-                    exc,
-                    self.store.lease,
-                )
+                if not failing:
+                    failing = True
+                    logger.error(
+                        "Cannot renew this member's leases: %s; its jobs may run elsewhere "
+                        "too once the lease of %g s lapses",
+                        exc,
+                        lease,
+                    )
+                if anyio.current_time() - renewed >= lease:
+                    # Other members may claim them now: do not start them here as well.
+                    dropped = self.state.release_unserved(served_too=True)
+                    if dropped:
+                        logger.warning(
+                            "Gave up %d queued jobs whose leases lapsed; other members run them",
+                            len(dropped),
+                        )
+                        self._send_pending()
+            else:
+                renewed = started
+                if failing:
+                    failing = False
+                    logger.warning("Renewing this member's leases works again")
 
     async def _listen(self) -> None:
         listener = self._listener

@@ -167,7 +167,8 @@ class GearmanServer:
         if store is not None:
             self._writer = StoreWriter(store, self.state, self._hub.send_pending)
         if isinstance(store, ClusterStore):
-            self._member = ClusterMember(store, self.state, self._hub.send_pending)
+            assert self._writer is not None
+            self._member = ClusterMember(store, self._writer, self._hub.send_pending)
 
     @property
     def port(self) -> int:

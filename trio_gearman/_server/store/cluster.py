@@ -303,7 +303,7 @@ class ClusterClaims:
         self._member = store.member
         self._lease = store.lease
 
-    def claim(self, wanted: Sequence[tuple[bytes, int]]) -> Claimed:
+    def claim(self, wanted: Sequence[tuple[bytes, int]], skip: Sequence[bytes] = ()) -> Claimed:
         """Claim up to ``count`` due, unclaimed (or lapsed) jobs of each function.
 
         Highest priority first, then oldest first; epoch jobs only once due (by
@@ -312,6 +312,8 @@ class ClusterClaims:
 
         Args:
             wanted: ``(function, count)`` pairs.
+            skip: handles not to claim (jobs that ended here, whose rows are
+                not deleted yet).
 
         Returns:
             The jobs claimed, highest priority and oldest first; when fewer than
@@ -332,6 +334,7 @@ class ClusterClaims:
             " CROSS JOIN LATERAL (SELECT seq FROM {0} WHERE function = d.f"
             " AND (claimed_by IS NULL OR lease_until < now())"
             " AND (when_epoch IS NULL OR when_epoch <= extract(epoch FROM now()))"
+            " AND NOT (handle = ANY(%s::bytea[]))"
             " ORDER BY priority, seq LIMIT d.n FOR UPDATE SKIP LOCKED) AS c)"
             f" RETURNING priority, seq, {_FIELDS}",
             table,
@@ -349,7 +352,7 @@ class ClusterClaims:
 
         def work(conn: psycopg.Connection[TupleRow]) -> Claimed:
             with conn.cursor(binary=True) as cursor:
-                cursor.execute(query, (self._member, self._lease, functions, counts))
+                cursor.execute(query, (self._member, self._lease, functions, counts, list(skip)))
                 rows = sorted(cursor.fetchall(), key=lambda row: (row[0], row[1]))
             jobs = [StoredJob(h, f, u, d, p, r, w) for _, _, h, f, u, d, p, r, w in rows]
             wait = None
