@@ -191,7 +191,8 @@ async def test_every_job_runs_exactly_once_across_three_servers(cluster: Cluster
         print(f"{len(ran)} of {len(payloads)} jobs ran; rows left: {cluster.rows()}")
         for server in servers:
             server.process.send_signal(signal.SIGTERM)
-            print((await server.rest_of_log()).decode(errors="replace"))
+            with trio.move_on_after(5):
+                print((await server.rest_of_log()).decode(errors="replace"))
         raise
     counts = Counter(data for _, data in ran)
     assert sorted(counts) == sorted(payloads)
