@@ -148,6 +148,8 @@ async def expect_exit(server: ServerProcess, code: int = 0) -> bytes:
         (["--graceful-timeout", "soon"], "not a number of seconds"),
         (["--config-file", "/nonexistent/gearmand.conf"], "cannot read the config file"),
         (["--job-handle-prefix", ""], "must not be empty"),
+        (["--max-function-name", "0"], "0 is less than 1"),
+        (["--max-function-name", "big"], "'big' is not a whole number"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(
@@ -253,6 +255,17 @@ async def test_starts_and_answers_version_then_stops_on_sigterm(tmp_path: Path) 
         log = await expect_exit(server)
     assert b"Received SIGTERM, shutting down" in log
     assert not pid_file.exists()
+
+
+async def test_max_function_name_refuses_longer_names() -> None:
+    assert parse_options([], environ={}).max_function_name == 8192
+    async with trio_gearmand(["-L", "127.0.0.1", "-p", "0", "--max-function-name", "4"]) as server:
+        assert await admin(server.port, b"create function abcd") == b"OK\r\n"
+        assert await admin(server.port, b"create function abcde") == (
+            b"ERR ARGUMENT_TOO_LARGE Function+name+longer+than+4+bytes\r\n"
+        )
+        server.process.terminate()
+        await server.rest_of_log()
 
 
 async def test_sigint_stops_cleanly() -> None:

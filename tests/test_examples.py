@@ -234,7 +234,7 @@ def test_production_guide_lists_every_server_option(capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize(
     "option",
-    ["--daemon", "--user=gearman", "--syslog", "--coredump", "--protocol=http", "--ssl",
+    ["--daemon", "--user=gearman", "--syslog", "--coredump", "--protocol=http",
      "--hashtable-buckets=10", "--queue-type=mysql", "--queue-type=redis",
      "--queue-type=libmemcached"],
 )  # fmt: skip

@@ -281,6 +281,34 @@ def test_coalescing_onto_a_running_job_gets_later_results_only() -> None:
     assert late.received() == [WorkData(handle(1), b"later"), WorkComplete(handle(1), b"done")]
 
 
+def test_a_large_result_reaches_every_client_waiting_for_it() -> None:
+    harness = Harness()
+    first, second = harness.connect(), harness.connect()
+    first.send(SubmitJob(b"f", b"u", b"x"))
+    second.send(SubmitJob(b"f", b"u", b"x"))
+    worker = harness.worker(b"f")
+    worker.send(GrabJob())
+    result = bytes(range(256)) * 512  # 128 KiB: appended to each client as it is
+    worker.send(WorkData(handle(1), result), WorkComplete(handle(1), result))
+    for client in (first, second):
+        assert client.received() == [
+            JobCreated(handle(1)),
+            WorkData(handle(1), result),
+            WorkComplete(handle(1), result),
+        ]
+
+
+def test_large_jobs_are_handed_out_whole() -> None:
+    harness = Harness()
+    client = harness.connect()
+    big = bytes(range(256)) * 512
+    client.send(*(SubmitJob(b"f", unique, big) for unique in (b"a", b"b", b"c")))
+    worker = harness.worker(b"f")
+    assert worker.request(GrabJob()) == [JobAssign(handle(1), b"f", big)]
+    assert worker.request(GrabJobUniq()) == [JobAssignUniq(handle(2), b"f", b"b", big)]
+    assert worker.request(GrabJobAll()) == [JobAssignUniq(handle(3), b"f", b"c", big)]
+
+
 def test_every_attachment_gets_every_result() -> None:
     harness = Harness()
     a, b = harness.connect(), harness.connect()
@@ -529,6 +557,7 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "acl": None,
         "admin_from_anywhere": False,
         "cluster": False,
+        "max_function_name": 8192,
     }
 
 

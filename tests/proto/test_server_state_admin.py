@@ -42,13 +42,15 @@ def test_status_counts_queued_running_and_workers() -> None:
     assert admin.admin(b"STATUS") == admin.admin(b"status")
 
 
-def test_functions_stay_listed_after_their_jobs_and_workers_go() -> None:
+def test_functions_are_forgotten_once_their_jobs_and_workers_go() -> None:
     harness = Harness()
     worker = harness.worker(b"f")
     harness.connect().send(SubmitJob(b"f", b"", b"x", background=True))
     worker.send(GrabJob(), WorkComplete(handle(1), b""))
+    assert harness.connect().admin(b"status") == b"f\t0\t0\t1\n.\n"  # a worker needs it
     worker.close()
-    assert harness.connect().admin(b"status") == b"f\t0\t0\t0\n.\n"
+    assert harness.connect().admin(b"status") == b".\n"
+    assert harness.state.get_function(b"f") is None
 
 
 def test_prioritystatus_counts_waiting_jobs_per_priority() -> None:
@@ -114,7 +116,7 @@ def test_cancel_queued_job_fails_it_for_clients_and_removes_it() -> None:
     admin = harness.connect()
     assert admin.admin(b"cancel job " + handle(1)) == b"OK\r\n"
     assert client.received() == [WorkFail(handle(1)), WorkFail(handle(1))]
-    assert admin.admin(b"status") == b"f\t0\t0\t0\n.\n"
+    assert admin.admin(b"status") == b".\n"  # the function had nothing else
     assert admin.request(GetStatus(handle(1))) == [StatusRes(handle(1), False, False, 0, 0)]
     assert harness.worker(b"f").request(GrabJob()) == [NoJob()]
     assert admin.admin(b"cancel job " + handle(1)) == b"ERR UNKNOWN_JOB\r\n"
@@ -177,6 +179,9 @@ def test_drop_function_is_refused_while_it_has_workers_or_jobs() -> None:
     worker.send(GrabJob(), WorkComplete(handle(1), b""))
     assert admin.admin(b"drop function f") == busy
     worker.close()
+    # Unused, the function is forgotten; one made by `create function` stays until dropped.
+    assert admin.admin(b"drop function f") == b"ERR function not found\r\n"
+    assert admin.admin(b"create function f") == b"OK\r\n"
     assert admin.admin(b"drop function f") == b"OK\r\n"
 
 

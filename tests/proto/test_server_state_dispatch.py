@@ -144,7 +144,7 @@ def test_can_do_is_deduplicated() -> None:
     assert worker.conn.ability_list == [next(iter(harness.state.functions))]
     assert harness.connect().admin(b"status") == b"f\t0\t0\t1\n.\n"
     worker.send(CantDo(b"f"))
-    assert harness.connect().admin(b"status") == b"f\t0\t0\t0\n.\n"
+    assert harness.connect().admin(b"status") == b".\n"
 
 
 # --- CANT_DO and RESET_ABILITIES ------------------------------------------------------------
@@ -271,6 +271,18 @@ def test_worker_wakeup_limits_noops_and_rotates_over_sleepers() -> None:
     assert woken() == [4]
     _submit(client, b"f", b"4")
     assert woken() == []
+
+
+def test_a_worker_woken_for_one_function_is_skipped_for_another() -> None:
+    harness = Harness(worker_wakeup=1)
+    client = harness.connect()
+    first, second = harness.worker(b"f", b"g"), harness.worker(b"g")
+    first.send(PreSleep())
+    second.send(PreSleep())
+    _submit(client, b"f", b"1")
+    _submit(client, b"g", b"2")  # the first sleeper of g already has its NOOP
+    assert first.received() == [Noop()]
+    assert second.received() == [Noop()]
 
 
 def test_a_woken_worker_leaving_wakes_another() -> None:

@@ -36,11 +36,17 @@ class Peer:
             self.harness.state.receive(self.conn, event, self.harness.now)
 
     def _take_bytes(self) -> bytes:
-        out = self.conn.outgoing
-        data = bytes(out)
+        conn = self.conn
+        data = b""
+        while True:  # as the I/O layer sends: the buffers given, then the next ones
+            chunk = b"".join(conn.output_buffers())
+            data += chunk
+            if conn.shared is None:
+                break
+            conn.consume_output(len(chunk))
         if data:
-            assert self.conn in self.harness.state.dirty, "output without marking dirty"
-        out.clear()
+            assert conn in self.harness.state.dirty, "output without marking dirty"
+        conn.clear_output()
         self.harness.state.dirty.discard(self.conn)
         return data
 

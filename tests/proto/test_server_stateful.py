@@ -7,6 +7,8 @@ abilities, sleep, disconnect, cancel, time) and checks the state's invariants:
   exactly one worker, or waiting in the timer heap; gone jobs are nowhere;
 * the per-function and global counters, and the admin ``status`` listing, equal
   the numbers recounted from the jobs themselves;
+* the function table holds exactly the functions in use (with a job or a worker),
+  and every job and registration refers to the table's entry;
 * the unique-key index holds exactly the live, uncancelled jobs with a unique;
 * no queued job waits while a sleeping worker that can run it has had no NOOP
   (with ``worker_wakeup`` N: while no worker that can run it is awake or woken);
@@ -322,6 +324,17 @@ class ServerMachine(RuleBasedStateMachine):
             for function in state.functions
         )
         assert self.admin.admin(b"status") == expected + b".\n"
+
+    @invariant()
+    def only_functions_in_use_are_kept(self) -> None:
+        state = self.state
+        for function in state.functions:
+            assert function.total or function.workers or function.max_queue or function.pinned
+        for job in state.jobs:
+            assert state.get_function(job.function.name) is job.function
+        for conn in state.connections:
+            for function in conn.ability_list:
+                assert state.get_function(function.name) is function
 
     @invariant()
     def unique_index_matches_live_jobs(self) -> None:

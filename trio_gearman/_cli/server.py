@@ -31,11 +31,15 @@ from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
 from .._server.store import QueueStore, SqliteStore
 from .._server.store.sqlite import DEFAULT_TABLE
+from .._server.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 from .server_acl import acl_arguments, add_acl_options, check_acl_options
 from .server_cluster import add_cluster_options, check_cluster_options, make_cluster_store
+from .server_limits import add_limit_options, limit_arguments
+from .server_limits_state import add_state_limit_options, state_limits
+from .server_tls import add_tls_options, check_tls_options, tls_context
 
 __all__ = ["main"]
 
@@ -303,9 +307,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="read options from FILE (gearmand's format: --option=value tokens); '@FILE' works too",
     )
+    add_state_limit_options(parser)
+    add_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     add_acl_options(parser)
     add_cluster_options(parser)
+    add_tls_options(parser)
     return parser
 
 
@@ -400,6 +407,7 @@ def parse_options(
     options.postgres_table = options.postgres_table or DEFAULT_TABLE
     check_acl_options(options)
     check_cluster_options(options)
+    check_tls_options(options, env)
     return options
 
 
@@ -564,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trio-gearmand: cannot open the log file: {exc}", file=sys.stderr)
         return 1
     try:
+        ssl_context = tls_context(options)
         store = _make_store(options)
     except UsageError as exc:
         print(f"trio-gearmand: error: {exc} (see trio-gearmand --help)", file=sys.stderr)
@@ -592,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pid=os.getpid(),
         verbose=options.verbose.encode(),
         metrics=options.http_port is not None,
+        **state_limits(options),
     )
     keepalive = None
     if options.keepalive:
@@ -609,6 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fd_limit=options.file_descriptors,
         store=store,
         **acl_arguments(options),
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=options.ssl_handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT,
+        **limit_arguments(options),
     )
     if options.acl is not None:
         startup_logger.info("Access rules: %d from %s", len(options.acl.rules), options.acl_file)

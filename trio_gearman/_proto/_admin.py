@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_MAX_REPLY_LINE_LENGTH",
     "DROP_FUNCTION_BUSY",
     "DROP_FUNCTION_NOT_FOUND",
+    "LISTING_END",
     "MAX_ADMIN_WORDS",
     "NEED_DATA",
     "OK_REPLY",
@@ -106,8 +107,12 @@ __all__ = [
     "format_version",
     "format_workers",
     "parse_command",
+    "priority_status_line",
     "reply_kind",
+    "show_jobs_line",
+    "status_line",
     "unknown_command",
+    "workers_line",
 ]
 
 MAX_ADMIN_WORDS: Final = 5
@@ -578,11 +583,39 @@ def format_error_reply(reply: AdminErrorReply) -> bytes:
     return format_error(reply.code, reply.text)
 
 
+LISTING_END: Final = _END
+"""The line that ends every listing (``status``, ``workers``, ``show jobs``, ...)."""
+
+
+def status_line(function: bytes, total: int, running: int, workers: int) -> bytes:
+    """One line of ``status``: ``FUNCTION\\tTOTAL\\tRUNNING\\tWORKERS\\n``."""
+    return b"%s\t%d\t%d\t%d\n" % (function, total, running, workers)
+
+
+def priority_status_line(function: bytes, high: int, normal: int, low: int, workers: int) -> bytes:
+    """One line of ``prioritystatus``: ``FUNCTION\\tHIGH\\tNORMAL\\tLOW\\tWORKERS\\n``."""
+    return b"%s\t%d\t%d\t%d\t%d\n" % (function, high, normal, low, workers)
+
+
+def workers_line(fd: int, address: bytes, client_id: bytes, functions: Iterable[bytes]) -> bytes:
+    """One line of ``workers``: ``FD ADDRESS ID :`` and `` FUNCTION`` per function.
+
+    As gearmand prints the client id as a C string, it ends at its first NUL byte.
+    """
+    if b"\0" in client_id:
+        client_id = client_id.partition(b"\0")[0]
+    names = b"".join([b" " + function for function in functions])
+    return b"%d %s %s :%s\n" % (fd, address, client_id, names)
+
+
+def show_jobs_line(handle: bytes, retries: int, ignore: bool, queued: bool) -> bytes:
+    """One line of ``show jobs``: ``HANDLE\\tRETRIES\\tIGNORE\\tQUEUED\\n`` (flags 0/1)."""
+    return b"%s\t%d\t%d\t%d\n" % (handle, retries, ignore, queued)
+
+
 def format_status(rows: Iterable[FunctionStatus]) -> bytes:
     """The ``status`` listing: ``FUNCTION\\tTOTAL\\tRUNNING\\tWORKERS\\n`` lines, then ``.\\n``."""
-    lines = [
-        b"%s\t%d\t%d\t%d\n" % (row.function, row.total, row.running, row.workers) for row in rows
-    ]
+    lines = [status_line(row.function, row.total, row.running, row.workers) for row in rows]
     lines.append(_END)
     return b"".join(lines)
 
@@ -590,7 +623,7 @@ def format_status(rows: Iterable[FunctionStatus]) -> bytes:
 def format_priority_status(rows: Iterable[FunctionPriorityStatus]) -> bytes:
     """The ``prioritystatus`` listing: ``FUNCTION\\tHIGH\\tNORMAL\\tLOW\\tWORKERS\\n`` lines."""
     lines = [
-        b"%s\t%d\t%d\t%d\t%d\n" % (row.function, row.high, row.normal, row.low, row.workers)
+        priority_status_line(row.function, row.high, row.normal, row.low, row.workers)
         for row in rows
     ]
     lines.append(_END)
@@ -602,21 +635,14 @@ def format_workers(rows: Iterable[WorkerInfo]) -> bytes:
 
     As gearmand prints the client id as a C string, it ends at its first NUL byte.
     """
-    lines = []
-    for row in rows:
-        client_id = row.client_id.partition(b"\0")[0] if b"\0" in row.client_id else row.client_id
-        lines.append(b"%d %s %s :" % (row.fd, row.address, client_id))
-        lines.extend(b" " + function for function in row.functions)
-        lines.append(b"\n")
+    lines = [workers_line(row.fd, row.address, row.client_id, row.functions) for row in rows]
     lines.append(_END)
     return b"".join(lines)
 
 
 def format_show_jobs(rows: Iterable[JobInfo]) -> bytes:
     """The ``show jobs`` listing: ``HANDLE\\tRETRIES\\tIGNORE\\tQUEUED\\n`` lines (flags 0/1)."""
-    lines = [
-        b"%s\t%d\t%d\t%d\n" % (row.handle, row.retries, row.ignore, row.queued) for row in rows
-    ]
+    lines = [show_jobs_line(row.handle, row.retries, row.ignore, row.queued) for row in rows]
     lines.append(_END)
     return b"".join(lines)
 

@@ -72,13 +72,16 @@ from ._packets import (
 )
 
 __all__ = [
+    "BIG_PACKET",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_PACKET_SIZE",
     "HEADER_SIZE",
+    "LARGE_PART",
     "Decoder",
     "Event",
     "TextLine",
     "UnexpectedMagic",
+    "append_packet",
     "encode",
     "encode_into",
 ]
@@ -88,6 +91,10 @@ DEFAULT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
 """Largest packet body accepted by default (64 MiB)."""
 DEFAULT_MAX_LINE_LENGTH: Final = 8192
 """Longest admin text line accepted by default, as in gearmand (8 KiB)."""
+LARGE_PART: Final = 65536
+"""A last argument this long is appended by itself rather than joined into a body first."""
+BIG_PACKET: Final = 128 * 1024
+"""A packet this long (header included) is received into one buffer of its size."""
 
 HEADER: Final = struct.Struct(">4sII")
 """The packet header: magic, packet type, body length (the one definition of framing)."""
@@ -267,6 +274,21 @@ def _arity_error(ptype: int, nparts: int, body: bytes, offset: int) -> BadArgume
     )
 
 
+def _split(src: bytes, start: int, stop: int, maxsplit: int) -> list[bytes]:
+    """``src[start:stop].split(b"\\0", maxsplit)``, each part copied from ``src`` once."""
+    parts = []
+    find = src.find
+    pos = start
+    for _ in range(maxsplit):
+        nul = find(b"\0", pos, stop)
+        if nul < 0:
+            break
+        parts.append(src[pos:nul])
+        pos = nul + 1
+    parts.append(src[pos:stop])
+    return parts
+
+
 # --- the decoder --------------------------------------------------------------------------
 
 
@@ -290,6 +312,7 @@ class Decoder:
 
     __slots__ = (
         "_allow_text",
+        "_big",
         "_chunks",
         "_error",
         "_expect",
@@ -321,6 +344,10 @@ class Decoder:
         # (so a large body arriving in many reads is joined once, not once per read).
         self._pending = b""
         self._chunks: list[bytes] = []
+        # A packet of at least BIG_PACKET bytes is gathered in one buffer of its size
+        # instead (its header included): each read is copied in and let go at once,
+        # so the reads do not pile up, and its body is copied out once.
+        self._big: bytearray | None = None
         self._have = 0
         self._need = 0
         self._offset = 0  # stream offset of the first pending byte
@@ -348,7 +375,21 @@ class Decoder:
             return
         if type(data) is not bytes:
             data = bytes(data)  # a bytearray or memoryview the caller may reuse
-        if self._need:
+        big = self._big
+        if big is not None:
+            have = self._have
+            room = self._need - have
+            if len(data) <= room:
+                big += data
+                self._have = have + len(data)
+                return
+            if room:
+                big += memoryview(data)[:room]
+                self._have = self._need
+                data = data[room:]
+            # The packet is complete: what follows it waits for the next iteration.
+            self._pending = self._pending + data if self._pending else data
+        elif self._need:
             self._chunks.append(data)
             self._have += len(data)
         elif self._pending:
@@ -368,18 +409,27 @@ class Decoder:
         """
         ready = self._ready
         if self._error is None:
+            big = None
             if self._need and self._have >= self._need:
-                self._pending = b"".join([self._pending, *self._chunks])
-                self._chunks.clear()
+                if self._big is None:
+                    self._pending = b"".join([self._pending, *self._chunks])
+                    self._chunks.clear()
+                else:
+                    big, self._big = self._big, None
                 self._have = self._need = 0
-            if self._pending and not self._need:
+            if big is not None or (self._pending and not self._need):
                 if ready is None:
                     ready = self._ready = deque()
                 try:
-                    self._decode(self._pending, ready)
+                    if big is not None:
+                        self._decode_big(big, ready)
+                        del big
+                    if self._pending and not self._need:
+                        self._decode(self._pending, ready)
                 except ProtocolError as exc:
                     self._error = exc
                     self._pending = b""
+                    self._big = None
                     self._chunks.clear()
                     self._have = self._need = 0
         if ready is not None:
@@ -457,6 +507,10 @@ class Decoder:
                 if stop > end:
                     self._need = stop - pos
                     self._have = end - pos
+                    if self._need >= BIG_PACKET:
+                        # Grown read by read (not made whole at once: filling it with
+                        # zeros first would cost as much as the copies).
+                        self._big = bytearray(memoryview(src)[pos:end])
                     break
                 if magic != expect:
                     append(UnexpectedMagic(PacketType(ptype), Magic(magic)))
@@ -464,7 +518,10 @@ class Decoder:
                     continue
                 maxsplit, factory = entry
                 if maxsplit > 0:
-                    parts = src[start:stop].split(b"\0", maxsplit)
+                    if size < LARGE_PART:
+                        parts = src[start:stop].split(b"\0", maxsplit)
+                    else:  # without a copy of the whole body first
+                        parts = _split(src, start, stop, maxsplit)
                     if len(parts) <= maxsplit:
                         raise _arity_error(ptype, maxsplit + 1, src[start:stop], self._offset + pos)
                     append(factory(*parts))
@@ -477,7 +534,33 @@ class Decoder:
                 pos = stop
         finally:
             self._offset += pos
-            self._pending = src[pos:] if pos < end else b""
+            self._pending = src[pos:] if pos < end and self._big is None else b""
+
+    def _decode_big(self, packet: bytearray, out: deque[Event]) -> None:
+        """Decode one complete packet gathered in its own buffer (its header was checked)."""
+        offset = self._offset
+        self._offset += len(packet)
+        magic, ptype, _ = _HEADER.unpack_from(packet)
+        if magic != self._expect:
+            out.append(UnexpectedMagic(PacketType(ptype), Magic(magic)))
+            return
+        entry = _BY_TYPE[ptype]
+        assert entry is not None
+        maxsplit, factory = entry
+        with memoryview(packet) as view:
+            if maxsplit < 0:
+                raise _arity_error(ptype, 0, bytes(view[HEADER_SIZE:]), offset)
+            parts = []
+            pos = HEADER_SIZE
+            for _ in range(maxsplit):
+                nul = packet.find(b"\0", pos)
+                if nul < 0:
+                    body = bytes(view[HEADER_SIZE:])
+                    raise _arity_error(ptype, maxsplit + 1, body, offset)
+                parts.append(bytes(view[pos:nul]))
+                pos = nul + 1
+            parts.append(bytes(view[pos:]))
+        out.append(factory(*parts))
 
 
 # --- the encoder --------------------------------------------------------------------------
@@ -500,6 +583,36 @@ def encode(message: Message, magic: Magic | None = None) -> bytes:
     return _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body)) + body
 
 
+def append_packet(
+    buffer: bytearray, magic: bytes, packet_type: int, parts: tuple[bytes, ...]
+) -> None:
+    """Append one packet, made of its arguments ``parts``, to ``buffer``.
+
+    A large last argument (a job's data or result) is copied once, into
+    ``buffer``: joining the arguments into a body first would copy it once more
+    (and adding the header to that body a third time).
+
+    Args:
+        buffer: the outgoing bytes, extended in place.
+        magic: the magic bytes (a :class:`Magic` member is one).
+        packet_type: the packet type number.
+        parts: the arguments in wire order (``message.wire_parts()``).
+    """
+    if len(parts) > 1 and len(parts[-1]) >= LARGE_PART:
+        size = len(parts) - 1
+        for part in parts:
+            size += len(part)
+        buffer += _HEADER.pack(magic, packet_type, size)
+        for part in parts[:-1]:
+            buffer += part
+            buffer += b"\0"
+        buffer += parts[-1]
+    else:
+        body = b"\0".join(parts)  # of one argument: that argument itself, not a copy
+        buffer += _HEADER.pack(magic, packet_type, len(body))
+        buffer += body
+
+
 def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None) -> None:
     """Append the wire bytes of one packet to ``buffer`` (for batching many sends).
 
@@ -508,6 +621,10 @@ def encode_into(buffer: bytearray, message: Message, magic: Magic | None = None)
         message: the packet.
         magic: as for :func:`encode`.
     """
-    body = b"\0".join(message.wire_parts())
-    buffer += _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body))
-    buffer += body
+    parts = message.wire_parts()
+    if len(parts) > 1 and len(parts[-1]) >= LARGE_PART:
+        append_packet(buffer, magic or message.MAGIC, message.packet_type, parts)
+    else:
+        body = b"\0".join(parts)
+        buffer += _HEADER.pack(magic or message.MAGIC, message.packet_type, len(body))
+        buffer += body

@@ -6,6 +6,9 @@ which appends replies to the ``outgoing`` buffer of every connection they are
 for. After each batch the server sends each of those buffers with one
 non-blocking ``send``. Only when a peer's socket buffer is full is a writer task
 started for that connection; it sends the rest as the socket drains, and ends.
+An admin listing longer than one slice is sent by a task of its connection too:
+it asks the state for the next slice once the last one went out, and lets the
+other connections be served in between; the connection is not read meanwhile.
 
 Where the system has ``epoll`` the server's connections need no task at all: a
 :class:`ReadPoller` keeps them in an epoll set of its own (registered once, level
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
-import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -42,7 +45,14 @@ from .sockets import notify_closing, wait_readable, wait_writable
 if TYPE_CHECKING:
     from .._proto.server.state import ConnectionState, ServerState
 
-__all__ = ["HAVE_EPOLL", "RECEIVE_SIZE", "ConnectionOwner", "ReadPoller", "ServerConnection"]
+__all__ = [
+    "HAVE_EPOLL",
+    "RECEIVE_SIZE",
+    "ConnectionOwner",
+    "ConnectionSocket",
+    "ReadPoller",
+    "ServerConnection",
+]
 
 logger = logging.getLogger("trio_gearman.server")
 
@@ -54,6 +64,26 @@ HAVE_EPOLL: Final = hasattr(select, "epoll")
 """Whether the server's connections can be served by a :class:`ReadPoller`."""
 _POLL_EVENTS: Final = 1024
 """Readable connections taken from the poller at most per batch."""
+
+
+class ConnectionSocket(Protocol):
+    """What a connection needs of its socket: a plain non-blocking socket has it.
+
+    So does a TLS connection's :class:`~trio_gearman._server.tls.TLSSocket`, whose
+    ``recv`` and ``send`` raise ``BlockingIOError`` like a plain socket's.
+    """
+
+    def fileno(self) -> int:
+        """The file descriptor, ``-1`` once closed."""
+
+    def recv(self, bufsize: int, /) -> bytes:
+        """Up to ``bufsize`` bytes; empty at the end of the stream."""
+
+    def send(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Send what the socket takes now; the count sent."""
+
+    def close(self) -> None:
+        """Close the socket."""
 
 
 class ConnectionOwner(Protocol):
@@ -71,10 +101,13 @@ class ConnectionOwner(Protocol):
         """Send the replies that the state queued for any connection."""
 
     def start_task(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``func`` in a task of the server (a connection's writer)."""
+        """Run ``func`` in a task of the server (a connection's writer or listing sender)."""
 
     def connection_closed(self, connection: ServerConnection) -> None:
         """The connection has ended: forget it and tell the state (once)."""
+
+    def hold(self, connection: ServerConnection, delta: int) -> None:
+        """The connection's buffers hold ``delta`` bytes more (or fewer, if negative)."""
 
 
 class ServerConnection:
@@ -89,56 +122,91 @@ class ServerConnection:
 
     Args:
         owner: the server side it reports to.
-        sock: the connected, non-blocking socket; the connection closes it.
+        sock: the connected, non-blocking socket (or TLS socket); the connection
+            closes it.
         conn: this connection's record in the server state.
         peer: the peer's address, for log messages.
 
     Attributes:
         conn: this connection's record in the server state.
         peer: the peer's address, for log messages.
+        cert_names: the names of the peer's verified TLS client certificate
+            (subject commonName, then subjectAltName DNS, URI, email and IP
+            values); empty for a plaintext connection or one without a
+            client certificate.
         blocked: replies wait for the socket to become writable (the peer is slow
             to read); a writer task sends them as the socket drains.
+        bytes_in: bytes received so far.
+        bytes_out: bytes sent so far.
+        held_in: bytes of an incomplete packet or line, waiting for the rest.
+        held_out: reply bytes waiting for a blocked peer, as of the last count.
     """
 
     __slots__ = (
         "_closed",
         "_closed_event",
+        "_deadline",
         "_decoder",
         "_ending",
+        "_idle_mark",
+        "_idle_since",
+        "_in_mark",
+        "_in_since",
+        "_listing",
+        "_listing_scope",
+        "_out_mark",
+        "_out_since",
         "_owner",
+        "_paused_poller",
         "_poller",
         "_reader_scope",
+        "_released",
         "_sock",
         "_writer_done",
         "_writer_scope",
         "blocked",
         "bytes_in",
         "bytes_out",
+        "cert_names",
         "conn",
+        "held_in",
+        "held_out",
         "peer",
     )
 
     def __init__(
-        self, owner: ConnectionOwner, sock: socket.socket, conn: ConnectionState, peer: str
+        self, owner: ConnectionOwner, sock: ConnectionSocket, conn: ConnectionState, peer: str
     ) -> None:
         self._owner = owner
         self._sock = sock
         self.conn = conn
         self.peer = peer
+        self.cert_names: tuple[str, ...] = ()
         self.bytes_in = 0
         self.bytes_out = 0
         self.blocked = False
         self._closed = False
         self._closed_event: anyio.Event | None = None
         self._ending = False
+        self._deadline = math.inf
+        self._listing: anyio.Event | None = None
+        self._listing_scope: anyio.CancelScope | None = None
         self._decoder: Decoder | None = None
         self._poller: ReadPoller | None = None
+        self._paused_poller: ReadPoller | None = None
         self._reader_scope: anyio.CancelScope | None = None
         self._writer_scope: anyio.CancelScope | None = None
         self._writer_done: anyio.Event | None = None
+        self.held_in = 0
+        self.held_out = 0
+        self._released = False
+        # What the owner's sweep saw last (a byte count) and since when (see late()).
+        self._in_mark = self._out_mark = self._idle_mark = -1
+        self._in_since = self._out_since = self._idle_since = 0.0
 
     def flush(self) -> bool:
-        """Send what ``conn.outgoing`` holds, without waiting.
+        """Send the connection's output (``conn.outgoing``, after any shared
+        buffers), without waiting.
 
         What the socket does not take now is left to a writer task, started here
         and ending once everything is sent.
@@ -146,23 +214,100 @@ class ServerConnection:
         Returns:
             ``False`` if the connection is broken (the peer is gone).
         """
-        out = self.conn.outgoing
-        try:
-            sent = self._sock.send(out)
-            self.bytes_out += sent
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return False
-        if sent == len(out):
-            out.clear()
-        else:
+        conn = self.conn
+        out = conn.outgoing
+        if conn.shared is None:
+            try:
+                sent = self._sock.send(out)
+                self.bytes_out += sent
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False
+            if sent == len(out):
+                out.clear()
+                return True
             del out[:sent]
-            self.blocked = True
-            self._writer_scope = anyio.CancelScope()
-            self._writer_done = anyio.Event()
-            self._owner.start_task(self._write_loop)
+        else:
+            try:
+                self._send_buffers()
+            except OSError:
+                return False
+            if not conn.pending_output:
+                return True
+        self.blocked = True
+        self._writer_scope = anyio.CancelScope(deadline=self._deadline)
+        self._writer_done = anyio.Event()
+        self._owner.start_task(self._write_loop)
         return True
+
+    def _send_buffers(self) -> None:
+        """Send what the socket takes of an output with shared buffers, in order.
+
+        Raises:
+            OSError: the connection is broken.
+        """
+        conn = self.conn
+        send = self._sock.send
+        total = 0
+        for buffer in conn.output_buffers():
+            try:
+                sent = send(buffer)
+            except BlockingIOError:
+                break
+            total += sent
+            if sent < len(buffer):
+                break
+        self.bytes_out += total
+        conn.consume_output(total)
+
+    def keep_listing(self) -> None:
+        """Send the rest of the connection's admin listing (``conn.listing``) from a
+        task of its own, a slice at a time (unless that task runs already).
+
+        The connection is not read meanwhile (what it sends would only wait behind
+        the listing): a peer that sends without reading is held back by its socket.
+        """
+        if self._listing is None and not self._closed:
+            self._listing = anyio.Event()
+            self._listing_scope = anyio.CancelScope(deadline=self._deadline)
+            poller = self._poller
+            if poller is not None:
+                poller.discard(self)
+                self._paused_poller = poller
+            self._owner.start_task(self._list_loop)
+
+    async def _list_loop(self) -> None:
+        """Ask the state for the next slice each time the last one went out.
+
+        Other connections are served between two slices; while a slice waits for
+        the socket, nothing more is made.
+        """
+        conn = self.conn
+        state = self._owner.state
+        scope = self._listing_scope
+        done = self._listing
+        assert scope is not None
+        assert done is not None
+        try:
+            with scope:
+                while conn.listing is not None and not self._closed:
+                    await anyio.lowlevel.checkpoint()
+                    sending = self._writer_done
+                    if sending is not None:  # the peer has not taken the last slice yet
+                        await sending.wait()
+                        continue
+                    state.continue_listing(conn, anyio.current_time())
+                    self._owner.send_pending()
+        finally:
+            self._listing = self._listing_scope = None
+            done.set()
+            poller, self._paused_poller = self._paused_poller, None
+            if self._ending and self._writer_done is None:
+                # Served by the poller and ending: close once the last slice is sent.
+                self.close()
+            elif poller is not None and not self._closed and not poller.resume(self):
+                self.close()  # the poller has stopped: the server is closing
 
     @property
     def closed(self) -> bool:
@@ -175,7 +320,7 @@ class ServerConnection:
         A connection served by its own task ends when that task has unwound; one
         served by the poller ends here. :meth:`wait_closed` waits for either.
         """
-        self.conn.outgoing.clear()
+        self.conn.clear_output()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
         else:
@@ -190,6 +335,78 @@ class ServerConnection:
         if self._closed_event is None:
             self._closed_event = anyio.Event()
         await self._closed_event.wait()
+
+    # --- the owner's bounds --------------------------------------------------------------------
+
+    def hold_output(self, waiting: int) -> None:
+        """Count ``waiting`` reply bytes as held for a blocked peer (0: none)."""
+        delta = waiting - self.held_out
+        if delta and not self._released:
+            self.held_out = waiting
+            self._owner.hold(self, delta)
+
+    def release_buffers(self) -> int:
+        """Stop counting this connection's buffers (it ends); the bytes it held."""
+        held = self.held_in + self.held_out
+        self.held_in = self.held_out = 0
+        self._released = True
+        return held
+
+    def late(
+        self, now: float, packet_timeout: float | None, write_timeout: float | None
+    ) -> str | None:
+        """Why the connection is past a timeout, or ``None``; called once per sweep.
+
+        The packet timeout runs from the first sweep that saw the packet incomplete
+        until it is complete, however its bytes trickle in (a slowloris peer keeps
+        sending some); the write timeout runs while no reply byte is taken and
+        starts again whenever one is. Both are read from the byte counters, so
+        nothing is timed per packet.
+
+        Args:
+            now: the event loop's time.
+            packet_timeout: seconds a started packet may stay incomplete, or ``None``.
+            write_timeout: seconds replies may wait with none of them taken, or ``None``.
+        """
+        if self.held_in and packet_timeout is not None:
+            mark = self.bytes_in - self.held_in  # where the incomplete packet starts
+            if mark != self._in_mark:
+                self._in_mark, self._in_since = mark, now
+            elif now - self._in_since >= packet_timeout:
+                return (
+                    f"a packet it started is incomplete after {packet_timeout:g} s "
+                    f"({self.held_in} bytes received; the packet timeout)"
+                )
+        if self.blocked and write_timeout is not None:
+            mark = self.bytes_out
+            if mark != self._out_mark:
+                self._out_mark, self._out_since = mark, now
+            elif now - self._out_since >= write_timeout:
+                return (
+                    f"it took none of its {self.conn.pending_output} bytes of replies "
+                    f"for {write_timeout:g} s (the write timeout)"
+                )
+        return None
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last sweep that saw a byte in or out (0 if this one did)."""
+        mark = self.bytes_in + self.bytes_out
+        if mark != self._idle_mark:
+            self._idle_mark, self._idle_since = mark, now
+            return 0.0
+        return now - self._idle_since
+
+    def _out_of_memory(self, doing: str) -> None:
+        """Memory ran out serving this connection: end it, without its pending replies."""
+        self.conn.clear_output()
+        self._decoder = None
+        self.conn.closing = True
+        logger.error(
+            "MEMORY_ALLOCATION_FAILURE: out of memory %s; closing the connection from %s",
+            doing,
+            self.peer,
+            extra={"peer": self.peer},
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -208,7 +425,10 @@ class ServerConnection:
         except BlockingIOError:
             return False
         except OSError:
-            self.conn.outgoing.clear()  # the peer is gone: nothing more to send
+            self.conn.clear_output()  # the peer is gone: nothing more to send
+            return True
+        except MemoryError:
+            self._out_of_memory("receiving")
             return True
         if not data:
             return True
@@ -225,13 +445,16 @@ class ServerConnection:
             decoder = self._decoder = Decoder(
                 expect=Magic.REQ, allow_text=True, max_packet_size=self._owner.max_packet_size
             )
-        decoder.feed(data)
         handle = state.receive
         try:
+            decoder.feed(data)
             for event in decoder:
                 handle(conn, event, now)
                 if conn.closing:
                     break
+        except MemoryError:
+            self._out_of_memory("decoding or handling its packets")
+            return
         except ProtocolError as exc:
             logger.info(
                 "Closing the connection from %s: %s", self.peer, exc, extra={"peer": self.peer}
@@ -245,6 +468,10 @@ class ServerConnection:
                 extra={"peer": self.peer},
             )
             conn.closing = True
+        held = decoder.buffered
+        if held != self.held_in and not self._released:
+            self._owner.hold(self, held - self.held_in)
+            self.held_in = held
 
     def end(self) -> None:
         """Stop reading (the poller's side): close now, or once the last replies are sent."""
@@ -253,12 +480,16 @@ class ServerConnection:
         poller = self._poller
         if poller is not None:
             poller.discard(self)
-        if self._writer_scope is not None and self.conn.outgoing:
-            # Let the writer send the last replies (within a bound), then close.
+        if self._listing is not None or (
+            self._writer_scope is not None and self.conn.pending_output
+        ):
+            # Let the writer send the last replies, and the rest of a listing
+            # (within a bound), then close.
             self._ending = True
-            self._writer_scope.deadline = min(
-                self._writer_scope.deadline, anyio.current_time() + FLUSH_TIMEOUT
-            )
+            self._deadline = anyio.current_time() + FLUSH_TIMEOUT
+            for scope in (self._writer_scope, self._listing_scope):
+                if scope is not None:
+                    scope.deadline = min(scope.deadline, self._deadline)
         else:
             self.close()
 
@@ -270,11 +501,14 @@ class ServerConnection:
         if self._closed:
             return
         self._closed = True
+        self._decoder = None  # a partial packet's bytes go back now
         poller = self._poller
         if poller is not None:
             poller.discard(self)
         if self._writer_scope is not None:
             self._writer_scope.cancel()
+        if self._listing_scope is not None:
+            self._listing_scope.cancel()
         try:
             self._owner.connection_closed(self)
         finally:
@@ -289,11 +523,18 @@ class ServerConnection:
             return
         try:
             with anyio.CancelScope() as self._reader_scope:
-                if await self._read_loop() and self._writer_done is not None:
+                if await self._read_loop():
                     # The peer is done sending, or the state wants the connection
-                    # closed: let the last replies go out (within a bound).
+                    # closed: let the last replies and the rest of a listing go out
+                    # (within a bound).
                     with anyio.move_on_after(FLUSH_TIMEOUT):
-                        await self._writer_done.wait()
+                        while True:
+                            waiting = self._listing or self._writer_done
+                            if waiting is None:
+                                break
+                            await waiting.wait()
+        except MemoryError:
+            self._out_of_memory("serving it")
         finally:
             self.close()
 
@@ -325,6 +566,9 @@ class ServerConnection:
                 continue
             except OSError:
                 return False
+            except MemoryError:
+                self._out_of_memory("receiving")
+                return False
             if not data:
                 return True
             more = len(data) == RECEIVE_SIZE
@@ -332,6 +576,9 @@ class ServerConnection:
             after_batch()
             if conn.closing:
                 return True
+            listing = self._listing
+            if listing is not None:
+                await listing.wait()  # read nothing more until the listing is sent
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -346,31 +593,41 @@ class ServerConnection:
         broken = False
         try:
             with scope:
-                while conn.outgoing and not self._closed:
+                while conn.pending_output and not self._closed:
                     await wait_writable(sock)
                     out = conn.outgoing
                     try:
-                        sent = sock.send(out)
+                        if conn.shared is None:
+                            sent = sock.send(out)
+                            self.bytes_out += sent
+                            del out[:sent]
+                        else:
+                            self._send_buffers()
                     except BlockingIOError:
                         continue
                     except OSError:
                         # The peer is gone: stop reading too.
-                        out.clear()
+                        conn.clear_output()
                         broken = True
                         if self._reader_scope is not None:
                             self._reader_scope.cancel()
                         return
-                    self.bytes_out += sent
-                    del out[:sent]
+                    self.hold_output(conn.pending_output)
         except anyio.ClosedResourceError:  # the reader closed the socket
             pass
+        except MemoryError:
+            self._out_of_memory("sending its replies")
+            broken = True
+            if self._reader_scope is not None:
+                self._reader_scope.cancel()
         finally:
             self.blocked = False
+            self.hold_output(0)
             self._writer_scope = self._writer_done = None
             done.set()
             # Served by the poller (no reader task to notice): close here when the
             # connection was only waiting for these replies, or is broken.
-            if self._ending or (broken and self._reader_scope is None):
+            if (self._ending and self._listing is None) or (broken and self._reader_scope is None):
                 self.close()
 
 
@@ -401,6 +658,13 @@ class ReadPoller:
         self._epoll.register(fd, select.EPOLLIN)
         self._by_fd[fd] = connection
         connection._poller = self
+
+    def resume(self, connection: ServerConnection) -> bool:
+        """Read ``connection`` again after a pause; ``False`` if the poller has stopped."""
+        if self._epoll.closed:
+            return False
+        self.add(connection)
+        return True
 
     def discard(self, connection: ServerConnection) -> None:
         """Stop reading ``connection`` (before its socket is closed)."""
@@ -444,7 +708,10 @@ class ReadPoller:
                     connection = by_fd.get(fd)
                     if connection is not None and connection.read(now):
                         ending.append(connection)
-                after_batch()
+                try:
+                    after_batch()
+                except MemoryError:  # each connection's own failures are handled in it
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory sending replies")
                 if ending:
                     for connection in ending:
                         connection.end()

@@ -10,6 +10,7 @@ import errno
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -25,7 +26,15 @@ from .._proto.server.state import ServerConfig, ServerState
 from .cluster import ClusterMember
 from .connection import HAVE_EPOLL, ServerConnection
 from .hub import ConnectionHub
+from .limits import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_PACKET_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+    Limits,
+)
 from .sockets import (
+    FdReserve,
     KeepAlive,
     ListenAddress,
     open_listeners,
@@ -35,6 +44,7 @@ from .sockets import (
 from .store.base import QueueStore
 from .store.cluster import ClusterStore
 from .store.writer import StoreStatistics, StoreWriter
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls, check_server_context
 
 __all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "GearmanServer", "ServerStatistics", "serve"]
 
@@ -42,11 +52,10 @@ logger = logging.getLogger("trio_gearman.server")
 startup_logger = logging.getLogger("trio_gearman.server.startup")
 """Where the server says where it listens: ``trio-gearmand`` shows it at its default level."""
 
-DEFAULT_MAX_OUTPUT_BYTES: Final = 32 * 1024 * 1024
-"""Bytes that may wait behind a blocked send before a connection is dropped (32 MiB)."""
 
 # accept() errors that mean "the system is short of something, try again soon".
 _ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_FD_SHORT = frozenset({errno.EMFILE, errno.ENFILE})
 _ACCEPT_BACKOFF: Final = 0.1
 _ACCEPT_BATCH: Final = 64
 _CLOCK_CHECK: Final = 60.0
@@ -64,6 +73,9 @@ class ServerStatistics:
         accepted: connections served since the start.
         bytes_received: bytes read from every connection since the start.
         bytes_sent: bytes sent to every connection since the start.
+        bytes_buffered: bytes the connections hold in buffers now (packets being
+            received, replies waiting for a peer that does not read).
+        refused: connections closed at once since the start (over a connection limit).
     """
 
     connections: int
@@ -73,6 +85,8 @@ class ServerStatistics:
     accepted: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
+    bytes_buffered: int = 0
+    refused: int = 0
 
 
 class GearmanServer:
@@ -90,6 +104,22 @@ class GearmanServer:
             send to it is blocked (a peer that does not read); past it the
             connection is dropped.
         max_packet_size: the largest packet body accepted from a peer.
+        max_connections: connections served at once (``None``: as many as the
+            open-file limit allows); past it new ones are closed at once.
+        max_connections_per_address: connections from one peer address at once
+            (``None``: no limit).
+        max_buffered_bytes: bytes all connections together may hold in buffers
+            (packets being received, replies waiting for a peer that does not
+            read); past it the connections holding the most are dropped
+            (``None``: no limit; default 1 GiB).
+        packet_timeout: seconds a peer may take to complete a packet (or admin
+            line) it started before its connection is dropped (``None``: no limit;
+            default 60).
+        write_timeout: seconds replies may wait for a peer that takes none of
+            them before its connection is dropped (``None``: no limit; default 60).
+        idle_timeout: seconds a connection may pass without a byte in or out
+            before it is dropped (default ``None``: never; sleeping workers and
+            clients waiting for long jobs are silent legitimately).
         keepalive: TCP keepalive settings for accepted connections, or ``None``.
         fd_limit: the open-file limit to set at start (``None``: the hard limit).
         store: a persistent queue for background jobs, or ``None`` to keep them in
@@ -105,6 +135,19 @@ class GearmanServer:
             commands that change the server (gearmand's behaviour); by default
             only loopback peers and Unix sockets may. ``None`` keeps
             ``config.admin_from_anywhere``.
+        ssl_context: serve every TCP connection through TLS with this server-side
+            context (``None``: plaintext). A peer that does not open with a TLS
+            handshake is closed at once; to require client certificates, set
+            ``verify_mode = ssl.CERT_REQUIRED`` on it and load the CA with
+            ``load_verify_locations``. Connections that :meth:`adopt` is given
+            (the test server's memory connections) are not affected.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake;
+            past it the socket is closed. Handshakes run in tasks of their own,
+            so a slow one holds up no other connection.
+
+    Raises:
+        ValueError: ``ssl_context`` is a client-side context, or the handshake
+            timeout is not positive.
 
     Example:
         >>> async def main():
@@ -122,12 +165,24 @@ class GearmanServer:
         backlog: int = 32,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_connections: int | None = None,
+        max_connections_per_address: int | None = None,
+        max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
+        packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+        idle_timeout: float | None = None,
         keepalive: KeepAlive | None = None,
         fd_limit: int | None = None,
         store: QueueStore | None = None,
         acl: Acl | None = None,
         admin_from_anywhere: bool | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
+        if ssl_context is not None:
+            check_server_context(ssl_context)
+        if not ssl_handshake_timeout > 0:
+            raise ValueError(f"ssl_handshake_timeout must be positive, not {ssl_handshake_timeout}")
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)
@@ -146,10 +201,24 @@ class GearmanServer:
         self._listen = tuple(listen)
         self._backlog = backlog
         self._fd_limit = fd_limit
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
+        self._reserve = FdReserve()
+        self._short_of: str | None = None  # what accept() lacks now, if anything
+        self._refused = 0
+        self.limits = Limits(
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            max_output_bytes=max_output_bytes,
+            max_buffered_bytes=max_buffered_bytes,
+            max_packet_size=max_packet_size,
+            packet_timeout=packet_timeout,
+            write_timeout=write_timeout,
+            idle_timeout=idle_timeout,
+        )
         self._hub = ConnectionHub(
             self.state,
-            max_packet_size=max_packet_size,
-            max_output=max_output_bytes,
+            limits=self.limits,
             keepalive=keepalive,
             after_batch=self._after_batch,
         )
@@ -198,6 +267,8 @@ class GearmanServer:
             accepted=self._hub.accepted,
             bytes_received=received,
             bytes_sent=sent,
+            bytes_buffered=self._hub.buffered,
+            refused=self._hub.refused,
         )
 
     def store_statistics(self) -> StoreStatistics | None:
@@ -237,6 +308,7 @@ class GearmanServer:
                     self.replayed,
                 )
             listeners = await open_listeners(self._listen, self._backlog)
+            self._reserve.take()
             self.addresses = tuple(
                 (str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in listeners
             )
@@ -261,6 +333,7 @@ class GearmanServer:
             self._closed = True
             self._task_group = None
             self._hub.shut()
+            self._reserve.release()
             if writer is not None:
                 await writer.close()
             if self._member is not None:
@@ -396,12 +469,67 @@ class GearmanServer:
                     break
                 except OSError as exc:
                     if exc.errno in _ACCEPT_RETRY:
-                        logger.error("Cannot accept a connection (%s); retrying", exc.strerror)
-                        await anyio.sleep(_ACCEPT_BACKOFF)
+                        if await self._accept_short(listener, exc):
+                            continue
                         break
-                    logger.warning("Cannot accept a connection: %s", exc.strerror)
+                    # The peer reset before it was accepted, and the like: its business.
+                    logger.debug("Cannot accept a connection: %s", exc.strerror)
                     continue
-                self._hub.adopt(sock, str(address[0]))
+                if self._short_of is not None:
+                    logger.warning(
+                        "Accepting connections again (%d refused while short of %s)",
+                        self._refused,
+                        self._short_of,
+                    )
+                    self._short_of = None
+                try:
+                    if self.ssl_context is not None:
+                        self._start_tls(sock, str(address[0]))
+                    else:
+                        self._hub.adopt(sock, str(address[0]))
+                except MemoryError:
+                    sock.close()
+                    logger.error("MEMORY_ALLOCATION_FAILURE: out of memory accepting a connection")
+
+    async def _accept_short(self, listener: socket.socket, exc: OSError) -> bool:
+        """``accept()`` failed for want of a resource: refuse politely, log once, back off.
+
+        Returns:
+            ``True`` if a waiting connection was accepted and closed (try the next).
+        """
+        what = "file descriptors" if exc.errno in _FD_SHORT else "memory"
+        if self._short_of is None:
+            self._short_of = what
+            self._refused = 0
+            logger.error(
+                "Cannot accept connections (%s): refusing them until %s are available again",
+                exc.strerror,
+                what,
+            )
+        if exc.errno in _FD_SHORT:
+            try:
+                if self._reserve.refuse(listener):
+                    self._refused += 1
+                    return True
+            except BlockingIOError:
+                return False
+        await anyio.sleep(_ACCEPT_BACKOFF)
+        return False
+
+    def _start_tls(self, sock: socket.socket, peer: str) -> None:
+        """Shake hands with a new TLS peer in a task of its own, then serve it."""
+        assert self._task_group is not None
+        self._task_group.start_soon(self._accept_tls, sock, peer)
+
+    async def _accept_tls(self, sock: socket.socket, peer: str) -> None:
+        assert self.ssl_context is not None
+        tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        if tls is not None:
+            try:
+                self._hub.adopt(tls, peer)
+            except MemoryError:
+                tls.close()
+                logger.error("MEMORY_ALLOCATION_FAILURE: out of memory accepting a connection")
 
     # --- the state's side -------------------------------------------------------------------
 
@@ -440,8 +568,11 @@ class GearmanServer:
                 self._timer_scope = scope
                 await anyio.sleep_forever()
             self._timer_scope = None
-            state.advance(anyio.current_time())
-            self._hub.send_pending()
+            try:
+                state.advance(anyio.current_time())
+                self._hub.send_pending()
+            except MemoryError:
+                logger.error("MEMORY_ALLOCATION_FAILURE: out of memory handling the timers")
 
 
 async def serve(
@@ -455,6 +586,14 @@ async def serve(
     fd_limit: int | None = None,
     acl: Acl | None = None,
     admin_from_anywhere: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_connections: int | None = None,
+    max_connections_per_address: int | None = None,
+    max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
+    packet_timeout: float | None = DEFAULT_PACKET_TIMEOUT,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    idle_timeout: float | None = None,
     task_status: TaskStatus[GearmanServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a job server until cancelled; report it through ``task_status`` once listening.
@@ -479,5 +618,13 @@ async def serve(
         fd_limit=fd_limit,
         acl=acl,
         admin_from_anywhere=admin_from_anywhere,
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+        max_buffered_bytes=max_buffered_bytes,
+        packet_timeout=packet_timeout,
+        write_timeout=write_timeout,
+        idle_timeout=idle_timeout,
     )
     await server.run(task_status=task_status)

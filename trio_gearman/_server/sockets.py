@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
 
 import anyio
 import attrs
@@ -22,6 +23,8 @@ import attrs
 from .._address import format_address
 
 __all__ = [
+    "FdReserve",
+    "HasFileno",
     "KeepAlive",
     "ListenAddress",
     "ListenFailed",
@@ -29,6 +32,7 @@ __all__ = [
     "notify_closing",
     "open_listeners",
     "raise_fd_limit",
+    "trim_heap",
     "wait_readable",
     "wait_writable",
 ]
@@ -43,7 +47,14 @@ wait_readable: Final = anyio.wait_readable
 wait_writable: Final = anyio.wait_writable
 
 
-def notify_closing(sock: socket.socket) -> None:
+class HasFileno(Protocol):
+    """A socket, or anything else with a file descriptor to wait on."""
+
+    def fileno(self) -> int:
+        """The file descriptor, ``-1`` once closed."""
+
+
+def notify_closing(sock: HasFileno) -> None:
     """Wake any task waiting on ``sock`` (with ClosedResourceError) before it is closed."""
     notify = getattr(anyio, "notify_closing", None)
     if notify is not None and sock.fileno() >= 0:
@@ -231,3 +242,89 @@ def raise_fd_limit(target: int | None = None) -> int:
         except (ValueError, OSError) as exc:
             logger.debug("Cannot set the open-file limit to %s: %s", limits, exc)
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class FdReserve:
+    """One file descriptor held back, so that a server out of descriptors can still say no.
+
+    When ``accept()`` fails with EMFILE or ENFILE the waiting connections stay in the
+    listen backlog: their clients hang, and the listener stays readable. Closing
+    the reserve frees one descriptor, enough to accept one connection and close it
+    at once (its client sees the connection end instead of hanging); the reserve is
+    then taken again.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def take(self) -> bool:
+        """Hold the reserve descriptor (if not held yet); ``False`` if none is free."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return False
+        return True
+
+    def release(self) -> None:
+        """Close the reserve descriptor (the server stops)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def refuse(self, listener: socket.socket) -> bool:
+        """Accept one waiting connection on the reserve descriptor and close it at once.
+
+        Returns:
+            ``True`` if a connection was refused so; ``False`` if not even the
+            reserve could take it (the caller should back off).
+
+        Raises:
+            BlockingIOError: no connection is waiting.
+        """
+        if self._fd is None and not self.take():
+            return False
+        self.release()
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            raise
+        except OSError:
+            return False
+        else:
+            sock.close()
+            return True
+        finally:
+            self.take()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` on another C library."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return None
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):  # pragma: no cover (musl, ...)
+        return None
+    return trim
+
+
+_TRIM: Final = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc; elsewhere nothing).
+
+    The buffers of large packets are freed in many mid-sized blocks, which the C
+    allocator keeps for reuse: without this, the memory of 20 peers that each sent
+    most of a 60 MiB packet stays with the process after they leave.
+    """
+    if _TRIM is not None:
+        _TRIM(0)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from fnmatch import fnmatchcase
@@ -48,6 +49,7 @@ from .._address import format_address
 from .._proto.server.model import ConnectionState, Job, JobOutcome
 from .._proto.server.state import ServerConfig, ServerState
 from .._server.server import GearmanServer
+from .._server.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from ._history import JobHistory, JobRecord
 from ._memory import MemoryByteStream, memory_stream_pair
 
@@ -111,6 +113,10 @@ class EmbeddedServer:
         worker_wakeup: NOOPs sent per queued job (0: every sleeping worker).
         job_handle_prefix: handles are ``prefix:N``.
         host: the loopback address to listen on.
+        ssl_context: serve the TCP port through TLS with this server-side context
+            (memory connections stay plaintext); see
+            :class:`~trio_gearman.GearmanServer`.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake.
     """
 
     def __init__(
@@ -121,6 +127,8 @@ class EmbeddedServer:
         worker_wakeup: int = 0,
         job_handle_prefix: str | bytes = "H:localhost",
         host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         prefix = (
             job_handle_prefix.encode() if isinstance(job_handle_prefix, str) else job_handle_prefix
@@ -133,6 +141,8 @@ class EmbeddedServer:
         )
         self.host = host
         self.port = 0
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self._history = JobHistory()
         self._held: list[str] = []
         self._server: GearmanServer | None = None
@@ -375,7 +385,11 @@ class EmbeddedServer:
     async def _start_server(self, handles_issued: int, kept: list[_KeptJob]) -> None:
         """Start a job server on :attr:`port` (a free one the first time), with ``kept`` jobs."""
         server = GearmanServer(
-            self.config, listen=[(self.host, self.port)], fd_limit=_open_fd_limit()
+            self.config,
+            listen=[(self.host, self.port)],
+            fd_limit=_open_fd_limit(),
+            ssl_context=self.ssl_context,
+            ssl_handshake_timeout=self.ssl_handshake_timeout,
         )
         state = server.state
         state.observer = self._history
@@ -409,6 +423,8 @@ async def open_test_server(
     job_retries: int = 0,
     worker_wakeup: int = 0,
     job_handle_prefix: str | bytes = "H:localhost",
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded job server on a free loopback port for the duration of the block.
 
@@ -420,6 +436,10 @@ async def open_test_server(
         worker_wakeup: NOOPs sent per queued job; 0 wakes every sleeping worker
             (``--worker-wakeup``).
         job_handle_prefix: handles are ``prefix:N``.
+        ssl_context: serve the TCP port through TLS with this server-side
+            context (``--ssl``); memory connections stay plaintext.
+        ssl_handshake_timeout: seconds a TLS peer has to finish its handshake
+            (``--ssl-handshake-timeout``).
 
     Yields:
         The running :class:`EmbeddedServer`; ``server.address`` is
@@ -436,6 +456,8 @@ async def open_test_server(
         job_retries=job_retries,
         worker_wakeup=worker_wakeup,
         job_handle_prefix=job_handle_prefix,
+        ssl_context=ssl_context,
+        ssl_handshake_timeout=ssl_handshake_timeout,
     )
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)

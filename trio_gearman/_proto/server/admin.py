@@ -17,6 +17,9 @@ Where we differ from gearmand:
   ``drop function``, ``maxqueue``, ``shutdown``) get ``ERR PERMISSION_DENIED``
   when the connection's grant does not allow them (by default: from a peer that
   is not on the loopback); the commands that only read are open to everybody.
+* A listing of more than one slice is produced a slice at a time (see
+  :mod:`.listing`): the rows are a snapshot taken when the command arrives, each
+  formatted when its slice is made.
 """
 
 from __future__ import annotations
@@ -33,10 +36,7 @@ from .._admin import (
     CancelJob,
     CreateFunction,
     DropFunction,
-    FunctionPriorityStatus,
-    FunctionStatus,
     GetPid,
-    JobInfo,
     MaxQueue,
     PriorityStatus,
     ShowJobs,
@@ -45,23 +45,23 @@ from .._admin import (
     Status,
     Verbose,
     Version,
-    WorkerInfo,
     Workers,
     format_error,
     format_error_reply,
     format_getpid,
     format_ok,
-    format_priority_status,
-    format_show_jobs,
-    format_show_unique_jobs,
-    format_status,
     format_verbose,
     format_version,
-    format_workers,
     parse_command,
+    priority_status_line,
+    show_jobs_line,
+    status_line,
+    workers_line,
 )
 from .jobs import JobTable
-from .model import ConnectionState, Job
+from .listing import Listing
+from .model import GONE, ConnectionState, Function, Job
+from .names import function_name_error
 
 __all__ = ["AdminHandler"]
 
@@ -103,12 +103,14 @@ class AdminHandler:
         self._state = state
         self._connections = connections
         self._deny = deny
-        self._handlers: dict[type[Any], Callable[[Any], bytes]] = {
+        self._listings: dict[type[Any], Callable[[], Listing[Any]]] = {
             Status: self._status,
             PriorityStatus: self._priority_status,
             Workers: self._workers,
             ShowJobs: self._show_jobs,
             ShowUniqueJobs: self._show_unique_jobs,
+        }
+        self._handlers: dict[type[Any], Callable[[Any], bytes]] = {
             CancelJob: self._cancel_job,
             CreateFunction: self._create_function,
             DropFunction: self._drop_function,
@@ -124,7 +126,9 @@ class AdminHandler:
         """Answer one admin line from ``conn``.
 
         A line with too many words gets an ``ERR`` line and marks the connection
-        closing.
+        closing. A listing longer than one slice sends its first slice and leaves
+        the rest in :attr:`ConnectionState.listing`
+        (see :meth:`~.state.ServerState.continue_listing`).
         """
         state = self._state
         try:
@@ -133,60 +137,96 @@ class AdminHandler:
             conn.outgoing += _TOO_MANY_ARGS
             conn.closing = True
         else:
-            name = MUTATING_COMMANDS.get(type(command))
+            kind = type(command)
+            name = MUTATING_COMMANDS.get(kind)
+            listing = self._listings.get(kind)
             if name is not None and self._deny is not None and self._deny(conn, line[:256]):
                 conn.outgoing += format_error(
                     b"PERMISSION_DENIED", b"not allowed to run " + name + b" from this peer"
                 )
+            elif listing is None:
+                conn.outgoing += self._handlers[kind](command)
             else:
-                conn.outgoing += self._handlers[type(command)](command)
+                rows = listing()
+                chunk, done = rows.next_slice()
+                conn.outgoing += chunk
+                if not done:
+                    conn.listing = rows
         state.dirty.add(conn)
 
-    def _status(self, command: Status) -> bytes:
-        return format_status(
-            FunctionStatus(f.name, f.total, f.running, len(f.workers))
-            for f in self._state.functions
-        )
+    # --- listings: a snapshot of the rows, each formatted when its slice is -----------------
 
-    def _priority_status(self, command: PriorityStatus) -> bytes:
-        return format_priority_status(
-            FunctionPriorityStatus(
+    def _live_function(self, function: Function) -> bool:
+        return self._state.get_function(function.name) is function
+
+    def _status(self) -> Listing[Function]:
+        def line(f: Function) -> bytes | None:
+            if not self._live_function(f):
+                return None
+            return status_line(f.name, f.total, f.running, len(f.workers))
+
+        return Listing(list(self._state.functions), line)
+
+    def _priority_status(self) -> Listing[Function]:
+        def line(f: Function) -> bytes | None:
+            if not self._live_function(f):
+                return None
+            counts, held = f.counts, f.held
+            return priority_status_line(
                 f.name,
-                f.counts[0] + f.held[0],
-                f.counts[1] + f.held[1] + f.future,  # epoch jobs, as gearmand counts them
-                f.counts[2] + f.held[2],
+                counts[0] + held[0],
+                counts[1] + held[1] + f.future,  # epoch jobs, as gearmand counts them
+                counts[2] + held[2],
                 len(f.workers),
             )
-            for f in self._state.functions
-        )
 
-    def _workers(self, command: Workers) -> bytes:
-        return format_workers(
-            WorkerInfo(
-                c.fd, c.address, c.client_id, tuple(f.name for f in reversed(c.ability_list))
-            )
-            for c in self._connections
-        )
+        return Listing(list(self._state.functions), line)
 
-    def _show_jobs(self, command: ShowJobs) -> bytes:
-        return format_show_jobs(
-            JobInfo(job.handle, job.retries, _ignored(job), job.background and not job.cancelled)
-            for job in self._state.jobs
-        )
+    def _workers(self) -> Listing[ConnectionState]:
+        def line(c: ConnectionState) -> bytes | None:
+            if c.closed:
+                return None
+            names = [f.name for f in reversed(c.ability_list)]
+            return workers_line(c.fd, c.address, c.client_id, names)
 
-    def _show_unique_jobs(self, command: ShowUniqueJobs) -> bytes:
-        return format_show_unique_jobs(job.unique for job in self._state.jobs)
+        return Listing(list(self._connections), line)
+
+    def _show_jobs(self) -> Listing[Job]:
+        def line(job: Job) -> bytes | None:
+            if job.state == GONE:
+                return None
+            queued = job.background and not job.cancelled
+            return show_jobs_line(job.handle, job.retries, _ignored(job), queued)
+
+        return Listing(list(self._state.jobs), line)
+
+    def _show_unique_jobs(self) -> Listing[Job]:
+        def line(job: Job) -> bytes | None:
+            return None if job.state == GONE else job.unique + b"\n"
+
+        return Listing(list(self._state.jobs), line)
 
     def _cancel_job(self, command: CancelJob) -> bytes:
         if self._state.cancel_job(command.handle):
             return format_ok()
         return format_error_reply(UNKNOWN_JOB)
 
+    def _refusal(self, name: bytes) -> bytes | None:
+        """The ``ERR`` line refusing the function name ``name``, or ``None``."""
+        why = function_name_error(name, self._state.config.max_function_name)
+        return None if why is None else format_error(*why)
+
     def _create_function(self, command: CreateFunction) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         self._state.create_function(command.function)
         return format_ok()
 
     def _drop_function(self, command: DropFunction) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         dropped = self._state.drop_function(command.function)
         if dropped is None:
             return format_error_reply(DROP_FUNCTION_NOT_FOUND)
@@ -195,6 +235,9 @@ class AdminHandler:
         return format_ok()
 
     def _max_queue(self, command: MaxQueue) -> bytes:
+        refusal = self._refusal(command.function)
+        if refusal is not None:
+            return refusal
         self._state.set_max_queue(command.function, command.sizes)
         return format_ok()
 

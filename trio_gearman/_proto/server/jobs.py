@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from .._codec import pack_header
+from .._codec import LARGE_PART, append_packet, pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
 from .model import (
     DURATION_BUCKETS,
@@ -52,6 +52,7 @@ from .model import (
     ServerConfig,
     StoreWrite,
 )
+from .names import MAX_REFUSALS_KEPT, Refusal
 
 __all__ = ["JobTable"]
 
@@ -94,6 +95,10 @@ class JobTable:
         # The store's next transaction: durable jobs to add, handles to delete.
         self._write = StoreWrite()
         self._notices: list[JobNotice] = []
+        # Names refused since the I/O layer last took them (for its log), and how
+        # many more were not kept.
+        self._refusals: list[Refusal] = []
+        self._refusals_dropped = 0
         self._functions: dict[bytes, Function] = {}
         self._jobs: dict[bytes, Job] = {}
         # Per priority: the functions with at least one QUEUED job of that priority,
@@ -312,6 +317,30 @@ class JobTable:
             function.stats = FunctionStats()
         return function
 
+    def _function(self, name: bytes) -> Function:
+        """The function ``name``, created if it does not exist."""
+        function = self._functions.get(name)
+        if function is None:
+            function = self._new_function(name)
+        return function
+
+    def _release(self, function: Function) -> None:
+        """Forget ``function`` if nothing needs it: no job, worker, limit or pin.
+
+        So the table of functions holds what is in use, not every name ever
+        seen. Its counters for metrics go with it.
+        """
+        if (
+            function.workers
+            or function.total
+            or function.max_queue is not None
+            or function.pinned
+            or function.sleepers
+        ):
+            return
+        if self._functions.get(function.name) is function:
+            del self._functions[function.name]
+
     # --- admin operations -----------------------------------------------------------------
 
     def cancel_job(self, handle: bytes) -> bool:
@@ -380,10 +409,10 @@ class JobTable:
         return released
 
     def create_function(self, name: bytes) -> Function:
-        """The function with this name, created if it does not exist."""
-        function = self._functions.get(name)
-        if function is None:
-            function = self._new_function(name)
+        """The function with this name, created if it does not exist (admin ``create
+        function``). It stays, even unused, until :meth:`drop_function`."""
+        function = self._function(name)
+        function.pinned = True
         return function
 
     def drop_function(self, name: bytes) -> bool | None:
@@ -427,6 +456,7 @@ class JobTable:
         if sizes is not None:
             sizes = (max(sizes[0], 0), max(sizes[1], 0), max(sizes[2], 0))
         function.max_queue = sizes if sizes and any(sizes) else None
+        self._release(function)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -436,6 +466,14 @@ class JobTable:
         out += _pack(_RES_BYTES, message.packet_type, len(body))
         out += body
         self.dirty.add(conn)
+
+    def _send_job(self, conn: ConnectionState, message: Message, data: bytes) -> None:
+        """:meth:`_send` a packet whose last argument is ``data``, copying large data once."""
+        if len(data) >= LARGE_PART:
+            append_packet(conn.outgoing, _RES_BYTES, message.packet_type, message.wire_parts())
+            self.dirty.add(conn)
+        else:
+            self._send(conn, message)
 
     def _error(self, conn: ConnectionState, code: bytes, text: bytes) -> None:
         self._send(conn, Error(code, text))
@@ -560,6 +598,21 @@ class JobTable:
         address = conn.address if conn is not None else b""
         self._notices.append(JobNotice(job.handle, job.function.name, address, text, serious))
 
+    def _note_refusal(self, conn: ConnectionState, text: str) -> None:
+        if len(self._refusals) < MAX_REFUSALS_KEPT:
+            self._refusals.append(Refusal(conn.address, text))
+        else:
+            self._refusals_dropped += 1
+
+    def take_refusals(self) -> tuple[list[Refusal], int]:
+        """The names refused since the last call (bad function names, client ids),
+        and how many more were refused but not kept, for the log."""
+        refusals, dropped = self._refusals, self._refusals_dropped
+        if refusals:
+            self._refusals = []
+            self._refusals_dropped = 0
+        return refusals, dropped
+
     def take_job_notices(self) -> list[JobNotice]:
         """What happened to jobs since the last call that the log should say (rare)."""
         notices = self._notices
@@ -587,6 +640,9 @@ class JobTable:
             job.clients = None
         if job.stored:
             self._unstore(job)
+        function = job.function
+        if not function.workers and not function.total:  # a worker: the usual case
+            self._release(function)
 
     def _unstore(self, job: Job) -> None:
         """The job's row goes in the store's next transaction."""

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from itertools import islice
 from typing import Any, Final, NamedTuple, Protocol
 
 import attrs
 
 from ..._version import __version__
 from .acl import Acl, Grant, Identity
+from .listing import Listing
+from .names import DEFAULT_MAX_FUNCTION_NAME
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -44,6 +47,10 @@ __all__ = [
     "StoreWrite",
     "StoredJob",
 ]
+
+
+_BUFFERS_AT_ONCE: Final = 64
+"""The most buffers :meth:`ConnectionState.output_buffers` gives at a time."""
 
 
 class JobState(enum.IntEnum):
@@ -235,6 +242,9 @@ class Function:
         uniques: live jobs by unique key (uniques other than ``-``).
         by_data: live jobs submitted with the unique ``-``, by payload.
         stats: its counters for metrics, or ``None`` (metrics off).
+        pinned: the admin ``create function`` made it: it stays until ``drop
+            function``. Any other function is forgotten once it has no job, no
+            worker and no ``maxqueue`` limit.
     """
 
     __slots__ = (
@@ -245,6 +255,7 @@ class Function:
         "max_queue",
         "name",
         "pending",
+        "pinned",
         "queues",
         "running",
         "sleepers",
@@ -267,6 +278,7 @@ class Function:
         self.uniques: dict[bytes, Job] = {}
         self.by_data: dict[bytes, Job] = {}
         self.stats: FunctionStats | None = None
+        self.pinned = False
 
     @property
     def queued(self) -> int:
@@ -296,14 +308,21 @@ class Function:
 class ConnectionState:
     """What the server knows about one connection.
 
-    The I/O layer reads :attr:`outgoing` and :attr:`closing`; everything else is
-    the state machine's own.
+    The I/O layer sends its output (:attr:`shared`, then :attr:`outgoing`) and
+    reads :attr:`closing`; everything else is the state machine's own.
 
     Attributes:
         id: a number unique among this server's connections.
         address: the peer address, as shown by the admin ``workers`` command.
         fd: the file descriptor number, as shown by ``workers``.
-        outgoing: encoded bytes to send. The I/O layer sends and deletes them.
+        outgoing: encoded bytes to send, after those of :attr:`shared`. The I/O
+            layer sends and deletes them.
+        shared: buffers to send before :attr:`outgoing`, or ``None``: a large
+            payload that several connections send (the same bytes object for
+            all), and the bytes of ``outgoing`` that were before it. While it is
+            not ``None`` the I/O layer sends :meth:`output_buffers` and reports
+            what went with :meth:`consume_output`.
+        shared_size: the bytes in :attr:`shared`.
         closing: the server wants the connection closed once ``outgoing`` is sent.
         closed: :meth:`ServerState.disconnect` has run for this connection.
         client_id: set by SET_CLIENT_ID; ``-`` until then.
@@ -324,6 +343,9 @@ class ConnectionState:
         admin: the connection has sent an admin text command.
         grant: what the peer may do (the access rules matched against its
             identity); by default anything.
+        listing: the rest of an admin listing being sent a slice at a time, or
+            ``None``. While it is set, the connection's later events wait in
+            :attr:`paused`.
     """
 
     __slots__ = (
@@ -340,11 +362,14 @@ class ConnectionState:
         "fd",
         "grant",
         "id",
+        "listing",
         "noop_sent",
         "outgoing",
         "paused",
         "rr",
         "running",
+        "shared",
+        "shared_size",
         "sleeping",
     )
 
@@ -355,6 +380,8 @@ class ConnectionState:
         self.address = address
         self.fd = fd
         self.outgoing = bytearray()
+        self.shared: deque[bytes | bytearray | memoryview] | None = None
+        self.shared_size = 0
         self.closing = False
         self.closed = False
         self.client_id = b"-"
@@ -370,9 +397,68 @@ class ConnectionState:
         self.admin = False
         self.paused: list[Any] | None = None
         self.grant = grant if grant is not None else Grant(Identity(address.decode("latin-1")))
+        self.listing: Listing[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionState {self.id} {self.address!r} fd={self.fd}>"
+
+    def share(self, payload: bytes) -> None:
+        """Send ``payload`` after what is queued, without copying it.
+
+        Many connections can share one payload (a coalesced job's result): each
+        keeps a reference, none a copy.
+        """
+        shared = self.shared
+        if shared is None:
+            shared = self.shared = deque()
+        out = self.outgoing
+        if out:
+            shared.append(out)  # what was queued before goes first
+            self.shared_size += len(out)
+            self.outgoing = bytearray()
+        shared.append(payload)
+        self.shared_size += len(payload)
+
+    @property
+    def pending_output(self) -> int:
+        """The bytes waiting to be sent."""
+        return len(self.outgoing) + self.shared_size
+
+    def output_buffers(self) -> list[bytes | bytearray | memoryview]:
+        """The buffers to send, in order (the first ones of :attr:`shared`, then
+        :attr:`outgoing`)."""
+        shared = self.shared
+        if shared is None:
+            return [self.outgoing]
+        buffers = list(islice(shared, _BUFFERS_AT_ONCE))
+        if len(buffers) < _BUFFERS_AT_ONCE:
+            buffers.append(self.outgoing)
+        return buffers
+
+    def consume_output(self, sent: int) -> None:
+        """Forget the first ``sent`` bytes of the output: they went out."""
+        shared = self.shared
+        if shared is not None:
+            while shared and sent:
+                size = len(shared[0])
+                if sent < size:
+                    shared[0] = memoryview(shared[0])[sent:]
+                    self.shared_size -= sent
+                    return
+                shared.popleft()
+                self.shared_size -= size
+                sent -= size
+            if shared:
+                return
+            self.shared = None
+        if sent:
+            del self.outgoing[:sent]
+
+    def clear_output(self) -> None:
+        """Forget the whole output (the connection is gone)."""
+        self.outgoing.clear()
+        self.shared = None
+        self.shared_size = 0
 
 
 class StoredJob(NamedTuple):
@@ -538,7 +624,8 @@ class ServerConfig:
         durable: background jobs are made durable: each is acknowledged (and
             queued) only after the store has committed it (see :class:`StoreWrite`).
         metrics: keep :class:`FunctionStats` for every function (and mark admin
-            connections), for a metrics exporter.
+            connections), for a metrics exporter. A function's counters go with
+            it when it is forgotten (no job, no worker, no ``maxqueue`` limit).
         acl: the access rules (:class:`~.acl.Acl`), or ``None``: every peer may
             register and submit anything.
         admin_from_anywhere: without ``acl``, every peer may run the admin commands
@@ -551,6 +638,8 @@ class ServerConfig:
             back with :meth:`ServerState.restore_job
             <trio_gearman._proto.server.state.ServerState.restore_job>`. Background
             submissions do not coalesce on unique keys here.
+        max_function_name: the longest function name accepted, in bytes
+            (``--max-function-name``); a longer one is refused with an ERROR.
     """
 
     job_handle_prefix: bytes = b"H:localhost"
@@ -566,3 +655,4 @@ class ServerConfig:
     acl: Acl | None = None
     admin_from_anywhere: bool = False
     cluster: bool = False
+    max_function_name: int = DEFAULT_MAX_FUNCTION_NAME

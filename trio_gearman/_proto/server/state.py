@@ -54,7 +54,7 @@ from ..._exceptions import (
     ProtocolError,
     UnknownPacketType,
 )
-from .._codec import Event, TextLine, UnexpectedMagic, pack_header
+from .._codec import LARGE_PART, Event, TextLine, UnexpectedMagic, append_packet, pack_header
 from .._packets import (
     AllYours,
     CanDo,
@@ -115,6 +115,7 @@ from .model import (
     StoredJob,
     StoreWrite,
 )
+from .names import client_id_error, describe_refused, function_name_error
 
 __all__ = ["ConnectionState", "ServerConfig", "ServerState"]
 
@@ -126,6 +127,9 @@ _JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
 _NO_JOB: Final = _pack(_RES_BYTES, PacketType.NO_JOB, 0)
 
 _CLIENT_ID_MAX: Final = 127
+_SHARE_AT: Final = 4096
+"""Payloads of WORK_* packets from this size on are shared, not copied, by the
+connections they go to."""
 _MIN_TIMEOUT_MS: Final = 1000
 
 _NOT_EXPECTED: Final = (b"INVALID_COMMAND", b"Command not expected")
@@ -195,6 +199,7 @@ class ServerState(JobTable):
         self._max_unique = config.max_unique
         # A cluster member leaves committed background jobs to the store.
         self._cluster = config.cluster and config.durable
+        self._max_function_name = config.max_function_name
         self._next_handle = 1
         # Durable servers reserve handle numbers in the store ahead of use.
         self._handle_limit = 0
@@ -315,7 +320,44 @@ class ServerState(JobTable):
         if conn.acks is not None:
             self._receive_behind_acks(conn, event, now)
             return
+        if conn.listing is not None:
+            # Answered once the listing is sent, in order.
+            if conn.paused is None:
+                conn.paused = [event]
+            else:
+                conn.paused.append(event)
+            return
         self._handlers[type(event)](conn, event, now)
+
+    def continue_listing(self, conn: ConnectionState, now: float) -> None:
+        """Append the next slice of ``conn``'s admin listing to its output.
+
+        The I/O layer calls it while :attr:`ConnectionState.listing` is set, each
+        time the previous slice has been sent (letting other connections be served
+        in between). After the last slice, the events that ``conn`` sent meanwhile
+        are handled, in order.
+
+        Args:
+            conn: a connection whose :attr:`~ConnectionState.listing` is set.
+            now: the event loop's time, in seconds.
+        """
+        listing = conn.listing
+        if listing is None:
+            return
+        if conn.closing:  # the connection is going: the rest is not wanted
+            conn.listing = None
+            return
+        chunk, done = listing.next_slice()
+        conn.outgoing += chunk
+        self.dirty.add(conn)
+        if not done:
+            return
+        conn.listing = None
+        paused = conn.paused
+        conn.paused = None
+        if paused:
+            for event in paused:
+                self.receive(conn, event, now)
 
     def _receive_behind_acks(self, conn: ConnectionState, event: Event, now: float) -> None:
         """``conn`` waits for JOB_CREATED replies that the store must commit first.
@@ -379,6 +421,7 @@ class ServerState(JobTable):
             return
         conn.closed = conn.closing = True
         conn.sleeping = False
+        conn.listing = None
         del self._connections[conn.id]
         self.dirty.discard(conn)
         for job in conn.attached:
@@ -469,6 +512,10 @@ class ServerState(JobTable):
         due: float = 0.0,
         now: float = 0.0,
     ) -> None:
+        function = self._functions.get(name)
+        # Names in the table were checked when they entered it.
+        if function is None and self._refused(conn, name):
+            return
         allowed = conn.grant.submit
         if allowed is not None and not allowed(name):
             self._deny(conn, Action.SUBMIT, name)
@@ -477,7 +524,6 @@ class ServerState(JobTable):
         if len(unique) > self._max_unique:
             self._error(conn, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
             return
-        function = self._functions.get(name)
         if function is None:
             function = self._new_function(name)
         index: dict[bytes, Job] | None = None
@@ -573,7 +619,7 @@ class ServerState(JobTable):
         prefix = self._prefix
         if handle.startswith(prefix) and handle[len(prefix) :].isdigit():
             self._next_handle = max(self._next_handle, int(handle[len(prefix) :]) + 1)
-        owner = self.create_function(function)
+        owner = self._function(function)
         job = Job(handle, owner, unique, data, priority, True, reducer)
         job.stored = self._durable
         job.queued_at = due if due is not None else now
@@ -797,9 +843,7 @@ class ServerState(JobTable):
             self._deny(conn, Action.REGISTER, name)
             self._error(conn, _PERMISSION_DENIED, b"not allowed to register the function " + name)
             return
-        function = self._functions.get(name)
-        if function is None:
-            function = self._new_function(name)
+        function = self._function(name)
         abilities = conn.abilities
         if function in abilities:
             abilities[function] = timeout
@@ -815,10 +859,22 @@ class ServerState(JobTable):
             else:
                 function.sleepers[conn] = None
 
+    def _refused(self, conn: ConnectionState, name: bytes) -> bool:
+        """Whether the function name ``name`` is refused (``conn`` is then told why)."""
+        why = function_name_error(name, self._max_function_name)
+        if why is None:
+            return False
+        self._note_refusal(conn, describe_refused("function name", name, why[1]))
+        self._error(conn, *why)
+        return True
+
     def _can_do(self, conn: ConnectionState, msg: CanDo, now: float) -> None:
-        self._register(conn, msg.function, 0)
+        if msg.function in self._functions or not self._refused(conn, msg.function):
+            self._register(conn, msg.function, 0)
 
     def _can_do_timeout(self, conn: ConnectionState, msg: CanDoTimeout, now: float) -> None:
+        if msg.function not in self._functions and self._refused(conn, msg.function):
+            return
         timeout = msg.timeout
         self._register(conn, msg.function, max(timeout, _MIN_TIMEOUT_MS) if timeout > 0 else 0)
 
@@ -833,10 +889,15 @@ class ServerState(JobTable):
         conn.rr = 0
         for job in [job for job in conn.running.values() if job.function in dropped]:
             self._requeue(job, why)
+        for function in functions:
+            self._release(function)
 
     def _cant_do(self, conn: ConnectionState, msg: CantDo, now: float) -> None:
         function = self._functions.get(msg.function)
-        if function is None or function not in conn.abilities:
+        if function is None:
+            self._refused(conn, msg.function)  # an unknown name that is valid needs no reply
+            return
+        if function not in conn.abilities:
             return
         self._drop_abilities(conn, [function], "its worker sent CANT_DO while running it")
         self._rewake([function])
@@ -861,39 +922,60 @@ class ServerState(JobTable):
     def _grab_job(self, conn: ConnectionState, msg: GrabJob, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            self._send(conn, JobAssign(job.handle, job.function.name, job.data))
+            self._send_job(conn, JobAssign(job.handle, job.function.name, job.data), job.data)
 
     def _grab_job_uniq(self, conn: ConnectionState, msg: GrabJobUniq, now: float) -> None:
         job = self._grab(conn, now)
         if job is not None:
-            body = b"\0".join((job.handle, job.function.name, job.unique, job.data))
-            out = conn.outgoing
-            out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
-            out += body
+            parts = (job.handle, job.function.name, job.unique, job.data)
+            if len(job.data) >= LARGE_PART:
+                append_packet(conn.outgoing, _RES_BYTES, _JOB_ASSIGN_UNIQ, parts)
+            else:
+                body = b"\0".join(parts)
+                out = conn.outgoing
+                out += _pack(_RES_BYTES, _JOB_ASSIGN_UNIQ, len(body))
+                out += body
 
     def _grab_job_all(self, conn: ConnectionState, msg: GrabJobAll, now: float) -> None:
         job = self._grab(conn, now)
         if job is None:
             return
         if job.reducer:
-            self._send(
-                conn,
-                JobAssignAll(job.handle, job.function.name, job.unique, job.reducer, job.data),
+            assign: Message = JobAssignAll(
+                job.handle, job.function.name, job.unique, job.reducer, job.data
             )
         else:
-            self._send(conn, JobAssignUniq(job.handle, job.function.name, job.unique, job.data))
+            assign = JobAssignUniq(job.handle, job.function.name, job.unique, job.data)
+        self._send_job(conn, assign, job.data)
 
     # --- work results ---------------------------------------------------------------------------
 
     def _forward(self, job: Job, message: Message) -> None:
         clients = job.clients
-        if clients is None:
-            return
-        body = b"\0".join(message.wire_parts())
-        packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+        if clients is not None:
+            self._fan_out(clients, message)
+
+    def _fan_out(self, clients: Iterable[ConnectionState], message: Message) -> None:
+        """Send ``message`` to each of ``clients`` (once per entry), encoded once.
+
+        A large payload is not copied at all: each connection's output refers to
+        the message's own bytes object (:meth:`ConnectionState.share`).
+        """
+        parts = message.wire_parts()
+        data = parts[-1]
         dirty = self.dirty
+        if len(data) < _SHARE_AT or len(parts) < 2:
+            body = b"\0".join(parts)
+            packet = _pack(_RES_BYTES, message.packet_type, len(body)) + body
+            for client in clients:
+                client.outgoing += packet
+                dirty.add(client)
+            return
+        head = b"\0".join(parts[:-1]) + b"\0"
+        head = _pack(_RES_BYTES, message.packet_type, len(head) + len(data)) + head
         for client in clients:
-            client.outgoing += packet
+            client.outgoing += head
+            client.share(data)
             dirty.add(client)
 
     def _work_data(self, conn: ConnectionState, msg: WorkData, now: float) -> None:
@@ -948,10 +1030,14 @@ class ServerState(JobTable):
         if job is None:
             self._error(conn, b"JOB_NOT_FOUND", _NO_JOB_EXCEPTION)
             return
-        if job.clients is not None:
-            fail = WorkFail(msg.handle)
-            for client in job.clients:
-                self._send(client, msg if client.exceptions else fail)
+        clients = job.clients
+        if clients is not None:
+            # Those that asked for exceptions get them; the others WORK_FAIL.
+            told = [client for client in clients if client.exceptions]
+            if told:
+                self._fan_out(told, msg)
+            if len(told) < len(clients):
+                self._fan_out([c for c in clients if not c.exceptions], WorkFail(msg.handle))
         self._finish(conn, job)
         outcome = JobOutcome.CANCELLED if job.cancelled else JobOutcome.EXCEPTION
         self._ended(job, outcome, msg.data, now)
@@ -988,7 +1074,13 @@ class ServerState(JobTable):
         self._send(conn, EchoRes(msg.data))
 
     def _set_client_id(self, conn: ConnectionState, msg: SetClientId, now: float) -> None:
-        conn.client_id = msg.client_id[:_CLIENT_ID_MAX]
+        client_id = msg.client_id[:_CLIENT_ID_MAX]
+        why = client_id_error(client_id)
+        if why is None:
+            conn.client_id = client_id
+        else:
+            self._note_refusal(conn, describe_refused("client id", client_id, why[1]))
+            self._error(conn, *why)  # the connection keeps its id
 
     def _option(self, conn: ConnectionState, msg: OptionReq, now: float) -> None:
         if msg.option.lower() == b"exceptions":
