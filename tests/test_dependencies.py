@@ -24,6 +24,7 @@ IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 EXTRA_ONLY = {
     "pytest_plugin.py": "test",
     "postgres.py": "postgres",
+    "_server/store/cluster.py": "postgres",
     "top.py": "monitor",
     "http.py": "monitor",
     "metrics.py": "monitor",

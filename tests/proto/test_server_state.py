@@ -556,6 +556,7 @@ def test_config_is_an_attrs_class_with_the_documented_defaults() -> None:
         "metrics": False,
         "acl": None,
         "admin_from_anywhere": False,
+        "cluster": False,
         "max_function_name": 8192,
     }
 

@@ -36,6 +36,7 @@ from .._version import __version__
 from .http import MONITOR_EXTRA, missing_library
 from .options import UsageError, leaves, seconds
 from .server_acl import acl_arguments, add_acl_options, check_acl_options
+from .server_cluster import add_cluster_options, check_cluster_options, make_cluster_store
 from .server_limits import add_limit_options, limit_arguments
 from .server_limits_state import add_state_limit_options, state_limits
 from .server_tls import add_tls_options, check_tls_options, tls_context
@@ -310,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     add_limit_options(parser)
     add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     add_acl_options(parser)
+    add_cluster_options(parser)
     add_tls_options(parser)
     return parser
 
@@ -404,6 +406,7 @@ def parse_options(
     options.sqlite_table = options.sqlite_table or DEFAULT_TABLE
     options.postgres_table = options.postgres_table or DEFAULT_TABLE
     check_acl_options(options)
+    check_cluster_options(options)
     check_tls_options(options, env)
     return options
 
@@ -486,6 +489,8 @@ def _make_store(options: argparse.Namespace) -> QueueStore | None:
         UsageError: a table name is not a plain SQL name.
         StoreError: the store cannot be used (e.g. its extra is not installed).
     """
+    if options.cluster is not None:
+        return make_cluster_store(options)
     try:
         if options.queue_type == "sqlite":
             return SqliteStore(options.sqlite_db, options.sqlite_table)

@@ -23,6 +23,7 @@ from .._address import format_address
 from .._proto._codec import DEFAULT_MAX_PACKET_SIZE
 from .._proto.server.acl import Acl, Identity
 from .._proto.server.state import ServerConfig, ServerState
+from .cluster import ClusterMember
 from .connection import HAVE_EPOLL, ServerConnection
 from .hub import ConnectionHub
 from .limits import (
@@ -41,6 +42,7 @@ from .sockets import (
     wait_readable,
 )
 from .store.base import QueueStore
+from .store.cluster import ClusterStore
 from .store.writer import StoreStatistics, StoreWriter
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, accept_tls, check_server_context
 
@@ -184,6 +186,8 @@ class GearmanServer:
         config = config if config is not None else ServerConfig()
         if store is not None and not config.durable:
             config = attrs.evolve(config, durable=True)
+        if isinstance(store, ClusterStore) and not config.cluster:
+            config = attrs.evolve(config, cluster=True)
         if acl is not None:
             config = attrs.evolve(config, acl=acl)
         if admin_from_anywhere is not None:
@@ -228,8 +232,12 @@ class GearmanServer:
         self._stopped: anyio.Event | None = None
         self._closed = False
         self._writer: StoreWriter | None = None
+        self._member: ClusterMember | None = None
         if store is not None:
             self._writer = StoreWriter(store, self.state, self._hub.send_pending)
+        if isinstance(store, ClusterStore):
+            assert self._writer is not None
+            self._member = ClusterMember(store, self._writer, self._hub.send_pending)
 
     @property
     def port(self) -> int:
@@ -313,6 +321,8 @@ class GearmanServer:
                     tg.start_soon(self._timer_loop)
                     if writer is not None:
                         tg.start_soon(writer.run)
+                    if self._member is not None:
+                        tg.start_soon(self._member.run)
                     self._start_listening(listeners)
                     listeners = []
                     task_status.started(self)
@@ -326,6 +336,8 @@ class GearmanServer:
             self._reserve.release()
             if writer is not None:
                 await writer.close()
+            if self._member is not None:
+                await self._member.close()
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -534,6 +546,8 @@ class GearmanServer:
             self._drained.set()
         if self._writer is not None and state.store_work:
             self._writer.wake()
+        if self._member is not None:
+            self._member.poke()
 
     async def _timer_loop(self) -> None:
         """Call ``state.advance`` at every deadline the state names.

@@ -373,6 +373,41 @@ class JobTable:
         self._notice(job, None, "cancelled by an admin command")
         return True
 
+    def removals_pending(self) -> list[bytes]:
+        """The handles of stored jobs that ended, whose rows the store's next
+        transaction deletes (those of a transaction being written are not included)."""
+        return list(self._write.removed)
+
+    def release_unserved(self, *, served_too: bool = False) -> list[bytes]:
+        """Give up the queued stored jobs that no worker here can run any more.
+
+        For a cluster member (``ServerConfig.cluster``): a claimed job whose
+        function lost all its workers here would wait while other members'
+        workers could run it. Each such job (with no foreground client waiting
+        for it) is forgotten here without deleting its row; the I/O layer then
+        gives its claim back to the store. It costs a look at each function.
+
+        Args:
+            served_too: give up the queued stored jobs of every function (the
+                member's claims may have lapsed: other members may run them).
+
+        Returns:
+            The handles given up.
+        """
+        released: list[bytes] = []
+        for function in self._functions.values():
+            if (function.workers and not served_too) or not any(function.counts):
+                continue
+            for queue in function.queues:
+                if not queue:
+                    continue
+                for job in [j for j in queue if j.state == QUEUED and j.stored]:
+                    if job.clients is None:
+                        job.stored = False
+                        self._forget(job)
+                        released.append(job.handle)
+        return released
+
     def create_function(self, name: bytes) -> Function:
         """The function with this name, created if it does not exist (admin ``create
         function``). It stays, even unused, until :meth:`drop_function`."""

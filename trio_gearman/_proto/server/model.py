@@ -636,6 +636,13 @@ class ServerConfig:
         admin_from_anywhere: without ``acl``, every peer may run the admin commands
             that change the server (gearmand's behaviour); by default only
             loopback peers may.
+        cluster: the server is one member of a cluster sharing one store (with
+            ``durable``): a background submission, once committed, is
+            acknowledged and then left to the store, not queued here; the I/O
+            layer claims stored jobs for this server's workers and gives them
+            back with :meth:`ServerState.restore_job
+            <trio_gearman._proto.server.state.ServerState.restore_job>`. Background
+            submissions do not coalesce on unique keys here.
         max_function_name: the longest function name accepted, in bytes
             (``--max-function-name``); a longer one is refused with an ERROR.
     """
@@ -652,4 +659,5 @@ class ServerConfig:
     metrics: bool = False
     acl: Acl | None = None
     admin_from_anywhere: bool = False
+    cluster: bool = False
     max_function_name: int = DEFAULT_MAX_FUNCTION_NAME

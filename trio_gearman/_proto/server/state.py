@@ -206,6 +206,8 @@ class ServerState(JobTable):
         self.wall_offset = 0.0
         self._prefix = config.job_handle_prefix + b":"
         self._max_unique = config.max_unique
+        # A cluster member leaves committed background jobs to the store.
+        self._cluster = config.cluster and config.durable
         self._max_function_name = config.max_function_name
         self._next_handle = 1
         # Durable servers reserve handle numbers in the store ahead of use.
@@ -475,6 +477,14 @@ class ServerState(JobTable):
         """How many handle numbers this server has used (or reserved)."""
         return self._next_handle - 1
 
+    def set_handle_prefix(self, prefix: bytes) -> None:
+        """Issue handles ``prefix:N`` from now on (before serving).
+
+        A cluster member learns at start, from the store, a prefix that no other
+        member uses, so that handles stay unique across the cluster.
+        """
+        self._prefix = prefix + b":"
+
     def reserve_handles(self, count: int) -> None:
         """Never issue the handle numbers up to ``count``.
 
@@ -551,7 +561,7 @@ class ServerState(JobTable):
             function = self._new_function(name)
         index: dict[bytes, Job] | None = None
         key = unique
-        if unique:
+        if unique and not (background and self._cluster):
             if unique == b"-":
                 index = function.by_data
                 key = data
@@ -761,7 +771,11 @@ class ServerState(JobTable):
             self._reserving = None
         touched = self._settle(write, b"")
         for job, due in zip(write.jobs, write.due, strict=True):
-            if job.state == PENDING:
+            if job.state == PENDING and self._cluster:
+                # Acknowledged; the row is the cluster's now, for any member to claim.
+                job.stored = False
+                self._forget(job)
+            elif job.state == PENDING:
                 if due > now:
                     self._move(job, FUTURE)
                     self._arm(job, due)

@@ -44,10 +44,14 @@ class StoreContents:
         handle_limit: the highest handle number reserved so far (0: none). Handle
             numbers up to it may have been issued, to background and foreground
             jobs alike; a restarted server issues only numbers above it.
+        handle_tag: a name no other server sharing the store uses (a cluster
+            member's number, ``b"m7"``), put between the configured handle prefix
+            and the number (``H:host:m7:1``); empty for none.
     """
 
     jobs: Sequence[StoredJob]
     handle_limit: int
+    handle_tag: bytes = b""
 
 
 class QueueStore(Protocol):

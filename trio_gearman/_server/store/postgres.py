@@ -142,6 +142,16 @@ class PostgresStore:
         self._lost = False
 
     @property
+    def location(self) -> str:
+        """``user@host:port/dbname``: the database, without the password."""
+        return self._where
+
+    @property
+    def dsn(self) -> str:
+        """The connection string given (it may hold a password: never log it)."""
+        return self._dsn
+
+    @property
     def description(self) -> str:
         """``postgresql user@host:port/dbname table NAME``: where the queue is, no password."""
         return f"postgresql {self._where} table {self.table}"
@@ -159,7 +169,7 @@ class PostgresStore:
             StoreError: PostgreSQL cannot be reached or read, or the table has
                 another layout.
         """
-        return self._run(self._read, "cannot read the queue from")
+        return self.transaction(self._read, "cannot read the queue from")
 
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
@@ -180,7 +190,7 @@ class PostgresStore:
             StoreError: nothing was written (the transaction was rolled back, or
                 the database cannot be reached).
         """
-        self._run(
+        self.transaction(
             lambda conn: self._write(conn, added, removed, handle_limit),
             "cannot write the queue to",
         )
@@ -191,8 +201,11 @@ class PostgresStore:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[psycopg.Connection[TupleRow]], _T], doing: str) -> _T:
+    def transaction(self, work: Callable[[psycopg.Connection[TupleRow]], _T], doing: str) -> _T:
         """Run ``work`` in one transaction, turning psycopg's errors into StoreError.
+
+        For the store's own methods and those of stores built on it (the cluster
+        store); ``doing`` starts the error message (``"cannot read the queue from"``).
 
         A connection that PostgreSQL closed while the store was idle (the database
         restarted) is replaced at once, within this call: BEGIN failed on it, so
@@ -219,7 +232,7 @@ class PostgresStore:
     def _read(self, conn: psycopg.Connection[TupleRow]) -> StoreContents:
         table, meta = self._names()
         conn.execute(
-            self._sql(
+            self.compose(
                 "CREATE TABLE IF NOT EXISTS {} ("
                 " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
                 " handle bytea NOT NULL UNIQUE,"
@@ -233,26 +246,26 @@ class PostgresStore:
             )
         )
         conn.execute(
-            self._sql(
+            self.compose(
                 "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value bigint NOT NULL)",
                 meta,
             )
         )
-        self._check_layout(conn, self.table, _COLUMNS)
-        self._check_layout(conn, self.table + "_meta", _META_COLUMNS)
+        self.check_layout(conn, self.table, _COLUMNS)
+        self.check_layout(conn, self.table + "_meta", _META_COLUMNS)
         conn.execute(
-            self._sql(
+            self.compose(
                 "INSERT INTO {} VALUES ('handle_limit', 0) ON CONFLICT (key) DO NOTHING", meta
             )
         )
         row = conn.execute(
-            self._sql("SELECT value FROM {} WHERE key = 'handle_limit'", meta)
+            self.compose("SELECT value FROM {} WHERE key = 'handle_limit'", meta)
         ).fetchone()
         assert row is not None
         limit = row[0]
         assert isinstance(limit, int)
         with conn.cursor(binary=True) as cursor:
-            cursor.execute(self._sql(f"SELECT {_FIELDS} FROM {{}} ORDER BY seq", table))
+            cursor.execute(self.compose(f"SELECT {_FIELDS} FROM {{}} ORDER BY seq", table))
             jobs = [StoredJob(h, f, u, d, p, r, w) for h, f, u, d, p, r, w in cursor]
         return StoreContents(jobs, limit)
 
@@ -267,20 +280,20 @@ class PostgresStore:
         with conn.cursor() as cursor:
             if removed:
                 cursor.execute(
-                    self._sql("DELETE FROM {} WHERE handle = ANY(%s)", table), (list(removed),)
+                    self.compose("DELETE FROM {} WHERE handle = ANY(%s)", table), (list(removed),)
                 )
             if added:
                 # COPY keeps the order, like INSERTs; it takes a batch of 10,000 jobs
                 # about four times faster than executemany() (bench/store_postgres.py).
                 with cursor.copy(
-                    self._sql(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
+                    self.compose(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
                 ) as copy:
                     copy.set_types(_COPY_TYPES)
                     for job in added:  # a StoredJob is a tuple in column order
                         copy.write_row(job)
             if handle_limit is not None:
                 cursor.execute(
-                    self._sql(
+                    self.compose(
                         "UPDATE {} SET value = GREATEST(value, %s) WHERE key = 'handle_limit'",
                         meta,
                     ),
@@ -293,17 +306,19 @@ class PostgresStore:
         return sql.Identifier(self.table), sql.Identifier(self.table + "_meta")
 
     @staticmethod
-    def _sql(template: str, name: sql.Identifier) -> sql.Composed:
+    def compose(template: str, name: sql.Identifier) -> sql.Composed:
+        """``template`` with ``{}`` replaced by the quoted name ``name``."""
         from psycopg import sql
 
         return sql.SQL(template).format(name)
 
-    def _check_layout(
+    def check_layout(
         self,
         conn: psycopg.Connection[TupleRow],
         name: str,
         expected: tuple[tuple[str, str], ...],
     ) -> None:
+        """Raise StoreError unless the table ``name`` has the columns ``expected``."""
         from psycopg import sql
 
         rows = conn.execute(

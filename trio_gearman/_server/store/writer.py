@@ -93,6 +93,8 @@ class StoreWriter:
         self._failing = False
         self._limiter = anyio.CapacityLimiter(1)
         self.statistics = StoreStatistics()
+        self.writing: StoreWrite | None = None
+        """The transaction being committed now, if any."""
 
     async def open(self, wall_time: float) -> int:
         """Open the store, give its jobs back to the state, reserve handles.
@@ -118,6 +120,9 @@ class StoreWriter:
         try:
             contents = await self._run(self.store.open)
             state = self.state
+            if contents.handle_tag:
+                prefix = state.config.job_handle_prefix
+                state.set_handle_prefix(prefix + b":" + contents.handle_tag)
             state.reserve_handles(contents.handle_limit)
             offset = state.wall_offset
             now = anyio.current_time()
@@ -172,6 +177,7 @@ class StoreWriter:
 
     async def _write(self, write: StoreWrite) -> None:
         state = self.state
+        self.writing = write
         try:
             await self._commit(write)
         except Exception as exc:
@@ -188,6 +194,8 @@ class StoreWriter:
             state.store_failed(write, str(exc).encode("utf-8", "replace"), anyio.current_time())
             self._send_pending()
             return
+        finally:
+            self.writing = None
         if self._failing:
             self._failing = False
             logger.warning("The queue store %s works again", self.store.description)

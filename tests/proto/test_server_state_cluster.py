@@ -1,0 +1,139 @@
+"""A cluster member's state: committed background jobs are left to the shared store.
+
+The store is played by the test, as in ``test_server_state_durable.py``; the
+member's claims are ``restore_job`` calls, as the I/O layer makes them.
+"""
+
+from __future__ import annotations
+
+from trio_gearman._proto._packets import (
+    CantDo,
+    GrabJob,
+    JobAssign,
+    JobCreated,
+    NoJob,
+    SubmitJob,
+    WorkComplete,
+)
+from trio_gearman._proto.server.cluster import claim_demand
+
+from .test_server_state_durable import bg, commit, take
+from .test_server_state_harness import Harness
+
+
+def member() -> Harness:
+    harness = Harness(durable=True, cluster=True)
+    commit(harness)  # the handle reservation
+    return harness
+
+
+def test_a_committed_background_job_is_acknowledged_then_left_to_the_store() -> None:
+    harness = member()
+    client = harness.connect()
+    worker = harness.worker(b"f")
+    assert client.request(bg(b"payload")) == []
+    write = commit(harness)
+    assert [job.data for job in write.added] == [b"payload"]
+    assert client.received() == [JobCreated(write.added[0].handle)]
+    # Not queued here: any member may claim it.
+    assert worker.request(GrabJob()) == [NoJob()]
+    assert harness.state.jobs_queued == 0
+    assert harness.state.get_job(write.added[0].handle) is None
+    # Nor deleted from the store.
+    assert harness.state.take_store_write() is None
+
+
+def test_background_submissions_do_not_coalesce_here() -> None:
+    harness = member()
+    client = harness.connect()
+    assert client.request(bg(b"one", b"key"), bg(b"two", b"key")) == []
+    write = commit(harness)
+    assert [job.data for job in write.added] == [b"one", b"two"]
+    assert len(client.received()) == 2
+
+
+def test_foreground_jobs_stay_here_and_coalesce() -> None:
+    harness = member()
+    first, second = harness.connect(), harness.connect()
+    (created,) = first.request(SubmitJob(b"f", b"key", b"data"))
+    assert isinstance(created, JobCreated)
+    assert second.request(SubmitJob(b"f", b"key", b"data")) == [created]
+    assert harness.state.take_store_write() is None
+    assert harness.state.jobs_queued == 1
+
+
+def test_a_claimed_job_runs_here_and_its_end_deletes_its_row() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    harness.state.restore_job(b"H:other:m2:5", b"f", b"", b"claimed", now=harness.now)
+    assert worker.request(GrabJob()) == [JobAssign(b"H:other:m2:5", b"f", b"claimed")]
+    worker.send(WorkComplete(b"H:other:m2:5", b"done"))
+    assert harness.state.removals_pending() == [b"H:other:m2:5"]
+    assert take(harness).removed == [b"H:other:m2:5"]
+    assert harness.state.removals_pending() == []
+
+
+def test_the_handle_prefix_can_be_set_before_serving() -> None:
+    harness = member()
+    harness.state.set_handle_prefix(b"H:host:m7")
+    client = harness.connect()
+    client.request(bg(b"x"))
+    assert commit(harness).added[0].handle == b"H:host:m7:1"
+
+
+def test_claim_demand_counts_what_the_workers_here_have() -> None:
+    harness = member()
+    state = harness.state
+    assert claim_demand(state.functions, 2) == []
+    harness.worker(b"f")
+    harness.worker(b"f", b"g")
+    state.create_function(b"idle")  # no workers: no demand
+    assert claim_demand(state.functions, 2) == [(b"f", 4), (b"g", 2)]
+    for n in range(3):
+        state.restore_job(b"H:o:%d" % n, b"f", b"", b"", now=harness.now)
+    assert claim_demand(state.functions, 2) == [(b"f", 1), (b"g", 2)]
+    state.restore_job(b"H:o:9", b"f", b"", b"", now=harness.now)
+    assert claim_demand(state.functions, 2) == [(b"g", 2)]
+    assert claim_demand(state.functions, 1) == [(b"g", 1)]
+    # A running job makes room for another.
+    worker = harness.worker(b"h")
+    state.restore_job(b"H:o:10", b"h", b"", b"", now=harness.now)
+    assert claim_demand(state.functions, 1) == [(b"g", 1)]
+    assert worker.request(GrabJob()) == [JobAssign(b"H:o:10", b"h", b"")]
+    assert claim_demand(state.functions, 1) == [(b"g", 1), (b"h", 1)]
+
+
+def test_claimed_jobs_whose_workers_left_are_given_up() -> None:
+    harness = member()
+    worker = harness.worker(b"f", b"g")
+    other = harness.worker(b"g")
+    state = harness.state
+    assert state.release_unserved() == []
+    state.restore_job(b"H:o:1", b"f", b"", b"one", now=harness.now)
+    state.restore_job(b"H:o:2", b"f", b"", b"two", priority=0, now=harness.now)
+    state.restore_job(b"H:o:3", b"g", b"", b"three", now=harness.now)
+    waited = state.restore_job(b"H:o:4", b"f", b"key", b"four", now=harness.now)
+    client = harness.connect()
+    client.request(SubmitJob(b"f", b"key", b"four"))  # a client waits for it: kept
+    assert waited.clients is not None
+    assert state.release_unserved() == []  # the worker is still here
+    worker.send(CantDo(b"f"))
+    assert sorted(state.release_unserved()) == [b"H:o:1", b"H:o:2"]
+    assert state.get_job(b"H:o:1") is None
+    # Given up without a deletion: the store keeps the rows for other members.
+    assert harness.state.take_store_write() is None
+    assert state.get_job(b"H:o:4") is waited
+    assert other.request(GrabJob()) == [JobAssign(b"H:o:3", b"g", b"three")]
+
+
+def test_every_queued_claimed_job_can_be_given_up() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    state = harness.state
+    state.restore_job(b"H:o:1", b"f", b"", b"runs", now=harness.now)
+    state.restore_job(b"H:o:2", b"f", b"", b"waits", now=harness.now)
+    assert worker.request(GrabJob()) == [JobAssign(b"H:o:1", b"f", b"runs")]
+    assert state.release_unserved() == []
+    assert state.release_unserved(served_too=True) == [b"H:o:2"]
+    assert state.get_job(b"H:o:1") is not None  # a running job stays
+    assert worker.request(GrabJob()) == [NoJob()]

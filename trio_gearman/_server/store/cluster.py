@@ -1,0 +1,472 @@
+"""One PostgreSQL queue shared by a cluster of job servers.
+
+Every server started with the same connection string and cluster name is a
+*member* of one cluster. The background jobs live in one table,
+``<table>_<cluster>``, whose rows carry a claim: ``claimed_by`` (the member
+number of the server that runs the job, or NULL) and ``lease_until`` (when the
+claim lapses unless renewed). The member numbers come from ``<table>_<cluster>_meta``
+and are never given twice, so a restarted server never believes it owns the
+claims of its earlier life; they also tag the member's job handles
+(``H:host:m7:1``), which stay unique across the cluster.
+
+* A submission is committed unclaimed, with a ``NOTIFY <table>_<cluster>`` in the
+  same transaction, so that every member learns of it when it is committed.
+* A member claims jobs for its workers (:meth:`ClusterClaims.claim`) with
+  ``FOR UPDATE SKIP LOCKED``: two members never win the same row, and a row whose
+  lease lapsed (its member died) can be claimed again.
+* A finished job's row is deleted, as with the plain PostgreSQL queue, but only
+  while no other member claimed it.
+
+Three connections per member: the store's (group commits, on the writer's
+thread), the claims' (:class:`ClusterClaims`) and a listening one
+(:class:`ClusterListener`), each used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from .base import StoreContents, StoredJob, StoreError
+from .postgres import DEFAULT_TABLE, PostgresStore
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+    from psycopg.rows import TupleRow
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_POLL",
+    "Claimed",
+    "ClusterClaims",
+    "ClusterListener",
+    "ClusterStore",
+]
+
+logger = logging.getLogger("trio_gearman.server.cluster")
+
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a claim lasts unless renewed (``--cluster-lease``)."""
+DEFAULT_POLL: Final = 5.0
+"""Seconds between looks at the shared table when no notification comes."""
+
+_CLUSTER_NAME: Final = re.compile(r"[a-z0-9_]{1,40}")
+_LONGEST_TABLE: Final = 57  # "<table>_claim" (the index) must fit in 63 bytes
+_COLUMNS: Final = (
+    ("seq", "bigint"),
+    ("handle", "bytea"),
+    ("function", "bytea"),
+    ("unique_key", "bytea"),
+    ("data", "bytea"),
+    ("priority", "smallint"),
+    ("reducer", "bytea"),
+    ("when_epoch", "bigint"),
+    ("claimed_by", "bigint"),
+    ("lease_until", "timestamp with time zone"),
+)
+_META_COLUMNS: Final = (("key", "text"), ("value", "bigint"))
+_FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epoch"
+_COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
+
+
+def check_cluster_name(name: str) -> str:
+    """The cluster name, folded to lower case.
+
+    Raises:
+        ValueError: it is not 1 to 40 letters, digits and ``_``.
+    """
+    folded = name.lower()
+    if not _CLUSTER_NAME.fullmatch(folded):
+        raise ValueError(f"{name!r} is not a cluster name (1 to 40 letters, digits and _)")
+    return folded
+
+
+class ClusterStore(PostgresStore):
+    """The store of one cluster member (implements ``QueueStore``).
+
+    :meth:`open` takes a member number and reads no jobs (the member claims
+    them as its workers need them); :meth:`commit` inserts unclaimed rows and
+    notifies the other members. :meth:`claims` and :meth:`listener` make the
+    member's other two connections.
+
+    Args:
+        dsn: a libpq connection string (see :class:`PostgresStore`).
+        cluster: the cluster's name: 1 to 40 letters, digits and ``_``.
+        table: the prefix of the cluster's tables: its jobs live in
+            ``<table>_<cluster>``.
+        lease: seconds a claim lasts unless renewed.
+        poll: seconds between looks at the table when no notification comes.
+        connect_timeout: how long one attempt to connect may take, in seconds.
+
+    Raises:
+        StoreError: psycopg is not installed, or ``dsn`` is not a connection string.
+        ValueError: a bad cluster or table name, or a lease that is not positive.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        cluster: str,
+        table: str = DEFAULT_TABLE,
+        *,
+        lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        cluster = check_cluster_name(cluster)
+        name = f"{table.lower()}_{cluster}"
+        if len(name) > _LONGEST_TABLE:
+            raise ValueError(
+                f"the cluster's table {name!r} is longer than {_LONGEST_TABLE} characters;"
+                " choose a shorter table or cluster name"
+            )
+        for what, value in (("lease", lease), ("poll", poll)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"the {what} must be a positive number of seconds, not {value!r}")
+        super().__init__(dsn, name, connect_timeout=connect_timeout)
+        self.cluster = cluster
+        self.lease = lease
+        self.poll = poll
+        self.member = 0
+        self._connect_timeout_seconds = connect_timeout
+
+    @property
+    def description(self) -> str:
+        """``postgresql user@host:port/dbname cluster NAME member N``: no password."""
+        member = f" member {self.member}" if self.member else ""
+        return f"postgresql {self.location} cluster {self.cluster} (table {self.table}){member}"
+
+    def open(self) -> StoreContents:
+        """Create the cluster's tables when missing and take a new member number.
+
+        Returns:
+            No jobs (the member claims them later), and the member's handle tag.
+
+        Raises:
+            StoreError: PostgreSQL cannot be reached, or a table has another layout.
+        """
+        self.member = self.transaction(self._join, "cannot join the cluster in")
+        return StoreContents((), 0, b"m%d" % self.member)
+
+    def commit(
+        self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
+    ) -> None:
+        """Delete the rows of ended jobs this member held, insert ``added``, notify.
+
+        ``handle_limit`` is not needed (the member's handle tag keeps handles
+        unique) and is ignored.
+
+        Raises:
+            StoreError: nothing was written.
+        """
+        self.transaction(
+            lambda conn: self._write_rows(conn, added, removed), "cannot write the queue to"
+        )
+
+    def claims(self) -> ClusterClaims:
+        """A second connection of this member, for claims (after :meth:`open`)."""
+        return ClusterClaims(self)
+
+    def listener(self) -> ClusterListener:
+        """A third connection of this member, listening for new jobs."""
+        return ClusterListener(self.dsn, self.table, self.location, self._connect_timeout_seconds)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def names(self) -> tuple[sql.Identifier, sql.Identifier, sql.Identifier]:
+        """The quoted names of the jobs table, its meta table and its claim index."""
+        from psycopg import sql
+
+        table = self.table
+        return (
+            sql.Identifier(table),
+            sql.Identifier(table + "_meta"),
+            sql.Identifier(table + "_claim"),
+        )
+
+    def _join(self, conn: psycopg.Connection[TupleRow]) -> int:
+        table, meta, index = self.names()
+        # Members starting together would race to create the tables.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+        conn.execute(
+            self.compose(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " handle bytea NOT NULL UNIQUE,"
+                " function bytea NOT NULL,"
+                " unique_key bytea NOT NULL,"
+                " data bytea NOT NULL,"
+                " priority smallint NOT NULL,"
+                " reducer bytea NOT NULL,"
+                " when_epoch bigint,"
+                " claimed_by bigint,"
+                " lease_until timestamptz)",
+                table,
+            )
+        )
+        from psycopg import sql
+
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (function, priority, seq)").format(
+                index, table
+            )
+        )
+        conn.execute(
+            self.compose(
+                "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value bigint NOT NULL)",
+                meta,
+            )
+        )
+        self.check_layout(conn, self.table, _COLUMNS)
+        self.check_layout(conn, self.table + "_meta", _META_COLUMNS)
+        row = conn.execute(
+            self.compose(
+                "INSERT INTO {0} AS m VALUES ('members', 1) ON CONFLICT (key)"
+                " DO UPDATE SET value = m.value + 1 RETURNING value",
+                meta,
+            )
+        ).fetchone()
+        assert row is not None
+        member = row[0]
+        assert isinstance(member, int)
+        logger.info(
+            "Joined the cluster %s as member %d (%s, pid %d)",
+            self.cluster,
+            member,
+            socket.gethostname(),
+            os.getpid(),
+        )
+        return member
+
+    def _write_rows(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        added: Sequence[StoredJob],
+        removed: Sequence[bytes],
+    ) -> None:
+        table = self.names()[0]
+        with conn.cursor() as cursor:
+            if removed:
+                # A row another member claimed (this member's lease lapsed) is its now.
+                cursor.execute(
+                    self.compose(
+                        "DELETE FROM {} WHERE handle = ANY(%s)"
+                        " AND (claimed_by IS NULL OR claimed_by = %s)",
+                        table,
+                    ),
+                    (list(removed), self.member),
+                )
+            if added:
+                with cursor.copy(
+                    self.compose(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
+                ) as copy:
+                    copy.set_types(_COPY_TYPES)
+                    for job in added:
+                        copy.write_row(job)
+                cursor.execute(self.compose("NOTIFY {}", table))
+
+
+@attrs.frozen
+class Claimed:
+    """What :meth:`ClusterClaims.claim` got.
+
+    Attributes:
+        jobs: the jobs claimed, highest priority and oldest first.
+        next_in: when fewer jobs were found than wanted: in how many seconds
+            (by the database's clock) the next job of those functions becomes
+            claimable, or ``None`` when none will without a new submission.
+    """
+
+    jobs: list[StoredJob]
+    next_in: float | None
+
+
+class ClusterClaims:
+    """A member's claims: its own connection, used from one thread at a time.
+
+    Args:
+        store: the member's opened :class:`ClusterStore` (its member number,
+            names and lease are used).
+    """
+
+    def __init__(self, store: ClusterStore) -> None:
+        self._store = store
+        self._db = PostgresStore(store.dsn, store.table)
+        self._member = store.member
+        self._lease = store.lease
+
+    def claim(self, wanted: Sequence[tuple[bytes, int]], skip: Sequence[bytes] = ()) -> Claimed:
+        """Claim up to ``count`` due, unclaimed (or lapsed) jobs of each function.
+
+        Highest priority first, then oldest first; epoch jobs only once due (by
+        the database's clock). No two members ever claim the same job while its
+        lease runs.
+
+        Args:
+            wanted: ``(function, count)`` pairs.
+            skip: handles not to claim (jobs that ended here, whose rows are
+                not deleted yet).
+
+        Returns:
+            The jobs claimed, highest priority and oldest first; when fewer than
+            wanted, also in how many seconds another job of these functions
+            becomes claimable (a lease lapses, an epoch job comes due), if any.
+
+        Raises:
+            StoreError: nothing was claimed.
+        """
+        if not wanted:
+            return Claimed([], None)
+        functions = [function for function, _ in wanted]
+        counts = [count for _, count in wanted]
+        table = self._store.names()[0]
+        query = self._db.compose(
+            "UPDATE {0} SET claimed_by = %s, lease_until = now() + %s * interval '1 second'"
+            " WHERE seq IN (SELECT c.seq FROM unnest(%s::bytea[], %s::int[]) AS d(f, n)"
+            " CROSS JOIN LATERAL (SELECT seq FROM {0} WHERE function = d.f"
+            " AND (claimed_by IS NULL OR lease_until < now())"
+            " AND (when_epoch IS NULL OR when_epoch <= extract(epoch FROM now()))"
+            " AND NOT (handle = ANY(%s::bytea[]))"
+            " ORDER BY priority, seq LIMIT d.n FOR UPDATE SKIP LOCKED) AS c)"
+            f" RETURNING priority, seq, {_FIELDS}",
+            table,
+        )
+
+        later = self._db.compose(
+            "SELECT min(CASE WHEN claimed_by IS NULL"
+            " THEN when_epoch - extract(epoch FROM now())"
+            " ELSE extract(epoch FROM lease_until - now()) END)::float8"
+            " FROM {} WHERE function = ANY(%s::bytea[]) AND ("
+            " (claimed_by IS NULL AND when_epoch > extract(epoch FROM now()))"
+            " OR (claimed_by IS NOT NULL AND claimed_by <> %s))",
+            table,
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> Claimed:
+            with conn.cursor(binary=True) as cursor:
+                cursor.execute(query, (self._member, self._lease, functions, counts, list(skip)))
+                rows = sorted(cursor.fetchall(), key=lambda row: (row[0], row[1]))
+            jobs = [StoredJob(h, f, u, d, p, r, w) for _, _, h, f, u, d, p, r, w in rows]
+            wait = None
+            if len(jobs) < sum(counts):
+                found = conn.execute(later, (functions, self._member)).fetchone()
+                if found is not None and found[0] is not None:
+                    wait = max(float(found[0]), 0.0)
+            return Claimed(jobs, wait)
+
+        return self._db.transaction(work, "cannot claim jobs in")
+
+    def renew(self, handles: Sequence[bytes]) -> int:
+        """Extend the leases of this member's claims of ``handles``; how many there are.
+
+        Only the jobs the member holds are renewed: a row it claimed without
+        knowing (the reply to a claim was lost with the connection), or whose
+        job ended but whose deletion is not committed yet, lapses.
+
+        Raises:
+            StoreError: the leases were not renewed.
+        """
+        table = self._store.names()[0]
+        query = self._db.compose(
+            "UPDATE {} SET lease_until = now() + %s * interval '1 second'"
+            " WHERE claimed_by = %s AND handle = ANY(%s)",
+            table,
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> int:
+            return conn.execute(query, (self._lease, self._member, list(handles))).rowcount
+
+        return self._db.transaction(work, "cannot renew the leases in")
+
+    def release(self, handles: Sequence[bytes] | None) -> int:
+        """Give back claims (``None``: all of this member's) and notify the members.
+
+        Returns:
+            How many claims were given back.
+
+        Raises:
+            StoreError: nothing was given back.
+        """
+        table = self._store.names()[0]
+        query = self._db.compose(
+            "UPDATE {} SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = %s"
+            + ("" if handles is None else " AND handle = ANY(%s)"),
+            table,
+        )
+        params: tuple[object, ...] = (
+            (self._member,) if handles is None else (self._member, list(handles))
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> int:
+            count = conn.execute(query, params).rowcount
+            if count:
+                conn.execute(self._db.compose("NOTIFY {}", table))
+            return count
+
+        return self._db.transaction(work, "cannot release claims in")
+
+    def close(self) -> None:
+        """Close the connection (never raises)."""
+        self._db.close()
+
+
+class ClusterListener:
+    """A connection that waits for the cluster's notifications (one thread at a time).
+
+    Args:
+        dsn: the connection string.
+        channel: the channel (the jobs table's name).
+        location: the database, for messages.
+        connect_timeout: seconds one attempt to connect may take.
+    """
+
+    def __init__(self, dsn: str, channel: str, location: str, connect_timeout: float) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._where = location
+        self._timeout = max(1, math.ceil(connect_timeout))
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification.
+
+        Returns:
+            Whether one came, or the connection was (re)made: notifications may
+            have been missed meanwhile, so the member should look for jobs.
+
+        Raises:
+            StoreError: PostgreSQL cannot be reached (the next call tries again).
+        """
+        import psycopg
+        from psycopg import sql
+
+        fresh = False
+        try:
+            if self._conn is None:
+                conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout)
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self._conn = conn
+                fresh = True
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                return True
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(f"cannot listen to PostgreSQL at {self._where}: {exc}") from None
+        return fresh
+
+    def close(self) -> None:
+        """Close the connection (never raises)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover
+                logger.debug("Closing the listening connection failed", exc_info=True)
