@@ -149,6 +149,9 @@ _PROTOCOL_ERROR_CODES: Final[dict[type[ProtocolError], bytes]] = {
 _Handler = Callable[[ConnectionState, Any, float], None]
 
 
+_new_tuple: Final = tuple.__new__
+
+
 class _BrokenStream:
     """A protocol error among the events waiting behind a connection's pending replies."""
 
@@ -690,15 +693,19 @@ class ServerState(JobTable):
         """Put ``job`` in the store's next transaction; its replies wait for the commit."""
         epoch = round(due + self.wall_offset) if due else None
         write = self._write
+        # tuple.__new__ directly: a named tuple's own __new__ is a Python function.
         write.added.append(
-            StoredJob(
-                job.handle,
-                job.function.name,
-                job.unique,
-                job.data,
-                job.priority,
-                job.reducer,
-                epoch,
+            _new_tuple(
+                StoredJob,
+                (
+                    job.handle,
+                    job.function.name,
+                    job.unique,
+                    job.data,
+                    job.priority,
+                    job.reducer,
+                    epoch,
+                ),
             )
         )
         write.jobs.append(job)
