@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from .base import StoreContents, StoredJob, StoreError
-from .postgres import DEFAULT_TABLE, PostgresStore
+from .postgres import COLUMNS, COPY_TYPES, DEFAULT_TABLE, FIELDS, META_COLUMNS, PostgresStore
 
 if TYPE_CHECKING:
     import psycopg
@@ -61,20 +61,10 @@ DEFAULT_POLL: Final = 5.0
 _CLUSTER_NAME: Final = re.compile(r"[a-z0-9_]{1,40}")
 _LONGEST_TABLE: Final = 57  # "<table>_claim" (the index) must fit in 63 bytes
 _COLUMNS: Final = (
-    ("seq", "bigint"),
-    ("handle", "bytea"),
-    ("function", "bytea"),
-    ("unique_key", "bytea"),
-    ("data", "bytea"),
-    ("priority", "smallint"),
-    ("reducer", "bytea"),
-    ("when_epoch", "bigint"),
+    *COLUMNS,
     ("claimed_by", "bigint"),
     ("lease_until", "timestamp with time zone"),
 )
-_META_COLUMNS: Final = (("key", "text"), ("value", "bigint"))
-_FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epoch"
-_COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
 
 
 def check_cluster_name(name: str) -> str:
@@ -226,7 +216,7 @@ class ClusterStore(PostgresStore):
             )
         )
         self.check_layout(conn, self.table, _COLUMNS)
-        self.check_layout(conn, self.table + "_meta", _META_COLUMNS)
+        self.check_layout(conn, self.table + "_meta", META_COLUMNS)
         row = conn.execute(
             self.compose(
                 "INSERT INTO {0} AS m VALUES ('members', 1) ON CONFLICT (key)"
@@ -266,9 +256,9 @@ class ClusterStore(PostgresStore):
                 )
             if added:
                 with cursor.copy(
-                    self.compose(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
+                    self.compose(f"COPY {{}} ({FIELDS}) FROM STDIN (FORMAT BINARY)", table)
                 ) as copy:
-                    copy.set_types(_COPY_TYPES)
+                    copy.set_types(COPY_TYPES)
                     for job in added:
                         copy.write_row(job)
                 cursor.execute(self.compose("NOTIFY {}", table))
@@ -336,7 +326,7 @@ class ClusterClaims:
             " AND (when_epoch IS NULL OR when_epoch <= extract(epoch FROM now()))"
             " AND NOT (handle = ANY(%s::bytea[]))"
             " ORDER BY priority, seq LIMIT d.n FOR UPDATE SKIP LOCKED) AS c)"
-            f" RETURNING priority, seq, {_FIELDS}",
+            f" RETURNING priority, seq, {FIELDS}",
             table,
         )
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-__all__ = ["DEFAULT_TABLE", "PostgresStore"]
+__all__ = ["COLUMNS", "COPY_TYPES", "DEFAULT_TABLE", "FIELDS", "META_COLUMNS", "PostgresStore"]
 
 logger = logging.getLogger("trio_gearman.server.store")
 _T = TypeVar("_T")
@@ -39,7 +39,7 @@ DEFAULT_TABLE: Final = "gearman_queue"
 INSTALL_HINT: Final = "pip install 'trio-gearman[postgres]'"
 # PostgreSQL keeps 63 bytes of a name; "<table>_meta" must fit.
 _TABLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,57}")
-_COLUMNS: Final = (
+COLUMNS: Final = (
     ("seq", "bigint"),
     ("handle", "bytea"),
     ("function", "bytea"),
@@ -49,9 +49,13 @@ _COLUMNS: Final = (
     ("reducer", "bytea"),
     ("when_epoch", "bigint"),
 )
-_META_COLUMNS: Final = (("key", "text"), ("value", "bigint"))
-_FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epoch"
-_COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
+"""The columns of the jobs table, with their types (a cluster's table adds two)."""
+META_COLUMNS: Final = (("key", "text"), ("value", "bigint"))
+"""The columns of the ``<table>_meta`` table."""
+FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epoch"
+"""The columns of a :class:`StoredJob`, in its order."""
+COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
+"""The types of :data:`FIELDS` for a binary COPY."""
 
 
 def _import_psycopg() -> None:
@@ -251,8 +255,8 @@ class PostgresStore:
                 meta,
             )
         )
-        self.check_layout(conn, self.table, _COLUMNS)
-        self.check_layout(conn, self.table + "_meta", _META_COLUMNS)
+        self.check_layout(conn, self.table, COLUMNS)
+        self.check_layout(conn, self.table + "_meta", META_COLUMNS)
         conn.execute(
             self.compose(
                 "INSERT INTO {} VALUES ('handle_limit', 0) ON CONFLICT (key) DO NOTHING", meta
@@ -265,7 +269,7 @@ class PostgresStore:
         limit = row[0]
         assert isinstance(limit, int)
         with conn.cursor(binary=True) as cursor:
-            cursor.execute(self.compose(f"SELECT {_FIELDS} FROM {{}} ORDER BY seq", table))
+            cursor.execute(self.compose(f"SELECT {FIELDS} FROM {{}} ORDER BY seq", table))
             jobs = [StoredJob(h, f, u, d, p, r, w) for h, f, u, d, p, r, w in cursor]
         return StoreContents(jobs, limit)
 
@@ -286,9 +290,9 @@ class PostgresStore:
                 # COPY keeps the order, like INSERTs; it takes a batch of 10,000 jobs
                 # about four times faster than executemany() (bench/store_postgres.py).
                 with cursor.copy(
-                    self.compose(f"COPY {{}} ({_FIELDS}) FROM STDIN (FORMAT BINARY)", table)
+                    self.compose(f"COPY {{}} ({FIELDS}) FROM STDIN (FORMAT BINARY)", table)
                 ) as copy:
-                    copy.set_types(_COPY_TYPES)
+                    copy.set_types(COPY_TYPES)
                     for job in added:  # a StoredJob is a tuple in column order
                         copy.write_row(job)
             if handle_limit is not None:
