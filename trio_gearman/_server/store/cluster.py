@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from .base import StoreContents, StoredJob, StoreError
-from .postgres import COLUMNS, COPY_TYPES, DEFAULT_TABLE, FIELDS, META_COLUMNS, PostgresStore
+from .postgres import (
+    COLUMNS,
+    COPY_TYPES,
+    DEFAULT_TABLE,
+    FIELDS,
+    JOB_COLUMNS_SQL,
+    META_COLUMNS,
+    PostgresStore,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -188,17 +196,8 @@ class ClusterStore(PostgresStore):
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
         conn.execute(
             self.compose(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                " handle bytea NOT NULL UNIQUE,"
-                " function bytea NOT NULL,"
-                " unique_key bytea NOT NULL,"
-                " data bytea NOT NULL,"
-                " priority smallint NOT NULL,"
-                " reducer bytea NOT NULL,"
-                " when_epoch bigint,"
-                " claimed_by bigint,"
-                " lease_until timestamptz)",
+                f"CREATE TABLE IF NOT EXISTS {{}} ({JOB_COLUMNS_SQL},"
+                " claimed_by bigint, lease_until timestamptz)",
                 table,
             )
         )

@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from psycopg import sql
     from psycopg.rows import TupleRow
 
-__all__ = ["COLUMNS", "COPY_TYPES", "DEFAULT_TABLE", "FIELDS", "META_COLUMNS", "PostgresStore"]
+__all__ = [
+    "COLUMNS",
+    "COPY_TYPES",
+    "DEFAULT_TABLE",
+    "FIELDS",
+    "JOB_COLUMNS_SQL",
+    "META_COLUMNS",
+    "PostgresStore",
+]
 
 logger = logging.getLogger("trio_gearman.server.store")
 _T = TypeVar("_T")
@@ -56,6 +64,17 @@ FIELDS: Final = "handle, function, unique_key, data, priority, reducer, when_epo
 """The columns of a :class:`StoredJob`, in its order."""
 COPY_TYPES: Final = ("bytea", "bytea", "bytea", "bytea", "int2", "bytea", "int8")
 """The types of :data:`FIELDS` for a binary COPY."""
+JOB_COLUMNS_SQL: Final = (
+    "seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " handle bytea NOT NULL UNIQUE,"
+    " function bytea NOT NULL,"
+    " unique_key bytea NOT NULL,"
+    " data bytea NOT NULL,"
+    " priority smallint NOT NULL,"
+    " reducer bytea NOT NULL,"
+    " when_epoch bigint"
+)
+"""The definition of :data:`COLUMNS` in ``CREATE TABLE``."""
 
 
 def _import_psycopg() -> None:
@@ -237,15 +256,7 @@ class PostgresStore:
         table, meta = self._names()
         conn.execute(
             self.compose(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                " handle bytea NOT NULL UNIQUE,"
-                " function bytea NOT NULL,"
-                " unique_key bytea NOT NULL,"
-                " data bytea NOT NULL,"
-                " priority smallint NOT NULL,"
-                " reducer bytea NOT NULL,"
-                " when_epoch bigint)",
+                f"CREATE TABLE IF NOT EXISTS {{}} ({JOB_COLUMNS_SQL})",
                 table,
             )
         )
