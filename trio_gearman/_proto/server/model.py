@@ -89,62 +89,6 @@ NEW: Final = JobState.NEW
 PENDING: Final = JobState.PENDING
 
 
-@attrs.define(slots=True, eq=False, weakref_slot=False)
-class Job:
-    """One job, from submission until it is finished.
-
-    Jobs compare and hash by identity. The unique-key index, the handle table and a
-    worker's running table refer to the same object.
-
-    Attributes:
-        handle: the job handle (``prefix:counter``).
-        function: the function the job belongs to.
-        unique: the unique key as submitted (empty: none; ``-``: coalesced by data).
-        data: the payload.
-        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
-        background: no client waits for the result; never dropped because a client left.
-        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        state: :data:`NEW`, :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`,
-            :data:`HELD` or :data:`GONE`.
-        retries: how many times the job was re-queued after losing its worker.
-        numerator: the last WORK_STATUS numerator (reset on re-queue).
-        denominator: the last WORK_STATUS denominator (reset on re-queue).
-        clients: the attached foreground connections, one entry per attachment
-            (the same connection may appear more than once), or ``None``.
-        worker: the connection running the job, or ``None``.
-        timer: the sequence number of the job's live timer-heap entry (its epoch or
-            its CAN_DO_TIMEOUT deadline), or 0 for none.
-        cancelled: the admin ``cancel job`` command hit the job while it ran.
-        stored: the store holds the job's row (or is writing it): its end must
-            delete it.
-        acks: the JOB_CREATED replies that wait for the commit of this job (a
-            durable submission, or one that coalesced onto a job being stored),
-            or ``None``.
-        queued_at: the loop time the job was submitted (an epoch job: came due).
-        assigned_at: the loop time a worker last took it.
-    """
-
-    handle: bytes
-    function: Function
-    unique: bytes
-    data: bytes
-    priority: int
-    background: bool
-    reducer: bytes = b""
-    state: JobState = NEW
-    retries: int = 0
-    numerator: int = 0
-    denominator: int = 0
-    clients: list[ConnectionState] | None = None
-    worker: ConnectionState | None = None
-    timer: int = 0
-    cancelled: bool = False
-    stored: bool = False
-    acks: list[Ack] | None = None
-    queued_at: float = 0.0
-    assigned_at: float = 0.0
-
-
 class Ack:
     """A reply that waits for a commit of the store, in its connection's order.
 
@@ -466,6 +410,63 @@ class ConnectionState:
         self.shared_size = 0
 
 
+# After Function: compiled (mypyc), a class body needs the classes its annotations name.
+@attrs.define(slots=True, eq=False, weakref_slot=False)
+class Job:
+    """One job, from submission until it is finished.
+
+    Jobs compare and hash by identity. The unique-key index, the handle table and a
+    worker's running table refer to the same object.
+
+    Attributes:
+        handle: the job handle (``prefix:counter``).
+        function: the function the job belongs to.
+        unique: the unique key as submitted (empty: none; ``-``: coalesced by data).
+        data: the payload.
+        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+        background: no client waits for the result; never dropped because a client left.
+        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+        state: :data:`NEW`, :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`,
+            :data:`HELD` or :data:`GONE`.
+        retries: how many times the job was re-queued after losing its worker.
+        numerator: the last WORK_STATUS numerator (reset on re-queue).
+        denominator: the last WORK_STATUS denominator (reset on re-queue).
+        clients: the attached foreground connections, one entry per attachment
+            (the same connection may appear more than once), or ``None``.
+        worker: the connection running the job, or ``None``.
+        timer: the sequence number of the job's live timer-heap entry (its epoch or
+            its CAN_DO_TIMEOUT deadline), or 0 for none.
+        cancelled: the admin ``cancel job`` command hit the job while it ran.
+        stored: the store holds the job's row (or is writing it): its end must
+            delete it.
+        acks: the JOB_CREATED replies that wait for the commit of this job (a
+            durable submission, or one that coalesced onto a job being stored),
+            or ``None``.
+        queued_at: the loop time the job was submitted (an epoch job: came due).
+        assigned_at: the loop time a worker last took it.
+    """
+
+    handle: bytes
+    function: Function
+    unique: bytes
+    data: bytes
+    priority: int
+    background: bool
+    reducer: bytes = b""
+    state: JobState = NEW
+    retries: int = 0
+    numerator: int = 0
+    denominator: int = 0
+    clients: list[ConnectionState] | None = None
+    worker: ConnectionState | None = None
+    timer: int = 0
+    cancelled: bool = False
+    stored: bool = False
+    acks: list[Ack] | None = None
+    queued_at: float = 0.0
+    assigned_at: float = 0.0
+
+
 class StoredJob(NamedTuple):
     """One background job as a store holds it: a tuple, its fields in column order.
 
@@ -491,14 +492,14 @@ class StoredJob(NamedTuple):
     epoch: int | None = None
 
 
-@attrs.define
 class StoreWrite:
     """One transaction for the store to commit: the effect of a durable server.
 
     The state machine makes it (:meth:`ServerState.take_store_write
     <trio_gearman._proto.server.state.ServerState.take_store_write>`); the I/O
     layer commits it and reports how that went (``store_written`` or
-    ``store_failed``).
+    ``store_failed``). A plain class, not an attrs one: mypyc compiles it (it
+    cannot compile attrs' ``Factory`` defaults).
 
     Attributes:
         added: the new durable jobs, in submission order.
@@ -509,11 +510,27 @@ class StoreWrite:
         due: for each of ``jobs``, the loop time an epoch job is due at, else 0.
     """
 
-    added: list[StoredJob] = attrs.Factory(list)
-    removed: list[bytes] = attrs.Factory(list)
-    handle_limit: int | None = None
-    jobs: list[Job] = attrs.Factory(list)
-    due: list[float] = attrs.Factory(list)
+    __slots__ = ("added", "due", "handle_limit", "jobs", "removed")
+
+    def __init__(
+        self,
+        added: list[StoredJob] | None = None,
+        removed: list[bytes] | None = None,
+        handle_limit: int | None = None,
+        jobs: list[Job] | None = None,
+        due: list[float] | None = None,
+    ) -> None:
+        self.added: list[StoredJob] = [] if added is None else added
+        self.removed: list[bytes] = [] if removed is None else removed
+        self.handle_limit = handle_limit
+        self.jobs: list[Job] = [] if jobs is None else jobs
+        self.due: list[float] = [] if due is None else due
+
+    def __repr__(self) -> str:
+        return (
+            f"StoreWrite(added={self.added!r}, removed={self.removed!r}, "
+            f"handle_limit={self.handle_limit!r}, jobs={self.jobs!r}, due={self.due!r})"
+        )
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.handle_limit is not None)

@@ -1,0 +1,78 @@
+"""The build backend: setuptools', plus mypyc when ``TRIO_GEARMAN_COMPILE=1`` asks for the
+compiled build (see setup.py).
+
+``pip install .`` builds the pure-Python package with setuptools alone; with
+``TRIO_GEARMAN_COMPILE=1`` the build environment also gets mypyc, and attrs for the
+types of the compiled modules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from setuptools import build_meta as _setuptools
+from setuptools.build_meta import *  # noqa: F403  (the other PEP 517 hooks, unchanged)
+
+COMPILE_VARIABLE = "TRIO_GEARMAN_COMPILE"
+"""The environment variable that asks for the compiled build: ``1`` (or ``0``, unset: pure)."""
+
+COMPILE_REQUIRES = ("mypy[mypyc] >= 2.4", "attrs >= 23.1")
+"""What the compiled build needs beyond setuptools."""
+
+COMPILED_MODULES = (
+    "trio_gearman/_proto/_packets.py",
+    "trio_gearman/_proto/_codec.py",
+    "trio_gearman/_proto/server/admin.py",
+    "trio_gearman/_proto/server/cluster.py",
+    "trio_gearman/_proto/server/jobs.py",
+    "trio_gearman/_proto/server/listing.py",
+    "trio_gearman/_proto/server/model.py",
+    "trio_gearman/_proto/server/names.py",
+    "trio_gearman/_proto/server/state.py",
+)
+"""The modules the compiled build compiles: the codec and the server's state machine.
+
+Left pure: ``server/acl.py`` (attrs fields with converters, which mypyc does not
+compile; it runs once per connection), ``_admin.py``, ``client.py`` and ``worker.py``
+(not on the server's hot path).
+"""
+
+
+def compile_requested() -> bool:
+    """Whether ``TRIO_GEARMAN_COMPILE`` asks for the compiled build.
+
+    Raises:
+        SystemExit: the variable is set to something other than ``0`` or ``1``.
+    """
+    value = os.environ.get(COMPILE_VARIABLE, "").strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise SystemExit(f"trio-gearman: {COMPILE_VARIABLE} must be 0 or 1, not {value!r}")
+
+
+def _requires(hook: Callable[[Any], list[str]], config_settings: Any) -> list[str]:
+    if not compile_requested():
+        return hook(config_settings)
+    # setuptools runs setup.py to learn its own requirements: before mypyc is there,
+    # so as a pure build.
+    value = os.environ[COMPILE_VARIABLE]
+    os.environ[COMPILE_VARIABLE] = "0"
+    try:
+        requires = hook(config_settings)
+    finally:
+        os.environ[COMPILE_VARIABLE] = value
+    return [*requires, *COMPILE_REQUIRES]
+
+
+def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
+    """setuptools' requirements, and mypyc's when the compiled build is asked for."""
+    return _requires(_setuptools.get_requires_for_build_wheel, config_settings)
+
+
+def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:
+    """As :func:`get_requires_for_build_wheel`, for ``pip install -e``."""
+    return _requires(_setuptools.get_requires_for_build_editable, config_settings)
