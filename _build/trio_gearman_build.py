@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403  (the other PEP 517 hooks, unchanged)
+
+_T = TypeVar("_T")
 
 COMPILE_VARIABLE = "TRIO_GEARMAN_COMPILE"
 """The environment variable that asks for the compiled build: ``1`` (or ``0``, unset: pure)."""
@@ -54,25 +56,50 @@ def compile_requested() -> bool:
     raise SystemExit(f"trio-gearman: {COMPILE_VARIABLE} must be 0 or 1, not {value!r}")
 
 
-def _requires(hook: Callable[[Any], list[str]], config_settings: Any) -> list[str]:
-    if not compile_requested():
-        return hook(config_settings)
-    # setuptools runs setup.py to learn its own requirements: before mypyc is there,
-    # so as a pure build.
-    value = os.environ[COMPILE_VARIABLE]
+def _pure(hook: Callable[..., _T], *args: Any) -> _T:
+    """Run a setuptools hook as for the pure build: one that builds no extension.
+
+    setuptools runs setup.py to learn its own requirements (before mypyc is there) and
+    to write the metadata (which the extensions do not change): without compiling,
+    mypyc runs once, for the wheel.
+    """
+    value = os.environ.get(COMPILE_VARIABLE)
     os.environ[COMPILE_VARIABLE] = "0"
     try:
-        requires = hook(config_settings)
+        return hook(*args)
     finally:
-        os.environ[COMPILE_VARIABLE] = value
-    return [*requires, *COMPILE_REQUIRES]
+        if value is None:
+            del os.environ[COMPILE_VARIABLE]
+        else:
+            os.environ[COMPILE_VARIABLE] = value
 
 
 def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
     """setuptools' requirements, and mypyc's when the compiled build is asked for."""
-    return _requires(_setuptools.get_requires_for_build_wheel, config_settings)
+    if not compile_requested():
+        return _setuptools.get_requires_for_build_wheel(config_settings)
+    return [*_pure(_setuptools.get_requires_for_build_wheel, config_settings), *COMPILE_REQUIRES]
 
 
 def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:
     """As :func:`get_requires_for_build_wheel`, for ``pip install -e``."""
-    return _requires(_setuptools.get_requires_for_build_editable, config_settings)
+    if not compile_requested():
+        return _setuptools.get_requires_for_build_editable(config_settings)
+    return [
+        *_pure(_setuptools.get_requires_for_build_editable, config_settings),
+        *COMPILE_REQUIRES,
+    ]
+
+
+def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: Any = None) -> str:
+    """setuptools' metadata, written without compiling."""
+    return _pure(_setuptools.prepare_metadata_for_build_wheel, metadata_directory, config_settings)
+
+
+def prepare_metadata_for_build_editable(
+    metadata_directory: str, config_settings: Any = None
+) -> str:
+    """setuptools' metadata, written without compiling."""
+    return _pure(
+        _setuptools.prepare_metadata_for_build_editable, metadata_directory, config_settings
+    )

@@ -475,10 +475,9 @@ def test_events_are_kept_when_the_consumer_stops_early() -> None:
 def test_feed_copies_mutable_buffers() -> None:
     decoder = Decoder(expect=Magic.REQ)
     wire = bytearray(GOOD)
-    # Off the typed contract (bytes), as an untyped caller may do it.
-    decoder.feed(wire)  # type: ignore[arg-type]
+    decoder.feed(wire)
     wire[:] = b"\xff" * len(wire)  # the caller reuses its receive buffer
-    decoder.feed(memoryview(GOOD))  # type: ignore[arg-type]
+    decoder.feed(memoryview(GOOD))
     assert list(decoder) == [EchoReq(b"ok"), EchoReq(b"ok")]
 
 

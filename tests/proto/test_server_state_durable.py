@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from trio_gearman import BadMagic, UnknownPacketType
-from trio_gearman._proto._codec import encode
+from trio_gearman._proto._codec import TextLine, encode
 from trio_gearman._proto._packets import (
     EchoReq,
     EchoRes,
@@ -522,6 +522,20 @@ def test_a_bad_magic_behind_a_commit_closes_after_it_without_an_answer() -> None
     assert client.conn in harness.state.dirty
     assert client.received() == [JobCreated(handle(1))]
     assert client.conn.closing
+
+
+def test_a_protocol_error_behind_a_commit_is_dropped_when_what_came_before_closed() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(bg(b"x"), TextLine(b"a b c d e f"))  # too many words: that line closes
+    error = UnknownPacketType("unknown packet type 99 (size 0)", offset=20)
+    harness.state.protocol_error(client.conn, error, harness.now)
+    commit(harness)
+    assert client.conn.closing
+    # The job's handle, the admin line's ERR, and no ERROR for the later packet.
+    assert (
+        client.raw() == encode(JobCreated(handle(1))) + b"ERR TOO_MANY_ARGS Too+many+arguments\r\n"
+    )
 
 
 def test_a_protocol_error_behind_a_listing_waits_for_its_end() -> None:

@@ -362,40 +362,40 @@ class Decoder:
         """How many received bytes wait for the rest of their packet or line."""
         return self._have if self._need else len(self._pending)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes. Complete events come out when the decoder is iterated.
 
         Once the decoder has raised a protocol error, fed bytes are dropped: the
         stream cannot be resynchronised.
 
         Args:
-            data: bytes received from the peer, split anywhere.
+            data: bytes received from the peer, split anywhere; a bytearray or
+                memoryview (a buffer the caller may reuse) is copied.
         """
         if not data or self._error is not None:
             return
-        if type(data) is not bytes:
-            data = bytes(data)  # a bytearray or memoryview the caller may reuse
+        chunk = data if type(data) is bytes else bytes(data)
         big = self._big
         if big is not None:
             have = self._have
             room = self._need - have
-            if len(data) <= room:
-                big += data
-                self._have = have + len(data)
+            if len(chunk) <= room:
+                big += chunk
+                self._have = have + len(chunk)
                 return
             if room:
-                big += memoryview(data)[:room]
+                big += memoryview(chunk)[:room]
                 self._have = self._need
-                data = data[room:]
+                chunk = chunk[room:]
             # The packet is complete: what follows it waits for the next iteration.
-            self._pending = self._pending + data if self._pending else data
+            self._pending = self._pending + chunk if self._pending else chunk
         elif self._need:
-            self._chunks.append(data)
-            self._have += len(data)
+            self._chunks.append(chunk)
+            self._have += len(chunk)
         elif self._pending:
-            self._pending += data
+            self._pending += chunk
         else:
-            self._pending = data
+            self._pending = chunk
 
     def __iter__(self) -> Iterator[Event]:
         """Yield every complete event, then raise the first protocol error, if any.

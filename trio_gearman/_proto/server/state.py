@@ -261,8 +261,6 @@ class ServerState(JobTable):
             AllYours: invalid,
             SubmitJobSched: invalid,
         }
-        # Not an event of the decoder: protocol_error() queues it behind pending replies.
-        self._handlers[_BrokenStream] = self._broken_stream  # type: ignore[index]
 
     # --- the interface of the I/O layer -------------------------------------------------
 
@@ -370,7 +368,16 @@ class ServerState(JobTable):
         paused = conn.paused
         conn.paused = None
         if paused:
-            for event in paused:
+            self._resume(conn, paused, now)
+
+    def _resume(self, conn: ConnectionState, paused: list[Any], now: float) -> None:
+        """Handle, in order, what ``conn`` sent while earlier replies waited: its events,
+        and last, if its stream broke meanwhile, the protocol error."""
+        for event in paused:
+            if isinstance(event, _BrokenStream):
+                if not conn.closing:
+                    self._break(conn, event)
+            else:
                 self.receive(conn, event, now)
 
     def _receive_behind_acks(self, conn: ConnectionState, event: Event, now: float) -> None:
@@ -422,13 +429,18 @@ class ServerState(JobTable):
             return
         if conn.acks is not None or conn.listing is not None:
             conn.broken = True
-            marker = _BrokenStream(error)
+        self._break(conn, _BrokenStream(error))
+
+    def _break(self, conn: ConnectionState, marker: _BrokenStream) -> None:
+        """End ``conn`` with the error of ``marker``, or queue it behind the pending
+        replies (after every event waiting there)."""
+        if conn.acks is not None or conn.listing is not None:
             if conn.paused is None:
                 conn.paused = [marker]
             else:
                 conn.paused.append(marker)
             return
-        self._end_broken(conn, error)
+        self._end_broken(conn, marker.error)
 
     def _end_broken(self, conn: ConnectionState, error: ProtocolError) -> None:
         for kind, code in _PROTOCOL_ERROR_CODES.items():
@@ -437,10 +449,6 @@ class ServerState(JobTable):
                 break
         conn.closing = True
         self.dirty.add(conn)
-
-    def _broken_stream(self, conn: ConnectionState, marker: _BrokenStream, now: float) -> None:
-        """The replies before a deferred protocol error are out: now the error."""
-        self._end_broken(conn, marker.error)
 
     def disconnect(self, conn: ConnectionState, now: float) -> None:
         """Forget a closed connection.
@@ -859,8 +867,7 @@ class ServerState(JobTable):
             conn.paused = None
             if paused:
                 # In order; a durable submission among them makes the rest wait again.
-                for event in paused:
-                    self.receive(conn, event, now)
+                self._resume(conn, paused, now)
 
     # --- sleeping workers ---------------------------------------------------------------------
 
