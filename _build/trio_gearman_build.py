@@ -24,7 +24,6 @@ COMPILE_REQUIRES = ("mypy[mypyc] >= 2.4", "attrs >= 23.1")
 """What the compiled build needs beyond setuptools."""
 
 COMPILED_MODULES = (
-    "trio_gearman/_proto/_packets.py",
     "trio_gearman/_proto/_codec.py",
     "trio_gearman/_proto/server/admin.py",
     "trio_gearman/_proto/server/cluster.py",
@@ -36,9 +35,11 @@ COMPILED_MODULES = (
 )
 """The modules the compiled build compiles: the codec and the server's state machine.
 
-Left pure: ``server/acl.py`` (attrs fields with converters, which mypyc does not
-compile; it runs once per connection), ``_admin.py``, ``client.py`` and ``worker.py``
-(not on the server's hot path).
+Left pure: ``_packets.py`` (compiled, its attrs classes would take their ``ClassVar``
+annotations for fields: mypyc gives attrs the annotations' classes, not their text),
+``server/acl.py`` (attrs fields with converters, which mypyc does not compile; it runs
+once per connection), ``_admin.py``, ``client.py`` and ``worker.py`` (not on the
+server's hot path).
 """
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import trio_gearman._proto
+
 from .gearmand_peer import GearmandProcess, require_tool, run_gearmand
 from .postgres_peer import PostgresCluster, running_cluster
 
@@ -29,6 +31,12 @@ def _restore_logging() -> Iterator[None]:
     logger.setLevel(level)
     logger.propagate = propagate
     startup.setLevel(startup_level)
+
+
+def pytest_report_header() -> str:
+    """Which build the run tests: the pure-Python modules or the compiled ones (mypyc)."""
+    build = "compiled with mypyc" if trio_gearman._proto.COMPILED else "pure Python"
+    return f"trio_gearman: {build}, from {trio_gearman._proto.__file__}"
 
 
 BACKENDS = ("trio", "asyncio")

@@ -20,6 +20,7 @@ from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from trio_gearman._cli.server import LEVELS, _setup_logging, main, parse_options
+from trio_gearman._proto import COMPILED
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import (
     CanDo,
@@ -164,7 +165,8 @@ def test_bad_options_exit_2_with_a_message(
 
 def test_version_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-V"]) == 0
-    assert capsys.readouterr().out.strip() == f"trio-gearmand {__version__}"
+    build = "compiled with mypyc" if COMPILED else "pure Python"
+    assert capsys.readouterr().out.strip() == f"trio-gearmand {__version__} ({build})"
 
 
 def test_gearmand_options_are_accepted() -> None:

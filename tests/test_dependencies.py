@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trio_gearman
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "trio_gearman"
+# The sources of the package under test (also those of a compiled build, which keeps them).
+PACKAGE = Path(trio_gearman.__file__).resolve().parent
 # Modules whose import name differs from their distribution's name.
 IMPORT_NAMES = {"attrs": {"attrs", "attr"}, "pytest-trio": {"pytest_trio"}}
 # Imported only where that extra is in use: the pytest plugin runs inside pytest, the
@@ -62,7 +65,7 @@ def test_every_third_party_import_is_declared() -> None:
         extra = EXTRA_ONLY.get(path.name) or EXTRA_ONLY.get(inside, "")
         allowed = core | extras.get(extra, set())
         for module in sorted(_imports(path) - allowed):
-            missing.append(f"{path.relative_to(ROOT)}: {module}")
+            missing.append(f"{path.relative_to(PACKAGE.parent)}: {module}")
     assert missing == []
 
 

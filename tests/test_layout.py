@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "trio_gearman"
+import trio_gearman
+
+# The sources of the package under test (also those of a compiled build, which keeps them).
+PACKAGE = Path(trio_gearman.__file__).resolve().parent
 
 # Each module belongs to the first layer whose prefix it matches; a module may import
 # from its own part and from parts in lower layers only.  Parts on one layer are

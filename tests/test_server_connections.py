@@ -32,7 +32,7 @@ from trio_gearman._server.connection import HAVE_EPOLL
 from trio_gearman._server.server import GearmanServer
 from trio_gearman.testing import open_test_server
 
-from .test_server_io import Peer, running_server, settle
+from .test_server_io import Peer, StateSpy, running_server, settle
 from .test_server_poller import _count_tasks, serving_mode
 
 __all__ = ["serving_mode"]  # the fixture, imported for the tests below
@@ -43,14 +43,13 @@ class DisconnectCounter:
 
     def __init__(self, server: GearmanServer) -> None:
         self.counts: Counter[int] = Counter()
-        state = server.state
-        disconnect = state.disconnect
+        disconnect = server.state.disconnect
 
         def counting(conn: ConnectionState, now: float) -> None:
             self.counts[conn.id] += 1
             disconnect(conn, now)
 
-        state.disconnect = counting  # type: ignore[method-assign]
+        StateSpy(server, disconnect=counting)
 
 
 @pytest.fixture

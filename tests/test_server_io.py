@@ -43,6 +43,26 @@ OPEN_PEERS: list[Peer] = []
 """Peers to close when the server of the test stops."""
 
 
+class StateSpy:
+    """The state as a server's connections see it, with some of its methods replaced.
+
+    Tests wrap a method of the state this way rather than by assigning to it: compiled
+    (mypyc), the state's methods are read-only. Every other attribute is the state's.
+
+    Args:
+        server: the server whose connections are to use the spy from now on.
+        methods: the replacements, by name.
+    """
+
+    def __init__(self, server: GearmanServer, **methods: Callable[..., None]) -> None:
+        self.state = server.state
+        vars(self).update(methods)
+        server._hub.state = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)
+
+
 def ipv6_available() -> bool:
     """Whether this machine can listen on ::1."""
     if not socket.has_ipv6:
@@ -345,7 +365,7 @@ async def test_internal_error_closes_that_connection_and_is_logged(
                 raise RuntimeError("bug")
             receive(conn, event, now)
 
-        server.state.receive = faulty  # type: ignore[method-assign]
+        StateSpy(server, receive=faulty)
         bad = await Peer.connect(server)
         await bad.send(EchoReq(b"boom"))
         assert await bad.closed_by_server()

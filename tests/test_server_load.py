@@ -30,7 +30,7 @@ from trio_gearman._proto._packets import (
 from trio_gearman._proto.server.state import ServerConfig
 from trio_gearman._server.server import GearmanServer
 
-from .test_server_io import PREFIX, Peer, round_trip, running_server
+from .test_server_io import PREFIX, Peer, StateSpy, round_trip, running_server
 
 
 async def _still_serves(server: GearmanServer) -> None:
@@ -161,10 +161,9 @@ async def test_a_can_do_storm_does_not_hold_back_a_submit() -> None:
     storms, per_storm = 8, 20_000
     total = storms * per_storm
     async with running_server(config=ServerConfig(job_handle_prefix=PREFIX)) as server:
-        state = server.state
         handled = {"can_do": 0, "before_submit": -1, "at_send": -1}
         storm_started = trio.Event()
-        original = state.receive
+        original = server.state.receive
 
         def counting_receive(conn: object, event: object, now: float) -> None:
             if isinstance(event, CanDo):
@@ -175,7 +174,7 @@ async def test_a_can_do_storm_does_not_hold_back_a_submit() -> None:
                 handled["before_submit"] = handled["can_do"]
             original(conn, event, now)  # type: ignore[arg-type]
 
-        state.receive = counting_receive  # type: ignore[method-assign]
+        StateSpy(server, receive=counting_receive)
         payloads = [
             b"".join(encode(CanDo(b"storm-%d-%d" % (s, i))) for i in range(per_storm))
             for s in range(storms)

@@ -26,6 +26,7 @@ import anyio
 
 from .._address import DEFAULT_PORT
 from .._exceptions import GearmanError
+from .._proto import COMPILED
 from .._proto.server.state import ServerConfig
 from .._server.server import GearmanServer, startup_logger
 from .._server.sockets import KeepAlive, ListenFailed
@@ -309,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_state_limit_options(parser)
     add_limit_options(parser)
-    add("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    build = "compiled with mypyc" if COMPILED else "pure Python"
+    add("-V", "--version", action="version", version=f"%(prog)s {__version__} ({build})")
     add_acl_options(parser)
     add_cluster_options(parser)
     add_tls_options(parser)
