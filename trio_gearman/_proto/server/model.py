@@ -89,6 +89,122 @@ NEW: Final = JobState.NEW
 PENDING: Final = JobState.PENDING
 
 
+class Job:
+    """One job, from submission until it is finished.
+
+    Jobs compare and hash by identity. The unique-key index, the handle table and a
+    worker's running table refer to the same object. A plain slotted class (not an
+    attrs one): compiled, the state machine reads and writes its fields directly.
+
+    Attributes:
+        handle: the job handle (``prefix:counter``).
+        function: the function the job belongs to.
+        unique: the unique key as submitted (empty: none; ``-``: coalesced by data).
+        data: the payload.
+        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
+        background: no client waits for the result; never dropped because a client left.
+        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
+        state: :data:`NEW`, :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`,
+            :data:`HELD` or :data:`GONE`.
+        retries: how many times the job was re-queued after losing its worker.
+        numerator: the last WORK_STATUS numerator (reset on re-queue).
+        denominator: the last WORK_STATUS denominator (reset on re-queue).
+        clients: the attached foreground connections, one entry per attachment
+            (the same connection may appear more than once), or ``None``.
+        worker: the connection running the job, or ``None``.
+        timer: the sequence number of the job's live timer-heap entry (its epoch or
+            its CAN_DO_TIMEOUT deadline), or 0 for none.
+        cancelled: the admin ``cancel job`` command hit the job while it ran.
+        stored: the store holds the job's row (or is writing it): its end must
+            delete it.
+        acks: the JOB_CREATED replies that wait for the commit of this job (a
+            durable submission, or one that coalesced onto a job being stored),
+            or ``None``.
+        queued_at: the loop time the job was submitted (an epoch job: came due).
+        assigned_at: the loop time a worker last took it.
+    """
+
+    __slots__ = (
+        "acks",
+        "assigned_at",
+        "background",
+        "cancelled",
+        "clients",
+        "data",
+        "denominator",
+        "function",
+        "handle",
+        "numerator",
+        "priority",
+        "queued_at",
+        "reducer",
+        "retries",
+        "state",
+        "stored",
+        "timer",
+        "unique",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        handle: bytes,
+        function: Function,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+        reducer: bytes = b"",
+    ) -> None:
+        self.handle = handle
+        self.function = function
+        self.unique = unique
+        self.data = data
+        self.priority = priority
+        self.background = background
+        self.reducer = reducer
+        self.state: JobState = NEW
+        self.retries = 0
+        self.numerator = 0
+        self.denominator = 0
+        self.clients: list[ConnectionState] | None = None
+        self.worker: ConnectionState | None = None
+        self.timer = 0
+        self.cancelled = False
+        self.stored = False
+        self.acks: list[Ack] | None = None
+        self.queued_at = 0.0
+        self.assigned_at = 0.0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _JOB_FIELDS)
+        return f"Job({fields})"
+
+
+_JOB_FIELDS: Final = (
+    "handle",
+    "function",
+    "unique",
+    "data",
+    "priority",
+    "background",
+    "reducer",
+    "state",
+    "retries",
+    "numerator",
+    "denominator",
+    "clients",
+    "worker",
+    "timer",
+    "cancelled",
+    "stored",
+    "acks",
+    "queued_at",
+    "assigned_at",
+)
+"""The fields of a :class:`Job` in the order its repr shows them."""
+
+
 class Ack:
     """A reply that waits for a commit of the store, in its connection's order.
 
@@ -408,63 +524,6 @@ class ConnectionState:
         self.outgoing.clear()
         self.shared = None
         self.shared_size = 0
-
-
-# After Function: compiled (mypyc), a class body needs the classes its annotations name.
-@attrs.define(slots=True, eq=False, weakref_slot=False)
-class Job:
-    """One job, from submission until it is finished.
-
-    Jobs compare and hash by identity. The unique-key index, the handle table and a
-    worker's running table refer to the same object.
-
-    Attributes:
-        handle: the job handle (``prefix:counter``).
-        function: the function the job belongs to.
-        unique: the unique key as submitted (empty: none; ``-``: coalesced by data).
-        data: the payload.
-        priority: 0 (HIGH), 1 (NORMAL) or 2 (LOW).
-        background: no client waits for the result; never dropped because a client left.
-        reducer: the reducer of a SUBMIT_REDUCE_JOB, else empty.
-        state: :data:`NEW`, :data:`QUEUED`, :data:`RUNNING`, :data:`FUTURE`,
-            :data:`HELD` or :data:`GONE`.
-        retries: how many times the job was re-queued after losing its worker.
-        numerator: the last WORK_STATUS numerator (reset on re-queue).
-        denominator: the last WORK_STATUS denominator (reset on re-queue).
-        clients: the attached foreground connections, one entry per attachment
-            (the same connection may appear more than once), or ``None``.
-        worker: the connection running the job, or ``None``.
-        timer: the sequence number of the job's live timer-heap entry (its epoch or
-            its CAN_DO_TIMEOUT deadline), or 0 for none.
-        cancelled: the admin ``cancel job`` command hit the job while it ran.
-        stored: the store holds the job's row (or is writing it): its end must
-            delete it.
-        acks: the JOB_CREATED replies that wait for the commit of this job (a
-            durable submission, or one that coalesced onto a job being stored),
-            or ``None``.
-        queued_at: the loop time the job was submitted (an epoch job: came due).
-        assigned_at: the loop time a worker last took it.
-    """
-
-    handle: bytes
-    function: Function
-    unique: bytes
-    data: bytes
-    priority: int
-    background: bool
-    reducer: bytes = b""
-    state: JobState = NEW
-    retries: int = 0
-    numerator: int = 0
-    denominator: int = 0
-    clients: list[ConnectionState] | None = None
-    worker: ConnectionState | None = None
-    timer: int = 0
-    cancelled: bool = False
-    stored: bool = False
-    acks: list[Ack] | None = None
-    queued_at: float = 0.0
-    assigned_at: float = 0.0
 
 
 class StoredJob(NamedTuple):
