@@ -82,14 +82,19 @@ def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
     return [*_pure(_setuptools.get_requires_for_build_wheel, config_settings), *COMPILE_REQUIRES]
 
 
+def _editable_is_pure() -> None:
+    if compile_requested():
+        raise SystemExit(
+            f"trio-gearman: {COMPILE_VARIABLE}=1 builds a wheel (pip install .); an editable "
+            "install (pip install -e .) runs the checkout's own sources, so it is always pure "
+            "Python"
+        )
+
+
 def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:
-    """As :func:`get_requires_for_build_wheel`, for ``pip install -e``."""
-    if not compile_requested():
-        return _setuptools.get_requires_for_build_editable(config_settings)
-    return [
-        *_pure(_setuptools.get_requires_for_build_editable, config_settings),
-        *COMPILE_REQUIRES,
-    ]
+    """setuptools' requirements for ``pip install -e``, which is always pure Python."""
+    _editable_is_pure()
+    return _setuptools.get_requires_for_build_editable(config_settings)
 
 
 def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: Any = None) -> str:
@@ -100,7 +105,16 @@ def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: A
 def prepare_metadata_for_build_editable(
     metadata_directory: str, config_settings: Any = None
 ) -> str:
-    """setuptools' metadata, written without compiling."""
-    return _pure(
-        _setuptools.prepare_metadata_for_build_editable, metadata_directory, config_settings
-    )
+    """setuptools' metadata for ``pip install -e``, which is always pure Python."""
+    _editable_is_pure()
+    return _setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings)
+
+
+def build_editable(
+    wheel_directory: str,
+    config_settings: Any = None,
+    metadata_directory: str | None = None,
+) -> str:
+    """setuptools' editable wheel, which is always pure Python."""
+    _editable_is_pure()
+    return _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
