@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from trio_gearman._proto import (
+    COMPILED,
     CanDo,
     Decoder,
     GrabJobUniq,
@@ -183,7 +184,8 @@ def machine() -> str:
     except OSError:
         pass
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    return f"{os.cpu_count()} CPUs, {model}, {python}"
+    build = "compiled with mypyc" if COMPILED else "pure Python"
+    return f"{os.cpu_count()} CPUs, {model}, {python}, trio_gearman {build}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -5,7 +5,15 @@ import os
 import time
 import tracemalloc
 
-from trio_gearman._proto import CanDo, GrabJobUniq, PreSleep, Priority, SubmitJob, WorkComplete
+from trio_gearman._proto import (
+    COMPILED,
+    CanDo,
+    GrabJobUniq,
+    PreSleep,
+    Priority,
+    SubmitJob,
+    WorkComplete,
+)
 from trio_gearman._proto.server.state import ServerConfig, ServerState
 
 
@@ -96,6 +104,7 @@ def memory(n: int) -> float:
 
 
 if __name__ == "__main__":
+    print(f"trio_gearman {'compiled with mypyc' if COMPILED else 'pure Python'}")
     print(f"SUBMIT_JOB_BG+GRAB_JOB_UNIQ+WORK_COMPLETE, 100k: {cycles(100_000):,.0f} jobs/s")
     print(f"same, worker with 3,000 functions: {cycles(100_000, functions=3000):,.0f} jobs/s")
     print(
