@@ -553,3 +553,22 @@ def test_a_protocol_error_behind_a_listing_waits_for_its_end() -> None:
     harness.state.continue_listing(admin.conn, harness.now)  # the last slice
     assert admin.conn.closing
     assert admin.raw().endswith(b".\n" + encode(Error(b"INVALID_COMMAND", str(error).encode())))
+
+
+def test_a_job_and_a_store_write_show_their_fields() -> None:
+    harness = durable()
+    client = harness.connect()
+    client.send(bg(b"x", b"u"))
+    write = take(harness)
+    (job,) = write.jobs
+    assert repr(job).startswith(
+        f"Job(handle={handle(1)!r}, function={job.function!r}, unique=b'u', data=b'x', "
+        f"priority={job.priority!r}, background=True, reducer=b'', state={PENDING!r}, "
+        "retries=0, numerator=0, denominator=0, clients=None, worker=None, timer=0, "
+        "cancelled=False, stored=True, acks=["
+    )
+    assert repr(job).endswith(f"], queued_at={job.queued_at!r}, assigned_at=0.0)")
+    assert repr(write) == (
+        f"StoreWrite(added={write.added!r}, removed=[], handle_limit=None, "
+        f"jobs={write.jobs!r}, due=[0.0])"
+    )
