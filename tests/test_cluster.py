@@ -508,3 +508,46 @@ def test_a_cluster_table_name_that_is_too_long_is_a_usage_error() -> None:
     )
     with pytest.raises(UsageError, match="longer than 57 characters"):
         make_cluster_store(options)
+
+
+async def test_a_unique_key_coalesces_background_jobs_across_the_cluster(
+    cluster: Cluster,
+) -> None:
+    one, two = await cluster.server(), await cluster.server()
+    client_one, client_two = await cluster.connect(one), await cluster.connect(two)
+
+    def bg(unique: bytes, data: bytes) -> SubmitJob:
+        return SubmitJob(FUNCTION, unique, data, background=True)
+
+    # No worker anywhere: the first job waits in the table while the others come.
+    (first,) = await client_one.request(bg(b"key", b"first"))
+    replies = await client_two.request(bg(b"key", b"second"), bg(b"key", b"third"))
+    replies += await client_one.request(bg(b"key", b"fourth"))
+    assert isinstance(first, JobCreated)
+    assert replies == [first, first, first]
+    # The unique "-" coalesces by payload, across the servers too; no unique never.
+    dashed = await client_one.request(bg(b"-", b"same"), bg(b"-", b"other"))
+    dashed += await client_two.request(bg(b"-", b"same"), bg(b"", b"same"), bg(b"", b"same"))
+    assert dashed[2] == dashed[0]
+    assert len(set(dashed)) == 4
+    assert [data for data, _ in cluster.rows()] == [b"first", b"same", b"other", b"same", b"same"]
+    worker = await cluster.worker(two)
+    job = await worker.next_job()
+    assert (job.handle, job.data) == (first.handle, b"first")
+    # While it runs it is live: it still takes submissions of its key.
+    assert await client_one.request(bg(b"key", b"while it runs")) == [first]
+    await worker.send(WorkComplete(job.handle, b""))
+    await settle(worker)
+    # Once it ended, the key makes a new job.
+    (later,) = await client_one.request(bg(b"key", b"later"))
+    assert isinstance(later, JobCreated)
+    assert later.handle != first.handle
+    ran = []
+    for _ in range(5):
+        job = await worker.next_job()
+        ran.append(job.data)
+        await worker.send(WorkComplete(job.handle, b""))
+    assert sorted(ran) == sorted([b"same", b"other", b"same", b"same", b"later"])
+    await settle(worker)
+    assert cluster.rows() == []
+    assert await grab(worker) == NoJob()

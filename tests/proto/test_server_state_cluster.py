@@ -52,6 +52,35 @@ def test_background_submissions_do_not_coalesce_here() -> None:
     assert len(client.received()) == 2
 
 
+def test_submissions_the_store_coalesced_get_the_existing_jobs_handle() -> None:
+    harness = Harness(durable=True, cluster=True, metrics=True)
+    commit(harness)
+    first, second = harness.connect(), harness.connect()
+    assert first.request(bg(b"one", b"key"), bg(b"new")) == []
+    assert second.request(bg(b"two", b"key")) == []
+    write = take(harness)
+    one, new, two = (job.handle for job in write.added)
+    # The store found a live job of the cluster for "one", and "two" joined "one".
+    harness.state.store_written(write, harness.now, {one: b"H:other:m2:9", two: b"H:other:m2:9"})
+    assert first.received() == [JobCreated(b"H:other:m2:9"), JobCreated(new)]
+    assert second.received() == [JobCreated(b"H:other:m2:9")]
+    # Nothing of them stays here, nor is deleted.
+    assert harness.state.get_job(one) is None
+    assert harness.state.take_store_write() is None
+    function = harness.state.get_function(b"f")
+    assert function is None  # no job, no worker: forgotten
+    # A metrics server counts them as coalesced, not as new jobs.
+    harness.worker(b"f")
+    client = harness.connect()
+    client.request(bg(b"three", b"k"), bg(b"four"))
+    write = take(harness)
+    harness.state.store_written(write, harness.now, {write.added[0].handle: b"H:x:1"})
+    stats = harness.state.get_function(b"f")
+    assert stats is not None
+    assert stats.stats is not None
+    assert (stats.stats.coalesced, stats.stats.submitted[4]) == (1, 1)
+
+
 def test_foreground_jobs_stay_here_and_coalesce() -> None:
     harness = member()
     first, second = harness.connect(), harness.connect()

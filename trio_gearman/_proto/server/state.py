@@ -45,7 +45,7 @@ PERMISSION_DENIED``. The connection stays open, and each refusal is kept as a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from ..._exceptions import (
@@ -766,17 +766,26 @@ class ServerState(JobTable):
                 write.removed = [handle for handle in write.removed if handle not in both]
         return write
 
-    def store_written(self, write: StoreWrite, now: float) -> None:
+    def store_written(
+        self, write: StoreWrite, now: float, coalesced: Mapping[bytes, bytes] | None = None
+    ) -> None:
         """The store committed ``write``: acknowledge its jobs and queue them.
 
         Args:
             write: what :meth:`take_store_write` gave.
             now: the event loop's time, in seconds.
+            coalesced: what the store of a cluster answered: the handles of the
+                jobs of ``write`` it did not insert because a live job of the
+                cluster has their function and unique key, each with that job's
+                handle. Their submissions are acknowledged with it (as gearmand
+                answers a background submission that joins a job).
         """
         if write.handle_limit is not None:
             self._handle_limit = max(self._handle_limit, write.handle_limit)
             self._reserving = None
-        touched = self._settle(write, b"")
+        if coalesced:
+            self._count_coalesced(write, coalesced)
+        touched = self._settle(write, b"", coalesced)
         for job, due in zip(write.jobs, write.due, strict=True):
             if job.state == PENDING and self._cluster:
                 # Acknowledged; the row is the cluster's now, for any member to claim.
@@ -820,7 +829,17 @@ class ServerState(JobTable):
                     self._ended(job, JobOutcome.LOST)
         self._answer(touched, now)
 
-    def _settle(self, write: StoreWrite, error: bytes) -> list[ConnectionState]:
+    def _count_coalesced(self, write: StoreWrite, coalesced: Mapping[bytes, bytes]) -> None:
+        """For metrics: the jobs the cluster's store coalesced were no new jobs."""
+        for job in write.jobs:
+            stats = job.function.stats
+            if stats is not None and job.handle in coalesced:
+                stats.coalesced += 1
+                stats.submitted[job.priority + 3] -= 1
+
+    def _settle(
+        self, write: StoreWrite, error: bytes, coalesced: Mapping[bytes, bytes] | None = None
+    ) -> list[ConnectionState]:
         """Give the acks of ``write``'s jobs their reply; the connections they concern."""
         touched: list[ConnectionState] = []
         failed = _frame(Error(b"QUEUE_ERROR", error)) if error else b""
@@ -828,6 +847,8 @@ class ServerState(JobTable):
             acks = job.acks or ()
             job.acks = None
             handle = job.handle
+            if coalesced:
+                handle = coalesced.get(handle, handle)
             reply = failed or _pack(_RES_BYTES, _JOB_CREATED, len(handle)) + handle
             for ack in acks:
                 ack.reply = reply

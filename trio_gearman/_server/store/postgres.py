@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 from .base import StoreContents, StoredJob, StoreError
@@ -196,7 +196,7 @@ class PostgresStore:
 
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
-    ) -> None:
+    ) -> Mapping[bytes, bytes] | None:
         """Write one transaction: delete ``removed``, then insert ``added`` in order.
 
         A commit with nothing to write still sends BEGIN and COMMIT, so the server
@@ -209,6 +209,9 @@ class PostgresStore:
             handle_limit: the new highest reserved handle number, or ``None``; the
                 stored one only grows.
 
+        Returns:
+            ``None``: this queue coalesces nothing itself (the server does).
+
         Raises:
             StoreError: nothing was written (the transaction was rolled back, or
                 the database cannot be reached).
@@ -217,6 +220,7 @@ class PostgresStore:
             lambda conn: self._write(conn, added, removed, handle_limit),
             "cannot write the queue to",
         )
+        return None
 
     def close(self) -> None:
         """Close the connection (never raises)."""
