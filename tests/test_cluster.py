@@ -551,3 +551,42 @@ async def test_a_unique_key_coalesces_background_jobs_across_the_cluster(
     await settle(worker)
     assert cluster.rows() == []
     assert await grab(worker) == NoJob()
+
+
+async def test_a_draining_server_claims_nothing_more_and_gives_back_what_waits(
+    cluster: Cluster,
+) -> None:
+    draining, staying = await cluster.server(), await cluster.server()  # leases of 30 s
+    worker = await cluster.worker(draining)
+    client = await cluster.connect(staying)
+    await submit(client, [b"one", b"two"])
+    running = await worker.next_job()  # "two" is claimed too, ready behind it
+    assert running.data == b"one"
+    assert all(claimed is not None for _, claimed in cluster.rows())
+    draining.process.send_signal(signal.SIGUSR1)
+    await draining.wait_for_line(b"Draining: claiming no more jobs from the cluster")
+    await draining.wait_for_line(b"Draining: giving back 1 queued jobs")
+    # A job submitted now, while its worker there could take another: not claimed.
+    await submit(client, [b"three"])
+    await worker.send(PreSleep())
+    with trio.move_on_after(1.5):
+        reply = await worker.receive()
+        pytest.fail(f"the draining server claimed a job and woke its worker: {reply}")
+    rows = cluster.rows()
+    assert [data for data, _ in rows] == [b"one", b"two", b"three"]
+    assert rows[0][1] is not None
+    assert [claimed for _, claimed in rows[1:]] == [None, None]
+    # The other server's workers run them, long before any lease lapses.
+    other = await cluster.worker(staying)
+    with trio.fail_after(3):
+        got = [await other.next_job() for _ in range(2)]
+    assert sorted(job.data for job in got) == [b"three", b"two"]
+    for job in got:
+        await other.send(WorkComplete(job.handle, b""))
+    # The draining server finishes what its worker runs, then stops.
+    assert draining.process.returncode is None
+    await worker.send(WorkComplete(running.handle, b"done"))
+    with trio.fail_after(10):
+        assert await draining.process.wait() == 0
+    await settle(other)
+    assert cluster.rows() == []

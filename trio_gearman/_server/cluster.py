@@ -7,7 +7,9 @@ it claims them from the shared table and gives them to the state as stored jobs
 It looks when another member notifies that jobs were committed, when its own
 workers free up or register, and every ``poll`` seconds in any case. It renews
 the leases of the jobs it holds every third of the lease, and gives back the claims its workers can
-no longer run (they left) and, when it stops, every claim it still holds.
+no longer run (they left) and, when it stops, every claim it still holds. A
+draining server (:meth:`ClusterMember.drain`) claims nothing more and gives back
+at once the claimed jobs its workers have not started.
 
 Each database call runs in a worker thread, one at a time per connection.
 """
@@ -75,6 +77,7 @@ class ClusterMember:
         self._claim_limiter = anyio.CapacityLimiter(1)
         self._failing = False
         self._notified = True
+        self._draining = False
         self.claimed = 0
         """Jobs claimed so far."""
 
@@ -82,6 +85,17 @@ class ClusterMember:
         """Something changed here (called after every batch): look for jobs if needed."""
         if not self._wake.is_set():
             self._wake.set()
+
+    def drain(self) -> None:
+        """The server drains: claim nothing more, give back the claimed jobs not running.
+
+        The jobs its workers run are finished here; one whose worker leaves
+        meanwhile is given back too.
+        """
+        if not self._draining:
+            self._draining = True
+            logger.info("Draining: claiming no more jobs from the cluster")
+            self.poke()
 
     async def run(self) -> None:
         """Claim, renew and listen until cancelled."""
@@ -122,10 +136,13 @@ class ClusterMember:
             notified, self._notified = self._notified, False
             # A poke or a notification while this round runs starts another.
             self._wake = anyio.Event()
-            released = state.release_unserved()
+            draining = self._draining
+            released = state.release_unserved(served_too=draining)
             if released:
+                if draining:
+                    logger.info("Draining: giving back %d queued jobs", len(released))
                 await self._release(released)
-            wanted = claim_demand(state.functions, PER_WORKER)
+            wanted = [] if draining else claim_demand(state.functions, PER_WORKER)
             if notified:
                 self._empty.clear()
             elif self._empty:

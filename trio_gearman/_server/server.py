@@ -351,7 +351,9 @@ class GearmanServer:
     async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Stop accepting connections and wait until no job is running.
 
-        Existing connections are served on; call :meth:`aclose` afterwards.
+        Existing connections are served on; call :meth:`aclose` afterwards. A
+        cluster member also stops claiming jobs, and gives back at once the
+        claimed jobs its workers have not started.
 
         Args:
             timeout: seconds to wait at most; ``None`` waits as long as it takes.
@@ -359,6 +361,9 @@ class GearmanServer:
         Returns:
             ``True`` if no job is running, ``False`` if the timeout passed first.
         """
+        if self._member is not None:
+            # Other members' workers take the cluster's jobs from now on.
+            self._member.drain()
         await self.pause_listening()
         if self.state.jobs_running:
             self._drained = anyio.Event()
