@@ -590,3 +590,69 @@ async def test_a_draining_server_claims_nothing_more_and_gives_back_what_waits(
         assert await draining.process.wait() == 0
     await settle(other)
     assert cluster.rows() == []
+
+
+async def listing(server: ServerProcess, command: bytes) -> list[bytes]:
+    """The lines of one admin listing (without its ``.`` line)."""
+    async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+        await stream.send(command + b"\n")
+        data = b""
+        with trio.fail_after(5):
+            while not (data == b".\n" or data.endswith(b"\n.\n")):
+                data += await stream.receive()
+    return data.splitlines()[:-1]
+
+
+async def wait_for_listing(server: ServerProcess, command: bytes, expected: list[bytes]) -> None:
+    """Ask until the listing is ``expected``.
+
+    A member's view of the shared queue is read again within a second of a
+    change: its listings are the only sign of it from outside, so this asks
+    again, 20 times a second for 5 seconds at most, until they show the change.
+    """
+    got: list[bytes] = []
+    for _ in range(100):
+        got = await listing(server, command)
+        if got == expected:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"{command!r} kept answering {got}, not {expected}")
+
+
+async def test_the_admin_commands_of_any_member_show_the_clusters_queue(cluster: Cluster) -> None:
+    one, two = await cluster.server(), await cluster.server()
+    client = await cluster.connect(one)
+    created = await client.request(
+        SubmitJob(FUNCTION, b"", b"1", background=True),
+        SubmitJob(FUNCTION, b"", b"2", background=True),
+        SubmitJob(FUNCTION, b"", b"3", Priority.HIGH, background=True),
+    )
+    handles = [reply.handle for reply in created if isinstance(reply, JobCreated)]
+    assert len(handles) == 3
+    # No worker anywhere: the jobs wait in the table, and every member shows them.
+    for server in (two, one):
+        await wait_for_listing(server, b"status", [b"f\t3\t0\t0"])
+        await wait_for_listing(server, b"prioritystatus", [b"f\t1\t2\t0\t0"])
+    assert sorted(await listing(two, b"show jobs")) == sorted(h + b"\t0\t0\t1" for h in handles)
+    # A worker of the first server runs the HIGH job, with two ready behind it:
+    # the other member counts all three as running there, the first knows better.
+    worker = await cluster.worker(one)
+    job = await worker.next_job()
+    assert job.data == b"3"
+    await wait_for_listing(two, b"status", [b"f\t3\t3\t0"])
+    await wait_for_listing(one, b"status", [b"f\t3\t1\t1"])
+    await wait_for_listing(one, b"prioritystatus", [b"f\t0\t2\t0\t1"])
+    # A foreground job stays where it was submitted, and counts there.
+    foreground = await cluster.connect(two)
+    (waiting,) = await foreground.request(SubmitJob(FUNCTION, b"", b"fg"))
+    assert isinstance(waiting, JobCreated)
+    await wait_for_listing(two, b"status", [b"f\t4\t3\t0"])
+    shown = await listing(two, b"show jobs")
+    assert shown[0] == waiting.handle + b"\t0\t0\t0"
+    assert sorted(shown[1:]) == sorted(h + b"\t0\t0\t1" for h in handles)
+    await wait_for_listing(one, b"status", [b"f\t3\t1\t1"])
+    # "workers" stays each server's own.
+    assert not any(b" f" in line for line in await listing(two, b"workers"))
+    # A job that ends elsewhere leaves the view within a second or so.
+    await worker.send(WorkComplete(job.handle, b""))
+    await wait_for_listing(two, b"status", [b"f\t3\t2\t0"])

@@ -7,7 +7,9 @@ it claims them from the shared table and gives them to the state as stored jobs
 It looks when another member notifies that jobs were committed, when its own
 workers free up or register, and every ``poll`` seconds in any case. It renews
 the leases of the jobs it holds every third of the lease, and gives back the claims its workers can
-no longer run (they left) and, when it stops, every claim it still holds. A
+no longer run (they left) and, when it stops, every claim it still holds. It
+keeps the state's view of the rest of the queue current for the admin commands
+(:meth:`~trio_gearman._proto.server.state.ServerState.set_cluster_view`). A
 draining server (:meth:`ClusterMember.drain`) claims nothing more and gives back
 at once the claimed jobs its workers have not started.
 
@@ -36,6 +38,10 @@ T = TypeVar("T")
 
 PER_WORKER: Final = 2
 """Jobs a worker may have here at once: one running, one ready behind it."""
+VIEW_EVERY: Final = 1.0
+"""Seconds at least between two reads of the admin view's counts."""
+VIEW_HANDLES: Final = 1000
+"""The most handles of other members' and waiting jobs that ``show jobs`` lists."""
 _LISTEN_SLICE: Final = 0.5  # seconds a wait for notifications blocks its thread at most
 _RETRY: Final = 1.0  # seconds before listening again after the database went away
 _CLOSE_TIMEOUT: Final = 5.0
@@ -73,8 +79,10 @@ class ClusterMember:
         # notification or a poll looks for them again, not every local change.
         self._empty: set[bytes] = set()
         self._claims: ClusterClaims | None = None
+        self._viewer: ClusterClaims | None = None
         self._listener: ClusterListener | None = None
         self._claim_limiter = anyio.CapacityLimiter(1)
+        self._view_wanted = anyio.Event()
         self._failing = False
         self._notified = True
         self._draining = False
@@ -100,10 +108,12 @@ class ClusterMember:
     async def run(self) -> None:
         """Claim, renew and listen until cancelled."""
         self._claims = self.store.claims()
+        self._viewer = self.store.claims()
         self._listener = self.store.listener()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
             tg.start_soon(self._renew)
+            tg.start_soon(self._watch)
             await self._claim_loop()
 
     async def close(self) -> None:
@@ -125,6 +135,8 @@ class ClusterMember:
                         logger.info("Gave back %d claimed jobs to the cluster", count)
         if claims is not None:
             claims.close()
+        if self._viewer is not None:
+            self._viewer.close()
         if self._listener is not None:
             self._listener.close()
 
@@ -155,6 +167,7 @@ class ClusterMember:
                 if next_in is not None:
                     # A lease lapses or an epoch job comes due before the poll.
                     wait = min(wait, next_in + _LATER_MARGIN)
+            self._view_wanted.set()  # what was claimed is no longer the others'
             with anyio.move_on_after(wait) as waited:
                 await self._wake.wait()
             if waited.cancelled_caught:
@@ -274,7 +287,46 @@ class ClusterMember:
                 logger.info("Listening for new jobs again")
             if heard:
                 self._notified = True
+                self._view_wanted.set()
                 self.poke()
+
+    async def _watch(self) -> None:
+        """Keep the state's view of the shared queue current, for the admin commands.
+
+        It is read again after each claim round (which follows every change
+        here) and each notification (a commit or a give-back elsewhere), and
+        while the last one showed jobs (they may end, or be claimed, elsewhere
+        without a word), but at most once every :data:`VIEW_EVERY` seconds.
+        The admin commands answer from the last one at once, never waiting for
+        the database.
+        """
+        viewer = self._viewer
+        assert viewer is not None
+        limiter = anyio.CapacityLimiter(1)
+        failing = False
+        busy = False
+        while True:
+            if not busy:
+                await self._view_wanted.wait()
+            self._view_wanted = anyio.Event()
+            started = anyio.current_time()
+            try:
+                view = await anyio.to_thread.run_sync(viewer.view, VIEW_HANDLES, limiter=limiter)
+            except StoreError as exc:
+                if not failing:
+                    failing = True
+                    logger.warning(
+                        "Cannot read the cluster's queue for the admin commands: %s; they "
+                        "show what was read last",
+                        exc,
+                    )
+            else:
+                if failing:
+                    failing = False
+                    logger.info("Reading the cluster's queue for the admin commands works again")
+                self.state.set_cluster_view(view)
+                busy = bool(view.functions)
+            await anyio.sleep_until(started + VIEW_EVERY)
 
     async def _run(self, func: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._claim_limiter)

@@ -32,6 +32,7 @@ from typing import Final
 
 from .._codec import LARGE_PART, append_packet, pack_header
 from .._packets import Error, Magic, Message, PacketType, WorkFail
+from .cluster import ClusterView
 from .model import (
     DURATION_BUCKETS,
     FUTURE,
@@ -78,12 +79,15 @@ class JobTable:
         dirty: connections whose ``outgoing`` buffer gained bytes. The I/O layer
             takes them out and sends.
         observer: told of every job's start and end (a test hook), or ``None``.
+        cluster_view: a cluster member's latest look at the shared queue beyond
+            it (:meth:`set_cluster_view`), or ``None``.
     """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.dirty: set[ConnectionState] = set()
         self.observer: JobObserver | None = None
+        self.cluster_view: ClusterView | None = None
         # The test hook of set_hold(): which functions are held, and their jobs (in
         # the order they were held; entries no longer HELD are skipped).
         self._hold: Callable[[bytes], bool] | None = None
@@ -372,6 +376,16 @@ class JobTable:
         self._ended(job, JobOutcome.CANCELLED)
         self._notice(job, None, "cancelled by an admin command")
         return True
+
+    def set_cluster_view(self, view: ClusterView | None) -> None:
+        """What a cluster member's I/O layer last read of the shared queue.
+
+        The admin ``status``, ``prioritystatus`` and ``show jobs`` then list the
+        cluster's background jobs (those this member does not hold, from
+        ``view``) with this member's own jobs and workers; ``None`` lists this
+        member's alone.
+        """
+        self.cluster_view = view
 
     def removals_pending(self) -> list[bytes]:
         """The handles of stored jobs that ended, whose rows the store's next

@@ -24,8 +24,9 @@ claims of its earlier life; they also tag the member's job handles
   the unique ``-`` the SHA-256 digest of the payload; an empty unique key
   coalesces nothing.
 
-Three connections per member: the store's (group commits, on the writer's
-thread), the claims' (:class:`ClusterClaims`) and a listening one
+Four connections per member: the store's (group commits, on the writer's
+thread), the claims' (:class:`ClusterClaims`), one reading the counts of the
+admin view (another :class:`ClusterClaims`) and a listening one
 (:class:`ClusterListener`), each used by one thread at a time.
 """
 
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from ..._proto.server.cluster import ClusterCounts, ClusterView
 from .base import StoreContents, StoredJob, StoreError
 from .postgres import (
     COLUMNS,
@@ -486,6 +488,52 @@ class ClusterClaims:
             return Claimed(jobs, wait)
 
         return self._db.transaction(work, "cannot claim jobs in")
+
+    def view(self, limit: int) -> ClusterView:
+        """The jobs of the shared queue that this member does not hold.
+
+        Counts per function (waiting per priority, held by other members), and
+        the handles of the oldest ``limit`` of them. It reads the whole table
+        (a count per function and priority): call it about once a second at most.
+
+        Raises:
+            StoreError: the table cannot be read.
+        """
+        table = self._store.names()[0]
+        counts = self._db.compose(
+            "SELECT function, priority,"
+            " count(*) FILTER (WHERE claimed_by IS NULL OR lease_until < now()),"
+            " count(*) FILTER (WHERE claimed_by <> %s AND lease_until >= now())"
+            " FROM {} GROUP BY function, priority ORDER BY function",
+            table,
+        )
+        oldest = self._db.compose(
+            "SELECT handle FROM {} WHERE claimed_by IS NULL OR claimed_by <> %s"
+            " OR lease_until < now() ORDER BY seq LIMIT %s",
+            table,
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> ClusterView:
+            functions: dict[bytes, list[int]] = {}
+            with conn.cursor(binary=True) as cursor:
+                cursor.execute(counts, (self._member,))
+                for function, priority, waiting, elsewhere in cursor.fetchall():
+                    if not (waiting or elsewhere):
+                        continue  # all held by this member
+                    found = functions.setdefault(bytes(function), [0, 0, 0, 0])
+                    found[min(max(priority, 0), 2)] += waiting
+                    found[3] += elsewhere
+                cursor.execute(oldest, (self._member, limit))
+                handles = [bytes(row[0]) for row in cursor.fetchall()]
+            return ClusterView(
+                {
+                    name: ClusterCounts((high, normal, low), elsewhere)
+                    for name, (high, normal, low, elsewhere) in functions.items()
+                },
+                handles,
+            )
+
+        return self._db.transaction(work, "cannot read the queue's counts from")
 
     def renew(self, handles: Sequence[bytes]) -> int:
         """Extend the leases of this member's claims of ``handles``; how many there are.
