@@ -6,6 +6,7 @@ member's claims are ``restore_job`` calls, as the I/O layer makes them.
 
 from __future__ import annotations
 
+from trio_gearman._proto import TextLine
 from trio_gearman._proto._packets import (
     CantDo,
     GrabJob,
@@ -15,7 +16,8 @@ from trio_gearman._proto._packets import (
     SubmitJob,
     WorkComplete,
 )
-from trio_gearman._proto.server.cluster import claim_demand
+from trio_gearman._proto.server.cluster import ClusterCounts, ClusterView, claim_demand
+from trio_gearman._proto.server.listing import SLICE_ROWS
 
 from .test_server_state_durable import bg, commit, take
 from .test_server_state_harness import Harness
@@ -166,3 +168,56 @@ def test_every_queued_claimed_job_can_be_given_up() -> None:
     assert state.release_unserved(served_too=True) == [b"H:o:2"]
     assert state.get_job(b"H:o:1") is not None  # a running job stays
     assert worker.request(GrabJob()) == [NoJob()]
+
+
+def test_the_admin_listings_add_the_clusters_view_to_this_members_jobs() -> None:
+    harness = member()
+    state = harness.state
+    admin = harness.connect()
+    harness.worker(b"f")
+    state.restore_job(b"H:o:1", b"f", b"", b"claimed here", priority=0, now=harness.now)
+    client = harness.connect()
+    (fg,) = client.request(SubmitJob(b"local", b"", b"waits here"))
+    assert isinstance(fg, JobCreated)
+    view = ClusterView(
+        {
+            b"f": ClusterCounts((1, 2, 3), 4),
+            b"elsewhere": ClusterCounts((0, 5, 0), 1),
+        },
+        [b"H:o:1", b"H:o:2", b"H:o:3"],
+    )
+    state.set_cluster_view(view)
+    # f: one queued here + 6 waiting + 4 held by other members (running).
+    assert admin.admin(b"status") == (b"f\t11\t4\t1\nlocal\t1\t0\t0\nelsewhere\t6\t1\t0\n.\n")
+    assert admin.admin(b"prioritystatus") == (
+        b"f\t2\t2\t3\t1\nlocal\t0\t1\t0\t0\nelsewhere\t0\t5\t0\t0\n.\n"
+    )
+    # The job claimed here is listed once, as this member's.
+    assert admin.admin(b"show jobs") == (
+        b"H:o:1\t0\t0\t1\n" + fg.handle + b"\t0\t0\t0\nH:o:2\t0\t0\t1\nH:o:3\t0\t0\t1\n.\n"
+    )
+    assert admin.admin(b"show unique jobs") == b"\n\n.\n"  # this member's alone
+    state.set_cluster_view(None)
+    assert admin.admin(b"status") == b"f\t1\t0\t1\nlocal\t1\t0\t0\n.\n"
+
+
+def test_a_function_of_the_view_that_comes_here_while_listed_is_listed_once() -> None:
+    harness = member()
+    state = harness.state
+    admin = harness.connect()
+    names = [b"v%04d" % n for n in range(SLICE_ROWS + 10)]
+    state.set_cluster_view(ClusterView({name: ClusterCounts((1, 0, 0), 0) for name in names}))
+    for command in (b"status", b"prioritystatus"):
+        admin.send(TextLine(command))
+        first = admin.raw()
+        assert first.count(b"\n") == SLICE_ROWS
+        # A job of the last function is claimed here before the last slice is made.
+        job = state.restore_job(b"H:o:" + command, names[-1], b"", b"", now=harness.now)
+        state.continue_listing(admin.conn, harness.now)
+        rest = admin.raw()
+        assert rest.count(b"\n") == 11
+        if command == b"status":
+            assert rest.endswith(names[-1] + b"\t2\t0\t0\n.\n")
+        else:
+            assert rest.endswith(names[-1] + b"\t1\t1\t0\t0\n.\n")
+        state.cancel_job(job.handle)
