@@ -8,6 +8,7 @@ servers' writer threads do.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +50,25 @@ def member(postgres_dsn: str, name: str) -> Iterator[MemberFactory]:
     yield make
     for store in stores:
         store.close()
+
+
+def commit_at_once(
+    stores: list[ClusterStore], batches: list[list[StoredJob]]
+) -> list[dict[bytes, bytes]]:
+    """Commit ``batches[i]`` with ``stores[i]``, all at once (a thread each); their answers."""
+    results: list[dict[bytes, bytes]] = [{} for _ in stores]
+    barrier = threading.Barrier(len(stores))
+
+    def commit(index: int) -> None:
+        barrier.wait()
+        results[index] = dict(stores[index].commit(batches[index], [], None))
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
 
 
 def rows(dsn: str, name: str) -> list[tuple[bytes, bytes]]:
@@ -149,3 +169,62 @@ def test_an_existing_table_gets_the_index_once_its_duplicates_are_gone(
         again = member()
     assert caplog.text == ""
     assert again.commit([job(4, b"k")], [], None) == {b"H:test:4": b"H:test:1"}
+
+
+def test_members_committing_the_same_keys_at_once_agree_on_one_job_each(
+    member: MemberFactory, postgres_dsn: str, name: str
+) -> None:
+    stores = [member(), member()]
+    for round_ in range(5):
+        keys = [b"r%d-k%d" % (round_, n) for n in range(20)]
+        batches = [
+            [job(1000 * round_ + n, key) for n, key in enumerate(keys)],
+            # The other member inserts the same keys in the other order: they may
+            # deadlock, and the one PostgreSQL aborts tries again.
+            [job(1000 * round_ + 100 + n, key) for n, key in enumerate(reversed(keys))],
+        ]
+        results = commit_at_once(stores, batches)
+        found = query(
+            postgres_dsn,
+            f"SELECT unique_key, handle FROM gearman_queue_{name} WHERE unique_key = ANY(%s)",
+            keys,
+        )
+        owner = {bytes(key): bytes(handle) for key, handle in found}
+        assert len(found) == len(owner) == len(keys)  # one row per key
+        # Every submission got the handle of its key's one job.
+        for batch, coalesced in zip(batches, results, strict=True):
+            for stored in batch:
+                assert coalesced.get(stored.handle, stored.handle) == owner[stored.unique]
+
+
+def test_a_commit_that_deadlocks_with_another_members_tries_again(
+    member: MemberFactory, postgres_dsn: str, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = f"gearman_queue_{name}"
+    stores = [member(), member()]
+    # Each row takes a while to insert, so that both members hold their first key
+    # when they come to their second: each waits for the other.
+    query(
+        postgres_dsn,
+        f"CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql"
+        " AS 'BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END'",
+    )
+    query(
+        postgres_dsn,
+        f"CREATE TRIGGER slow BEFORE INSERT ON {table} FOR EACH ROW"
+        f" EXECUTE FUNCTION {table}_slow()",
+    )
+    batches = [[job(1, b"k1"), job(2, b"k2")], [job(3, b"k2"), job(4, b"k1")]]
+    with caplog.at_level(logging.INFO, "trio_gearman.server.cluster"):
+        results = commit_at_once(stores, batches)
+    assert "met another member's insertion; trying again" in caplog.text
+    owner = {
+        bytes(key): bytes(handle)
+        for key, handle in query(postgres_dsn, f"SELECT unique_key, handle FROM {table}")
+    }
+    assert len(owner) == 2
+    for batch, coalesced in zip(batches, results, strict=True):
+        for stored in batch:
+            assert coalesced.get(stored.handle, stored.handle) == owner[stored.unique]
+    # The member that gave way got the other's handles for both keys.
+    assert sorted(len(coalesced) for coalesced in results) == [0, 2]
