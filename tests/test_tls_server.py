@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -410,7 +411,7 @@ async def test_handshakes_in_progress_count_toward_the_connection_limits(
     # Peers that open a socket and never shake hands must not hold more sockets
     # than the limits allow while they wait for the handshake timeout.
     context = server_context(ca, server_cert, mtls=False)
-    options = {"ssl_context": context, limit: 2}
+    options: dict[str, Any] = {"ssl_context": context, limit: 2}
     async with running_server(**options) as server:
         silent = [await anyio.connect_tcp("127.0.0.1", server.port) for _ in range(2)]
         await settle(lambda: server.statistics().handshaking == 2)
