@@ -218,6 +218,16 @@ def postgres_database() -> Iterator[Database]:
             del os.environ[POSTGRES_DSN_ENV]
 
 
+def drop_tables(dsn: str, *tables: str) -> None:
+    """Drop the queue tables ``tables`` and their ``_meta`` tables, where they exist."""
+    import psycopg
+    from psycopg import sql
+
+    names = [sql.Identifier(name + suffix) for name in tables for suffix in ("", "_meta")]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(", ").join(names)))
+
+
 # --- /proc ----------------------------------------------------------------------------------
 
 

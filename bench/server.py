@@ -42,6 +42,7 @@ import collections
 import contextlib
 import ctypes
 import datetime
+import functools
 import json
 import multiprocessing
 import os
@@ -647,22 +648,12 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
                 db_pid = opts.db_pid if name.endswith("-postgres") else None
                 step = attrs.evolve(opts, profile=profile, db_pid=db_pid)
                 started = time.perf_counter()
-                kept: object = None
-                for attempt in range(
-                    1 + (opts.retries if mode in (*THROUGHPUT_MODES, "idle") else 0)
-                ):
-                    wait_quiet(opts)
-                    try:
-                        with run_server(name, server_options(mode, name, opts)) as server:
-                            entry = measure(mode, server, step)
-                    except (LoadError, ServerFailed) as exc:
-                        print(f"  {mode} {name}: FAILED: {exc}", file=sys.stderr)
-                        continue
-                    mark_attempts(entry, attempt + 1)
-                    if kept is None or other_load(entry) < other_load(kept):
-                        kept = entry
-                    if other_load(entry) <= opts.max_other_load:
-                        break
+                kept = least_disturbed(
+                    f"{mode} {name}",
+                    opts,
+                    opts.retries if mode in (*THROUGHPUT_MODES, "idle") else 0,
+                    functools.partial(measure_fresh, mode, name, step),
+                )
                 results[mode][name].append(kept)
                 print(
                     f"  [{repeat + 1}/{repeats}] {mode:9} {name:12} {describe(kept)}"
@@ -670,6 +661,35 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
                     file=sys.stderr,
                 )
     return results
+
+
+def least_disturbed(label: str, opts: Options, retries: int, take: Callable[[], object]) -> object:
+    """The least disturbed of up to ``1 + retries`` measurements made by ``take``.
+
+    Each waits for a quiet machine first; another is taken only while other work
+    kept more than ``opts.max_other_load`` cores busy. A failed measurement is
+    reported (``label``) and counts as an attempt; ``None`` when every one failed.
+    """
+    kept: object = None
+    for attempt in range(1 + retries):
+        wait_quiet(opts)
+        try:
+            entry = take()
+        except (LoadError, ServerFailed) as exc:
+            print(f"  {label}: FAILED: {exc}", file=sys.stderr)
+            continue
+        mark_attempts(entry, attempt + 1)
+        if kept is None or other_load(entry) < other_load(kept):
+            kept = entry
+        if other_load(entry) <= opts.max_other_load:
+            break
+    return kept
+
+
+def measure_fresh(mode: str, name: str, opts: Options) -> object:
+    """One measurement of ``mode`` on a freshly started server ``name``."""
+    with run_server(name, server_options(mode, name, opts)) as server:
+        return measure(mode, server, opts)
 
 
 def other_load(entry: object) -> float:
