@@ -105,14 +105,34 @@ def start_setup(stack: contextlib.ExitStack, setup: str, table: str) -> Placemen
 
 
 def measure_setup(setup: str, opts: Options, db: Database) -> Throughput:
-    """One ``bg`` measurement of ``setup`` on fresh servers and a fresh table."""
+    """One ``bg`` measurement of ``setup`` on fresh servers and a fresh table.
+
+    Once the servers have stopped (SIGTERM: each writes its last commit), the jobs'
+    table should be empty; rows left are noted on the measurement.
+    """
     table = f"bench_cluster_{os.getpid()}_{next(_tables)}"
+    jobs_table = table if setup == "plain" else f"{table}_{CLUSTER}"
     try:
         with contextlib.ExitStack() as stack:
             placement = start_setup(stack, setup, table)
-            return measure_bg(placement, opts, opts.bg_jobs)
+            entry = measure_bg(placement, opts, opts.bg_jobs)
+        left = rows(db.dsn, jobs_table)
+        if left:
+            entry.note = "; ".join(filter(None, [entry.note, f"{left} rows left in the table"]))
+        return entry
     finally:
         drop_tables(db.dsn, table, f"{table}_{CLUSTER}")
+
+
+def rows(dsn: str, table: str) -> int:
+    """The number of rows in ``table``."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn) as conn:
+        cursor = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+        found = cursor.fetchone()
+    return int(found[0]) if found else 0
 
 
 def run(setups: Sequence[str], opts: Options, repeats: int, db: Database) -> Results:
