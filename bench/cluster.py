@@ -63,6 +63,7 @@ from server import (
     Throughput,
     describe,
     disturbance,
+    hot_spots,
     least_disturbed,
     measure_bg,
     ratio,
@@ -142,11 +143,15 @@ def run(setups: Sequence[str], opts: Options, repeats: int, db: Database) -> Res
     for repeat in range(repeats):
         for setup in setups:
             started = time.perf_counter()
+            step = opts
+            if opts.profile is not None:  # py-spy records the first server of the setup
+                step = attrs.evolve(opts, profile=opts.profile / setup)
+                step.profile.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
             kept = least_disturbed(
                 f"{MODE} {setup}",
-                opts,
+                step,
                 opts.retries,
-                functools.partial(measure_setup, setup, opts, db),
+                functools.partial(measure_setup, setup, step, db),
             )
             by_setup[setup].append(kept)
             print(
@@ -237,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add("--retries", type=int, help="how many times at most (default 1; --quick 0)")
     add("--json", type=Path, metavar="FILE", help="also write every measurement to FILE")
+    add("--profile", type=Path, metavar="DIR", help="record each setup's first server with py-spy")
     args = parser.parse_args(argv)
     quick = args.quick
     opts = Options(
@@ -249,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_other_load=args.max_other_load,
         retries=args.retries if args.retries is not None else (0 if quick else DEFAULTS.retries),
         settle=1.0 if quick else DEFAULTS.settle,
+        profile=args.profile,
     )
     repeats = args.repeats or (1 if quick else 3)
     started = time.perf_counter()
@@ -272,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(disturbance(results, opts) + "\n")
     print(format_table(results, args.setups, opts.db_pid is not None))
+    if opts.profile is not None:
+        for setup in args.setups:
+            for found in sorted((opts.profile / setup).glob("*.txt")):
+                print(f"\n{setup}: {hot_spots(found)}")
     if args.json is not None:
         options = attrs.asdict(opts, filter=lambda field, _: field.name != "profile")
         data = {"header": header, "options": options, "results": to_json(results)}
