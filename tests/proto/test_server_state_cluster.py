@@ -6,6 +6,10 @@ member's claims are ``restore_job`` calls, as the I/O layer makes them.
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
+
 from trio_gearman._proto import TextLine
 from trio_gearman._proto._packets import (
     CantDo,
@@ -16,11 +20,11 @@ from trio_gearman._proto._packets import (
     SubmitJob,
     WorkComplete,
 )
-from trio_gearman._proto.server.cluster import ClusterCounts, ClusterView, claim_demand
+from trio_gearman._proto.server.cluster import ClaimPacer, ClusterCounts, ClusterView, claim_demand
 from trio_gearman._proto.server.listing import SLICE_ROWS
 
 from .test_server_state_durable import bg, commit, take
-from .test_server_state_harness import Harness
+from .test_server_state_harness import Harness, Peer
 
 
 def member() -> Harness:
@@ -221,3 +225,86 @@ def test_a_function_of_the_view_that_comes_here_while_listed_is_listed_once() ->
         else:
             assert rest.endswith(names[-1] + b"\t1\t1\t0\t0\n.\n")
         state.cancel_job(job.handle)
+
+
+_HANDLES = itertools.count(1000)
+
+
+def _drain(worker: Peer) -> None:
+    """``worker`` runs every job queued for it, at once."""
+    while True:
+        reply = worker.request(GrabJob())[0]
+        if not isinstance(reply, JobAssign):
+            return
+        worker.send(WorkComplete(reply.handle, b""))
+
+
+def _claim(harness: Harness, pacer: ClaimPacer, now: float) -> int:
+    """One claim round with a table that holds plenty: the jobs claimed for ``f``."""
+    wanted = dict(pacer.demand(harness.state.functions, now))
+    count = wanted.get(b"f", 0)
+    for _ in range(count):
+        harness.state.restore_job(b"H:o:%d" % next(_HANDLES), b"f", b"", b"", now=now)
+    pacer.got(b"f", count)
+    return count
+
+
+def test_the_pacer_starts_low_and_follows_fast_workers_up_to_its_maximum() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    harness.worker(b"f")
+    pacer = ClaimPacer(low=2, high=16, horizon=0.05, smoothing=0.25)
+    now = 0.0
+    counts = []
+    for _ in range(400):  # workers that take every job at once, a round every 4 ms
+        counts.append(_claim(harness, pacer, now))
+        _drain(worker)
+        now += 0.004
+    assert counts[0] == 4  # 2 per worker
+    assert counts == sorted(counts)  # only up while the workers keep up
+    assert counts[-1] == 32  # 16 per worker, the maximum
+    assert pacer.rate(b"f") > 16 * 2 / 0.05
+
+
+def test_the_pacer_keeps_few_jobs_here_for_slow_workers() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    pacer = ClaimPacer(low=2, high=64)
+    now = 0.0
+    counts = []
+    for round_ in range(200):  # one job taken a second: the rest waits here
+        counts.append(_claim(harness, pacer, now))
+        if round_ % 250 == 0:
+            assert isinstance(worker.request(GrabJob())[0], JobAssign)
+        now += 0.004
+    assert sum(counts) == 3  # the two of the start, then one for the job taken
+    assert pacer.rate(b"f") < 20
+
+
+def test_the_pacer_forgets_functions_without_workers_here() -> None:
+    harness = member()
+    worker = harness.worker(b"f")
+    pacer = ClaimPacer(low=1, high=8)
+    now = 0.0
+    for _ in range(100):
+        _claim(harness, pacer, now)
+        _drain(worker)
+        now += 0.004
+    harness.state.create_function(b"idle")  # no workers: no demand, no estimate
+    assert pacer.demand(harness.state.functions, now) == [(b"f", 8)]
+    assert pacer.demand(harness.state.functions, now) == [(b"f", 8)]  # no time passed
+    assert pacer.rate(b"idle") == 0.0
+    worker.send(CantDo(b"f"))
+    assert pacer.demand(harness.state.functions, now) == []
+    assert pacer.rate(b"f") == 0.0
+    pacer.got(b"f", 3)  # a claim that comes back after the worker left: ignored
+    harness.worker(b"f")
+    assert pacer.demand(harness.state.functions, now + 1) == [(b"f", 1)]
+
+
+def test_the_pacer_checks_its_bounds() -> None:
+    for low, high in ((0, 4), (5, 4)):
+        with pytest.raises(ValueError, match="low <= high"):
+            ClaimPacer(low=low, high=high)
+    with pytest.raises(ValueError, match="positive"):
+        ClaimPacer(horizon=0.0)

@@ -1,7 +1,7 @@
 """A job server's life as a cluster member: claiming jobs, renewing leases, giving back.
 
 :class:`ClusterMember` runs beside the store's writer. Whenever the member's
-workers could take more jobs (:func:`~trio_gearman._proto.server.cluster.claim_demand`)
+workers could take more jobs (:class:`~trio_gearman._proto.server.cluster.ClaimPacer`)
 it claims them from the shared table and gives them to the state as stored jobs
 (``restore_job``), so that their end deletes their rows as on a single server.
 It looks when another member notifies that jobs were committed, when its own
@@ -25,7 +25,7 @@ from typing import Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._proto.server.cluster import claim_demand
+from .._proto.server.cluster import ClaimPacer
 from .store.base import StoreError
 from .store.cluster import DEFAULT_POLL, ClusterClaims, ClusterListener, ClusterStore
 from .store.writer import StoreWriter
@@ -36,8 +36,8 @@ logger = logging.getLogger("trio_gearman.server.cluster")
 
 T = TypeVar("T")
 
-PER_WORKER: Final = 2
-"""Jobs a worker may have here at once: one running, one ready behind it."""
+PER_WORKER: Final = (2, 64)
+"""Jobs kept here per worker, at the least and at the most (:class:`ClaimPacer`)."""
 VIEW_EVERY: Final = 1.0
 """Seconds at least between two reads of the admin view's counts."""
 VIEW_HANDLES: Final = 1000
@@ -78,6 +78,7 @@ class ClusterMember:
         # Functions the table had no more jobs of at the last claim: only a
         # notification or a poll looks for them again, not every local change.
         self._empty: set[bytes] = set()
+        self._pacer = ClaimPacer(*PER_WORKER)
         self._claims: ClusterClaims | None = None
         self._viewer: ClusterClaims | None = None
         self._listener: ClusterListener | None = None
@@ -154,7 +155,7 @@ class ClusterMember:
                 if draining:
                     logger.info("Draining: giving back %d queued jobs", len(released))
                 await self._release(released)
-            wanted = [] if draining else claim_demand(state.functions, PER_WORKER)
+            wanted = [] if draining else self._pacer.demand(state.functions, anyio.current_time())
             if notified:
                 self._empty.clear()
             elif self._empty:
@@ -207,6 +208,8 @@ class ClusterMember:
                 job.handle, job.function, job.unique, job.data, job.priority, job.reducer, None, now
             )
         self.claimed += len(jobs)
+        for name, count in got.items():
+            self._pacer.got(name, count)
         full = True
         for name, count in wanted:
             if got.get(name, 0) < count:

@@ -65,6 +65,7 @@ _COMPLETED: Final = JobOutcome.COMPLETED
 _FAILED: Final = JobOutcome.FAILED
 _EXCEPTION: Final = JobOutcome.EXCEPTION
 _CANCELLED: Final = JobOutcome.CANCELLED
+_FIRST_BOUND: Final = DURATION_BUCKETS[0]
 assert [o.value for o in (_COMPLETED, _FAILED, _EXCEPTION, _CANCELLED)] == list(OUTCOMES[:4])
 
 
@@ -308,7 +309,8 @@ class JobTable:
             stats.ended[index] += 1
             if now is not None:
                 run = now - job.assigned_at
-                stats.run[bisect_left(DURATION_BUCKETS, run)] += 1
+                # Most runs fall in the first bucket: one comparison, not a bisect.
+                stats.run[0 if run <= _FIRST_BOUND else bisect_left(DURATION_BUCKETS, run)] += 1
                 stats.run_sum += run
         observer = self.observer
         if observer is not None:
@@ -570,7 +572,7 @@ class JobTable:
         stats = function.stats
         if stats is not None:
             wait = now - job.queued_at
-            stats.wait[bisect_left(DURATION_BUCKETS, wait)] += 1
+            stats.wait[0 if wait <= _FIRST_BOUND else bisect_left(DURATION_BUCKETS, wait)] += 1
             stats.wait_sum += wait
         timeout = conn.abilities[function]
         if timeout:

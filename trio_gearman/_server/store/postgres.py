@@ -77,15 +77,31 @@ JOB_COLUMNS_SQL: Final = (
 """The definition of :data:`COLUMNS` in ``CREATE TABLE``."""
 
 
+_warned_slow = False
+
+
 def _import_psycopg() -> None:
-    """Fail with the install command when psycopg (or the libpq it needs) is missing."""
+    """Fail with the install command when psycopg (or the libpq it needs) is missing.
+
+    psycopg's pure-Python implementation (plain ``psycopg`` with the system's
+    libpq) works but makes each commit cost about twice the CPU of its C one;
+    that is logged once, with the install command.
+    """
+    global _warned_slow
     try:
-        import psycopg  # noqa: F401
+        from psycopg import pq
     except ImportError as exc:
         raise StoreError(
             f"the PostgreSQL queue needs psycopg 3 and libpq: {INSTALL_HINT}"
-            f" (and Debian's libpq5, or pip install 'psycopg[binary]'): {exc}"
+            f" (or pip install 'psycopg[binary]'): {exc}"
         ) from None
+    if pq.__impl__ == "python" and not _warned_slow:
+        _warned_slow = True
+        logger.warning(
+            "psycopg runs its pure-Python implementation, which about halves the "
+            "PostgreSQL queue's throughput: pip install 'psycopg[binary]' (or "
+            "'psycopg[c]', built against the system's libpq)"
+        )
 
 
 def _location(dsn: str) -> str:
