@@ -308,3 +308,40 @@ def test_the_pacer_checks_its_bounds() -> None:
             ClaimPacer(low=low, high=high)
     with pytest.raises(ValueError, match="positive"):
         ClaimPacer(horizon=0.0)
+
+
+def test_a_job_claimed_here_before_its_commit_was_answered_runs_here() -> None:
+    harness = member()
+    state = harness.state
+    client = harness.connect()
+    worker = harness.worker(b"f")
+    assert client.request(bg(b"mine"), bg(b"theirs")) == []
+    write = take(harness)
+    mine, theirs = (job.handle for job in write.added)
+    # The claim round's answer comes back first: "mine" was claimed by this member.
+    assert state.claimed_early(mine)
+    assert not state.claimed_early(b"H:o:unknown")
+    state.store_written(write, harness.now)
+    assert client.received() == [JobCreated(mine), JobCreated(theirs)]
+    assert state.get_job(theirs) is None  # left to the store, as usual
+    assert worker.request(GrabJob()) == [JobAssign(mine, b"f", b"mine")]
+    assert state.claimed_early(mine)  # running here: nothing changes
+    worker.send(WorkComplete(mine, b""))
+    assert take(harness).removed == [mine]
+
+
+def test_a_failed_commit_forgets_its_early_claims() -> None:
+    harness = member()
+    state = harness.state
+    client = harness.connect()
+    client.request(bg(b"one"))
+    write = take(harness)
+    handle = write.added[0].handle
+    assert state.claimed_early(handle)
+    state.store_failed(write, b"gone", harness.now)
+    assert state.get_job(handle) is None
+    # A later job is left to the store as usual.
+    client.received()
+    client.request(bg(b"two"))
+    later = commit(harness)
+    assert state.get_job(later.added[0].handle) is None

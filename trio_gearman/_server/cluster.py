@@ -202,8 +202,10 @@ class ClusterMember:
         got: dict[bytes, int] = {}
         for job in jobs:
             got[job.function] = got.get(job.function, 0) + 1
-            if state.get_job(job.handle) is not None:
-                continue  # claimed again after a lapse: it is here already
+            if state.claimed_early(job.handle):
+                # Claimed again after a lapse, or before this member's own commit
+                # of it was answered: it is here already.
+                continue
             state.restore_job(
                 job.handle, job.function, job.unique, job.data, job.priority, job.reducer, None, now
             )

@@ -211,6 +211,8 @@ class ServerState(JobTable):
         self._max_unique = config.max_unique
         # A cluster member leaves committed background jobs to the store.
         self._cluster = config.cluster and config.durable
+        # Own submissions whose rows this member claimed before their commit was answered.
+        self._claimed_early: set[bytes] = set()
         self._max_function_name = config.max_function_name
         self._next_handle = 1
         # Durable servers reserve handle numbers in the store ahead of use.
@@ -669,6 +671,25 @@ class ServerState(JobTable):
             self._enqueue(job)
         return job
 
+    def claimed_early(self, handle: bytes) -> bool:
+        """A cluster member claimed the row of ``handle``: is it a job here already?
+
+        The member's claim can come back before its own commit of that job
+        is answered (:meth:`store_written`): the job, still waiting for the
+        answer, is then queued here once answered instead of being left to the
+        store. A job that runs here already (claimed again after its lease
+        lapsed) stays as it is.
+
+        Returns:
+            Whether a job with this handle is here (do not restore it then).
+        """
+        job = self._jobs.get(handle)
+        if job is None:
+            return False
+        if job.state == PENDING and self._cluster:
+            self._claimed_early.add(handle)
+        return True
+
     def _coalesce(self, conn: ConnectionState, job: Job, background: bool) -> None:
         if not background:
             if job.clients is None:
@@ -786,8 +807,14 @@ class ServerState(JobTable):
         if coalesced:
             self._count_coalesced(write, coalesced)
         touched = self._settle(write, b"", coalesced)
+        early = self._claimed_early
         for job, due in zip(write.jobs, write.due, strict=True):
-            if job.state == PENDING and self._cluster:
+            if early and job.handle in early:
+                early.discard(job.handle)
+                claimed = True
+            else:
+                claimed = False
+            if job.state == PENDING and self._cluster and not claimed:
                 # Acknowledged; the row is the cluster's now, for any member to claim.
                 job.stored = False
                 self._forget(job)
@@ -813,6 +840,9 @@ class ServerState(JobTable):
         """
         if write.handle_limit is not None:
             self._reserving = None
+        early = self._claimed_early
+        if early:  # nothing was written: nobody claimed those rows
+            early.difference_update(job.handle for job in write.jobs)
         self._write.removed[:0] = write.removed
         touched = self._settle(write, reason)
         for job in write.jobs:
