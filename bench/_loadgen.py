@@ -231,9 +231,8 @@ class NoopWorker:
 
 
 def run_workers(
-    port: int,
+    ports: Sequence[int],
     function: bytes,
-    connections: int,
     grabs: int,
     measure: bool,
     slot: int,
@@ -242,13 +241,15 @@ def run_workers(
     stop: Event,
     results: Connection,
 ) -> None:
-    """Serve ``connections`` no-op worker connections until ``stop`` is set.
+    """Serve one no-op worker connection per port of ``ports`` until ``stop`` is set.
 
+    A port may come several times (several connections to one server), and the
+    ports may be those of different servers (workers spread over a cluster).
     Publishes the jobs done and the time of the last completion in ``done[slot]``
     and ``last[slot]`` after every batch, then sends a result dict on ``results``.
     """
     try:
-        workers = [NoopWorker(port, function, grabs, measure) for _ in range(connections)]
+        workers = [NoopWorker(port, function, grabs, measure) for port in ports]
         selector = selectors.DefaultSelector()
         for worker in workers:
             selector.register(worker.sock, selectors.EVENT_READ, worker)

@@ -37,6 +37,9 @@ BACKLOG: Final = "1024"
 _TICK: Final = os.sysconf("SC_CLK_TCK")
 
 
+REPOSITORY: Final = Path(__file__).resolve().parent.parent
+
+
 class ServerFailed(RuntimeError):
     """A server did not start, or died during a measurement."""
 
@@ -77,11 +80,15 @@ def ours_command() -> list[str]:
     return [found]
 
 
-def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) -> list[str]:
+def server_argv(
+    name: str, port: int, workdir: Path, extra: Sequence[str] = (), table: str | None = None
+) -> list[str]:
     """The command line that starts server ``name`` on ``port``.
 
     Every server gets the same listen backlog, :data:`BACKLOG`: with the default of
     32, a burst of thousands of connections waits for SYN retransmissions (seconds).
+    A ``-postgres`` server keeps its jobs in the table ``table``, by default
+    ``bench_<port>`` (a fresh one for every server started).
     """
     base, queue = name, ""
     if name == "ours-metrics":  # metrics counted and served (the 'monitor' extra)
@@ -96,7 +103,7 @@ def server_argv(name: str, port: int, workdir: Path, extra: Sequence[str] = ()) 
         if not dsn:
             raise ServerFailed(f"{name} needs ${POSTGRES_DSN_ENV} (bench/server.py sets it)")
         extra = ["-q", "postgres", "--postgres-dsn", dsn, "--postgres-table",
-                 f"bench_{port}", *extra]  # fmt: skip
+                 table or f"bench_{port}", *extra]  # fmt: skip
     name = base
     extra = list(extra)
     if name == "ours":
@@ -133,15 +140,19 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_server(name: str, extra: Sequence[str] = ()) -> Iterator[RunningServer]:
+def run_server(
+    name: str, extra: Sequence[str] = (), table: str | None = None
+) -> Iterator[RunningServer]:
     """Start server ``name`` on a free loopback port; stop it (SIGTERM) on the way out.
+
+    ``table``: a ``-postgres`` server's table (see :func:`server_argv`).
 
     Raises:
         ServerFailed: it exited or did not answer ``version`` within 20 s.
     """
     workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
     port = free_port()
-    argv = server_argv(name, port, workdir, extra)
+    argv = server_argv(name, port, workdir, extra, table)
     with (workdir / "stderr").open("wb") as stderr:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
     try:
@@ -164,6 +175,59 @@ def run_server(name: str, extra: Sequence[str] = ()) -> Iterator[RunningServer]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Database:
+    """The PostgreSQL database of the ``-postgres`` servers.
+
+    Attributes:
+        dsn: its connection string (also in ``$BENCH_POSTGRES_DSN`` while it is in use).
+        pid: the PostgreSQL server's main process (its CPU is measured with
+            :func:`tree_cpu_seconds`), or ``None`` when it runs elsewhere.
+    """
+
+    dsn: str
+    pid: int | None
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[Database]:
+    """The database named by ``$BENCH_POSTGRES_DSN``, or else a throw-away cluster's.
+
+    The throw-away cluster is the tests' (``tests/postgres_peer.py``: initdb and
+    pg_ctl on a free loopback port, PostgreSQL's defaults, fsync on); its DSN is put
+    in ``$BENCH_POSTGRES_DSN`` for :func:`run_server` until the block ends, and the
+    cluster is removed afterwards.
+    """
+    dsn = os.environ.get(POSTGRES_DSN_ENV)
+    if dsn:
+        yield Database(dsn, None)
+        return
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))
+    from tests.postgres_peer import running_cluster
+
+    with running_cluster() as cluster:
+        pid = int((cluster.directory / "data" / "postmaster.pid").read_text().split()[0])
+        os.environ[POSTGRES_DSN_ENV] = cluster.dsn
+        try:
+            yield Database(cluster.dsn, pid)
+        finally:
+            del os.environ[POSTGRES_DSN_ENV]
+
+
+def drop_tables(dsn: str, *tables: str) -> None:
+    """Drop the queue tables ``tables`` and their ``_meta`` tables, where they exist."""
+    import psycopg
+    from psycopg import sql
+
+    names = [sql.Identifier(name + suffix) for name in tables for suffix in ("", "_meta")]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(", ").join(names)))
+
+
 # --- /proc ----------------------------------------------------------------------------------
 
 
@@ -171,6 +235,33 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU-seconds of a process, all its threads (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU-seconds of a process and its descendants, every thread.
+
+    Counts the live processes of the tree and, through each one's ``cutime`` and
+    ``cstime``, the children it has waited for: a child that ends between two
+    readings (a PostgreSQL backend or autovacuum worker) is still counted.
+    """
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            parent[pid] = int(fields[1])
+            ticks[pid] = sum(int(value) for value in fields[11:15])
+    total = 0
+    for pid, count in ticks.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parent:
+            ancestor = parent[ancestor]
+        if ancestor == root:
+            total += count
+    return total / _TICK
 
 
 def rss_kib(pid: int) -> int:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _loadgen_servers import tree_cpu_seconds
 from _peers import DEFAULT_VENV, ensure_venv
 
 from trio_gearman._client.client import Client
@@ -70,28 +71,6 @@ Results = dict[tuple[str, str], list[dict[str, float]]]
 
 
 # --- measuring ---------------------------------------------------------------------------
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of a process, its threads and its live descendants."""
-    parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            pid = int(entry.name)
-            parent[pid] = int(fields[1])
-            ticks[pid] = int(fields[11]) + int(fields[12])
-    total = 0
-    for pid, count in ticks.items():
-        ancestor = pid
-        while ancestor not in (root, 0, 1) and ancestor in parent:
-            ancestor = parent[ancestor]
-        if ancestor == root:
-            total += count
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

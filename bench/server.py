@@ -42,6 +42,7 @@ import collections
 import contextlib
 import ctypes
 import datetime
+import functools
 import json
 import multiprocessing
 import os
@@ -79,8 +80,10 @@ from _loadgen_servers import (
     cpu_seconds,
     machine,
     machine_busy,
+    postgres_database,
     rss_kib,
     run_server,
+    tree_cpu_seconds,
 )
 
 MODES: Final = ("bg", "fg16", "fg16-flood", "idle", "rss-queue", "rss-idle")
@@ -116,6 +119,8 @@ class Options:
     retries: int = 1
     settle: float = 5.0
     profile: Path | None = None
+    db_pid: int | None = None
+    """The PostgreSQL server whose CPU is measured too (a ``-postgres`` server's database)."""
 
 
 DEFAULTS: Final = Options()
@@ -136,6 +141,8 @@ class Throughput:
     p99: float
     noops: int = 0
     """NOOPs the workers received (wake-ups from PRE_SLEEP)."""
+    db_cpu: float = 0.0
+    """CPU-seconds of the PostgreSQL server (every process), when it was measured."""
     attempts: int = 1
     """Measurements taken to get this one (more when other work disturbed them)."""
     note: str = ""
@@ -147,8 +154,9 @@ class Throughput:
 
     @property
     def others(self) -> float:
-        """Cores busy with neither the server, the load generator nor softirq (other work)."""
-        rest = self.machine_cpu - self.server_cpu - self.loadgen_cpu - self.softirq
+        """Cores busy with neither the servers, their database, the load generator nor
+        softirq (other work)."""
+        rest = self.machine_cpu - self.server_cpu - self.db_cpu - self.loadgen_cpu - self.softirq
         return max(0.0, rest) / self.seconds
 
 
@@ -241,32 +249,67 @@ def percentiles(samples: array[float]) -> tuple[float, float]:
     return ordered[round(0.50 * last)], ordered[round(0.99 * last)]
 
 
+@attrs.frozen
+class Placement:
+    """The servers of one measurement, and which of them each client and worker uses.
+
+    Client ``i`` connects to ``clients[i % len(clients)]``; worker connections go to
+    ``workers`` in turn, so every worker process has connections to each of them.
+
+    Attributes:
+        servers: every server measured (their CPU is summed).
+        clients: the servers the clients connect to, in turn.
+        workers: the servers the worker connections go to, in turn.
+    """
+
+    servers: tuple[RunningServer, ...]
+    clients: tuple[RunningServer, ...]
+    workers: tuple[RunningServer, ...]
+
+    @classmethod
+    def on(cls, server: RunningServer) -> Placement:
+        """Every client and worker on the one server ``server``."""
+        return cls((server,), (server,), (server,))
+
+    def client_port(self, client: int) -> int:
+        """The port client number ``client`` connects to."""
+        return self.clients[client % len(self.clients)].port
+
+    def worker_ports(self, connections: int) -> list[int]:
+        """The port of each of ``connections`` worker connections."""
+        return [self.workers[i % len(self.workers)].port for i in range(connections)]
+
+
 def start_workers(
-    group: Children, server: RunningServer, opts: Options, grabs: int, measure: bool
+    group: Children, placement: Placement, opts: Options, grabs: int, measure: bool
 ) -> tuple[list[Connection], SharedCounters]:
-    """Start the no-op workers and wait until the server lists them all."""
+    """Start the no-op workers and wait until each server lists all of its own."""
+    ports = placement.worker_ports(opts.workers)
     counts = [c for c in split(opts.workers, opts.worker_procs) if c]
     counters = SharedCounters(len(counts))
-    pipes = [
-        group.start(
-            run_workers,
-            server.port,
-            FUNCTION,
-            count,
-            grabs,
-            measure,
-            slot,
-            counters.done,
-            counters.last,
-            group.stop,
+    pipes = []
+    first = 0
+    for slot, count in enumerate(counts):
+        pipes.append(
+            group.start(
+                run_workers,
+                ports[first : first + count],
+                FUNCTION,
+                grabs,
+                measure,
+                slot,
+                counters.done,
+                counters.last,
+                group.stop,
+            )
         )
-        for slot, count in enumerate(counts)
-    ]
+        first += count
     for pipe in pipes:
         group.expect(pipe)
+    wanted = collections.Counter(ports)
     group.wait_until(
         "the workers to register",
-        lambda: registered_workers(server.port, FUNCTION) >= opts.workers,
+        lambda: all(registered_workers(port, FUNCTION) >= n for port, n in wanted.items()),
         pause=0.02,
     )
     return pipes, counters
@@ -285,10 +328,19 @@ class SharedCounters:
 
 
 class Sampler:
-    """CPU of the server and of the whole machine, from here to :meth:`finish`."""
+    """CPU of the servers, their database and the whole machine, from here to :meth:`finish`.
 
-    def __init__(self, server: RunningServer, profile: Path | None = None) -> None:
-        self.pid = server.pid
+    ``profile``: record the first server with py-spy into that file.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[RunningServer],
+        profile: Path | None = None,
+        db_pid: int | None = None,
+    ) -> None:
+        self.pids = [server.pid for server in servers]
+        self.db_pid = db_pid
         self.spy: subprocess.Popen[bytes] | None = None
         if profile is not None:
             self.spy = subprocess.Popen(
@@ -302,22 +354,34 @@ class Sampler:
                     "-o",
                     str(profile),
                     "--pid",
-                    str(server.pid),
+                    str(self.pids[0]),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # py-spy attaches before the load starts
-        self.user, self.system = cpu_seconds(self.pid)
+        self.user, self.system = self.servers_cpu()
+        self.db = self.db_cpu()
         self.busy, self.softirq = machine_busy()
 
-    def finish(self) -> tuple[float, float, float, float]:
-        """CPU-seconds since the start: server (user + system), server system, machine, softirq."""
+    def servers_cpu(self) -> tuple[float, float]:
+        """User and system CPU-seconds of every server so far."""
+        times = [cpu_seconds(pid) for pid in self.pids]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
+    def db_cpu(self) -> float:
+        """CPU-seconds of the database server so far (0 when it is not measured)."""
+        return 0.0 if self.db_pid is None else tree_cpu_seconds(self.db_pid)
+
+    def finish(self) -> tuple[float, float, float, float, float]:
+        """CPU-seconds since the start: servers (user + system), servers' system, machine,
+        softirq, database."""
         busy, softirq = machine_busy()
-        user, system = cpu_seconds(self.pid)
+        user, system = self.servers_cpu()
+        db = self.db_cpu() - self.db
         user -= self.user
         system -= self.system
-        result = (user + system, system, busy - self.busy, softirq - self.softirq)
+        result = (user + system, system, busy - self.busy, softirq - self.softirq, db)
         if self.spy is not None:
             self.spy.send_signal(signal.SIGINT)
             self.spy.wait(30)
@@ -329,7 +393,7 @@ class Sampler:
 
 def start_bg_clients(
     group: Children,
-    server: RunningServer,
+    placement: Placement,
     opts: Options,
     function: bytes,
     jobs: int,
@@ -342,7 +406,7 @@ def start_bg_clients(
     pipes = [
         group.start(
             run_bg_client,
-            server.port,
+            placement.client_port(client),
             function,
             client,
             count,
@@ -360,18 +424,20 @@ def start_bg_clients(
     return pipes
 
 
-def measure_bg(server: RunningServer, opts: Options, jobs: int) -> Throughput:
+def measure_bg(placement: Placement, opts: Options, jobs: int) -> Throughput:
     """Background jobs, submit to completion."""
     with children(opts.timeout) as group:
-        worker_pipes, counters = start_workers(group, server, opts, opts.bg_grabs, True)
+        worker_pipes, counters = start_workers(group, placement, opts, opts.bg_grabs, True)
         client_pipes = start_bg_clients(
-            group, server, opts, FUNCTION, jobs, opts.max_backlog, counters.done
+            group, placement, opts, FUNCTION, jobs, opts.max_backlog, counters.done
         )
-        sampler = Sampler(server, opts.profile and opts.profile / "ours-bg.txt")
+        sampler = Sampler(
+            placement.servers, opts.profile and opts.profile / "ours-bg.txt", opts.db_pid
+        )
         group.go.set()
         client_results = [group.expect(pipe) for pipe in client_pipes]
         group.wait_until("the workers to finish", lambda: counters.total() >= jobs)
-        server_cpu, server_sys, machine_cpu, softirq = sampler.finish()
+        server_cpu, server_sys, machine_cpu, softirq, db_cpu = sampler.finish()
         group.stop.set()
         worker_results = [group.expect(pipe) for pipe in worker_pipes]
     start = min(r["start"] for r in client_results)
@@ -393,6 +459,7 @@ def measure_bg(server: RunningServer, opts: Options, jobs: int) -> Throughput:
         p50=p50,
         p99=p99,
         noops=sum(r["noops"] for r in worker_results),
+        db_cpu=db_cpu,
         note=note,
     )
 
@@ -405,12 +472,13 @@ def measure_fg(
     With ``flood``, ``opts.clients`` more clients submit that many background jobs
     of :data:`FLOOD` (which no worker takes) meanwhile.
     """
+    placement = Placement.on(server)
     with children(opts.timeout) as group:
-        worker_pipes, _ = start_workers(group, server, opts, opts.fg_grabs, False)
+        worker_pipes, _ = start_workers(group, placement, opts, opts.fg_grabs, False)
         flood_pipes = []
         if flood:  # nobody takes the flood's jobs: no backlog limit, nothing done
             nothing_done = _ctx.RawArray(ctypes.c_longlong, 1)
-            flood_pipes = start_bg_clients(group, server, opts, FLOOD, flood, 0, nothing_done)
+            flood_pipes = start_bg_clients(group, placement, opts, FLOOD, flood, 0, nothing_done)
         ids = list(range(opts.fg_clients))
         per_proc = split(len(ids), opts.client_procs)
         jobs_each = max(1, jobs // opts.fg_clients)
@@ -431,10 +499,12 @@ def measure_fg(
             first += count
         for pipe in client_pipes:
             group.expect(pipe)
-        sampler = Sampler(server, opts.profile and opts.profile / f"ours-{label}.txt")
+        sampler = Sampler(
+            placement.servers, opts.profile and opts.profile / f"ours-{label}.txt", opts.db_pid
+        )
         group.go.set()
         client_results = [group.expect(pipe) for pipe in client_pipes]
-        server_cpu, server_sys, machine_cpu, softirq = sampler.finish()
+        server_cpu, server_sys, machine_cpu, softirq, db_cpu = sampler.finish()
         flooded = [group.expect(pipe) for pipe in flood_pipes]
         group.stop.set()
         worker_results = [group.expect(pipe) for pipe in worker_pipes]
@@ -457,6 +527,7 @@ def measure_fg(
         p50=p50,
         p99=p99,
         noops=sum(r["noops"] for r in worker_results),
+        db_cpu=db_cpu,
     )
 
 
@@ -574,24 +645,15 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
                 )
                 if profile is not None:
                     profile.mkdir(parents=True, exist_ok=True)
-                step = attrs.evolve(opts, profile=profile)
+                db_pid = opts.db_pid if name.endswith("-postgres") else None
+                step = attrs.evolve(opts, profile=profile, db_pid=db_pid)
                 started = time.perf_counter()
-                kept: object = None
-                for attempt in range(
-                    1 + (opts.retries if mode in (*THROUGHPUT_MODES, "idle") else 0)
-                ):
-                    wait_quiet(opts)
-                    try:
-                        with run_server(name, server_options(mode, name, opts)) as server:
-                            entry = measure(mode, server, step)
-                    except (LoadError, ServerFailed) as exc:
-                        print(f"  {mode} {name}: FAILED: {exc}", file=sys.stderr)
-                        continue
-                    mark_attempts(entry, attempt + 1)
-                    if kept is None or other_load(entry) < other_load(kept):
-                        kept = entry
-                    if other_load(entry) <= opts.max_other_load:
-                        break
+                kept = least_disturbed(
+                    f"{mode} {name}",
+                    opts,
+                    opts.retries if mode in (*THROUGHPUT_MODES, "idle") else 0,
+                    functools.partial(measure_fresh, mode, name, step),
+                )
                 results[mode][name].append(kept)
                 print(
                     f"  [{repeat + 1}/{repeats}] {mode:9} {name:12} {describe(kept)}"
@@ -599,6 +661,35 @@ def run(modes: Sequence[str], servers: Sequence[str], opts: Options, repeats: in
                     file=sys.stderr,
                 )
     return results
+
+
+def least_disturbed(label: str, opts: Options, retries: int, take: Callable[[], object]) -> object:
+    """The least disturbed of up to ``1 + retries`` measurements made by ``take``.
+
+    Each waits for a quiet machine first; another is taken only while other work
+    kept more than ``opts.max_other_load`` cores busy. A failed measurement is
+    reported (``label``) and counts as an attempt; ``None`` when every one failed.
+    """
+    kept: object = None
+    for attempt in range(1 + retries):
+        wait_quiet(opts)
+        try:
+            entry = take()
+        except (LoadError, ServerFailed) as exc:
+            print(f"  {label}: FAILED: {exc}", file=sys.stderr)
+            continue
+        mark_attempts(entry, attempt + 1)
+        if kept is None or other_load(entry) < other_load(kept):
+            kept = entry
+        if other_load(entry) <= opts.max_other_load:
+            break
+    return kept
+
+
+def measure_fresh(mode: str, name: str, opts: Options) -> object:
+    """One measurement of ``mode`` on a freshly started server ``name``."""
+    with run_server(name, server_options(mode, name, opts)) as server:
+        return measure(mode, server, opts)
 
 
 def other_load(entry: object) -> float:
@@ -663,7 +754,7 @@ def server_options(mode: str, name: str, opts: Options) -> list[str]:
 def measure(mode: str, server: RunningServer, opts: Options) -> object:
     """One measurement of ``mode`` on a freshly started server."""
     if mode == "bg":
-        return measure_bg(server, opts, opts.bg_jobs)
+        return measure_bg(Placement.on(server), opts, opts.bg_jobs)
     if mode == "fg16":
         return measure_fg(server, opts, opts.fg_jobs)
     if mode == "fg16-flood":
@@ -710,6 +801,8 @@ def summarize(runs: Sequence[Throughput]) -> dict[str, float]:
         "server_sys": median([r.server_sys / r.server_cpu for r in runs if r.server_cpu]),
         "softirq": median([r.softirq / r.seconds for r in runs]),
         "others": median([r.others for r in runs]),
+        "db_cpu": median([r.db_cpu / r.jobs * 10_000 for r in runs]),
+        "db_cores": median([r.db_cpu / r.seconds for r in runs]),
     }
 
 
@@ -1038,13 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(header, file=sys.stderr)
     with contextlib.ExitStack() as stack:
-        if any(name.endswith("-postgres") for name in args.servers) and not os.environ.get(
-            POSTGRES_DSN_ENV
-        ):
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from tests.postgres_peer import running_cluster
-
-            os.environ[POSTGRES_DSN_ENV] = stack.enter_context(running_cluster()).dsn
+        if any(name.endswith("-postgres") for name in args.servers):
+            opts.db_pid = stack.enter_context(postgres_database()).pid
         results = run(args.modes, args.servers, opts, repeats)
     print(f"\n{header}")
     print(

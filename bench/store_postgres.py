@@ -5,10 +5,11 @@ server): the group commit of 1, 100 and 10,000 new background jobs (jobs/s, the
 median of several commits), and ``open()`` of a table holding 1,000,000 jobs
 (seconds). Jobs are like the server benchmark's: 36-byte uniques, 16-byte payloads.
 
-By default it runs on a throw-away cluster of its own (``tests/postgres_peer.py``:
-initdb + pg_ctl on a free loopback port, PostgreSQL's defaults, fsync on); ``--dsn``
-points it at another database instead, where it uses a table of its own and drops
-it afterwards. A measurement, not a test: the test suite never runs it.
+By default it runs on the database named by ``$BENCH_POSTGRES_DSN`` or else on a
+throw-away cluster of its own (``tests/postgres_peer.py``: initdb + pg_ctl on a free
+loopback port, PostgreSQL's defaults, fsync on); ``--dsn`` points it at another
+database instead. It uses a table of its own and drops it afterwards. A measurement,
+not a test: the test suite never runs it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.postgres_peer import running_cluster
+from _loadgen_servers import drop_tables, postgres_database
+
 from trio_gearman._server.store.base import StoredJob
 from trio_gearman._server.store.postgres import PostgresStore
 
@@ -37,12 +39,12 @@ def jobs(first: int, count: int) -> list[StoredJob]:
 
 @contextmanager
 def database(dsn: str | None) -> Iterator[str]:
-    """The DSN to measure on: ``dsn``, or a throw-away cluster's."""
+    """The DSN to measure on: ``dsn``, or else :func:`postgres_database`'s."""
     if dsn is not None:
         yield dsn
         return
-    with running_cluster() as cluster:
-        yield cluster.dsn
+    with postgres_database() as db:
+        yield db.dsn
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
             print(f"open() of {args.open_jobs:,} stored jobs: {took:.2f} s")
         finally:
             store.close()
-            drop(dsn, table)
+            drop_tables(dsn, table)
 
 
 def store_setting(dsn: str, name: str) -> str:
@@ -96,14 +98,6 @@ def store_setting(dsn: str, name: str) -> str:
         row = conn.execute(f"SHOW {name}".encode()).fetchone()
     assert row is not None
     return str(row[0])
-
-
-def drop(dsn: str, table: str) -> None:
-    """Drop the benchmark's tables."""
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_meta".encode())
 
 
 if __name__ == "__main__":

@@ -508,3 +508,151 @@ def test_a_cluster_table_name_that_is_too_long_is_a_usage_error() -> None:
     )
     with pytest.raises(UsageError, match="longer than 57 characters"):
         make_cluster_store(options)
+
+
+async def test_a_unique_key_coalesces_background_jobs_across_the_cluster(
+    cluster: Cluster,
+) -> None:
+    one, two = await cluster.server(), await cluster.server()
+    client_one, client_two = await cluster.connect(one), await cluster.connect(two)
+
+    def bg(unique: bytes, data: bytes) -> SubmitJob:
+        return SubmitJob(FUNCTION, unique, data, background=True)
+
+    # No worker anywhere: the first job waits in the table while the others come.
+    (first,) = await client_one.request(bg(b"key", b"first"))
+    replies = await client_two.request(bg(b"key", b"second"), bg(b"key", b"third"))
+    replies += await client_one.request(bg(b"key", b"fourth"))
+    assert isinstance(first, JobCreated)
+    assert replies == [first, first, first]
+    # The unique "-" coalesces by payload, across the servers too; no unique never.
+    dashed = await client_one.request(bg(b"-", b"same"), bg(b"-", b"other"))
+    dashed += await client_two.request(bg(b"-", b"same"), bg(b"", b"same"), bg(b"", b"same"))
+    assert dashed[2] == dashed[0]
+    assert len(set(dashed)) == 4
+    assert [data for data, _ in cluster.rows()] == [b"first", b"same", b"other", b"same", b"same"]
+    worker = await cluster.worker(two)
+    job = await worker.next_job()
+    assert (job.handle, job.data) == (first.handle, b"first")
+    # While it runs it is live: it still takes submissions of its key.
+    assert await client_one.request(bg(b"key", b"while it runs")) == [first]
+    await worker.send(WorkComplete(job.handle, b""))
+    await settle(worker)
+    # Once it ended, the key makes a new job.
+    (later,) = await client_one.request(bg(b"key", b"later"))
+    assert isinstance(later, JobCreated)
+    assert later.handle != first.handle
+    ran = []
+    for _ in range(5):
+        job = await worker.next_job()
+        ran.append(job.data)
+        await worker.send(WorkComplete(job.handle, b""))
+    assert sorted(ran) == sorted([b"same", b"other", b"same", b"same", b"later"])
+    await settle(worker)
+    assert cluster.rows() == []
+    assert await grab(worker) == NoJob()
+
+
+async def test_a_draining_server_claims_nothing_more_and_gives_back_what_waits(
+    cluster: Cluster,
+) -> None:
+    draining, staying = await cluster.server(), await cluster.server()  # leases of 30 s
+    worker = await cluster.worker(draining)
+    client = await cluster.connect(staying)
+    await submit(client, [b"one", b"two"])
+    running = await worker.next_job()  # "two" is claimed too, ready behind it
+    assert running.data == b"one"
+    assert all(claimed is not None for _, claimed in cluster.rows())
+    draining.process.send_signal(signal.SIGUSR1)
+    await draining.wait_for_line(b"Draining: claiming no more jobs from the cluster")
+    await draining.wait_for_line(b"Draining: giving back 1 queued jobs")
+    # A job submitted now, while its worker there could take another: not claimed.
+    await submit(client, [b"three"])
+    await worker.send(PreSleep())
+    with trio.move_on_after(1.5):
+        reply = await worker.receive()
+        pytest.fail(f"the draining server claimed a job and woke its worker: {reply}")
+    rows = cluster.rows()
+    assert [data for data, _ in rows] == [b"one", b"two", b"three"]
+    assert rows[0][1] is not None
+    assert [claimed for _, claimed in rows[1:]] == [None, None]
+    # The other server's workers run them, long before any lease lapses.
+    other = await cluster.worker(staying)
+    with trio.fail_after(3):
+        got = [await other.next_job() for _ in range(2)]
+    assert sorted(job.data for job in got) == [b"three", b"two"]
+    for job in got:
+        await other.send(WorkComplete(job.handle, b""))
+    # The draining server finishes what its worker runs, then stops.
+    assert draining.process.returncode is None
+    await worker.send(WorkComplete(running.handle, b"done"))
+    with trio.fail_after(10):
+        assert await draining.process.wait() == 0
+    await settle(other)
+    assert cluster.rows() == []
+
+
+async def listing(server: ServerProcess, command: bytes) -> list[bytes]:
+    """The lines of one admin listing (without its ``.`` line)."""
+    async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+        await stream.send(command + b"\n")
+        data = b""
+        with trio.fail_after(5):
+            while not (data == b".\n" or data.endswith(b"\n.\n")):
+                data += await stream.receive()
+    return data.splitlines()[:-1]
+
+
+async def wait_for_listing(server: ServerProcess, command: bytes, expected: list[bytes]) -> None:
+    """Ask until the listing is ``expected``.
+
+    A member's view of the shared queue is read again within a second of a
+    change: its listings are the only sign of it from outside, so this asks
+    again, 20 times a second for 5 seconds at most, until they show the change.
+    """
+    got: list[bytes] = []
+    for _ in range(100):
+        got = await listing(server, command)
+        if got == expected:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"{command!r} kept answering {got}, not {expected}")
+
+
+async def test_the_admin_commands_of_any_member_show_the_clusters_queue(cluster: Cluster) -> None:
+    one, two = await cluster.server(), await cluster.server()
+    client = await cluster.connect(one)
+    created = await client.request(
+        SubmitJob(FUNCTION, b"", b"1", background=True),
+        SubmitJob(FUNCTION, b"", b"2", background=True),
+        SubmitJob(FUNCTION, b"", b"3", Priority.HIGH, background=True),
+    )
+    handles = [reply.handle for reply in created if isinstance(reply, JobCreated)]
+    assert len(handles) == 3
+    # No worker anywhere: the jobs wait in the table, and every member shows them.
+    for server in (two, one):
+        await wait_for_listing(server, b"status", [b"f\t3\t0\t0"])
+        await wait_for_listing(server, b"prioritystatus", [b"f\t1\t2\t0\t0"])
+    assert sorted(await listing(two, b"show jobs")) == sorted(h + b"\t0\t0\t1" for h in handles)
+    # A worker of the first server runs the HIGH job, with two ready behind it:
+    # the other member counts all three as running there, the first knows better.
+    worker = await cluster.worker(one)
+    job = await worker.next_job()
+    assert job.data == b"3"
+    await wait_for_listing(two, b"status", [b"f\t3\t3\t0"])
+    await wait_for_listing(one, b"status", [b"f\t3\t1\t1"])
+    await wait_for_listing(one, b"prioritystatus", [b"f\t0\t2\t0\t1"])
+    # A foreground job stays where it was submitted, and counts there.
+    foreground = await cluster.connect(two)
+    (waiting,) = await foreground.request(SubmitJob(FUNCTION, b"", b"fg"))
+    assert isinstance(waiting, JobCreated)
+    await wait_for_listing(two, b"status", [b"f\t4\t3\t0"])
+    shown = await listing(two, b"show jobs")
+    assert shown[0] == waiting.handle + b"\t0\t0\t0"
+    assert sorted(shown[1:]) == sorted(h + b"\t0\t0\t1" for h in handles)
+    await wait_for_listing(one, b"status", [b"f\t3\t1\t1"])
+    # "workers" stays each server's own.
+    assert not any(b" f" in line for line in await listing(two, b"workers"))
+    # A job that ends elsewhere leaves the view within a second or so.
+    await worker.send(WorkComplete(job.handle, b""))
+    await wait_for_listing(two, b"status", [b"f\t3\t2\t0"])

@@ -9,6 +9,7 @@ connection string, and the database going away and coming back.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -435,3 +436,28 @@ def test_the_package_imports_without_psycopg() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert "pip install 'trio-gearman[postgres]'" in done.stdout
+
+
+@pytest.mark.parametrize("impl", ["python", "binary"])
+def test_the_slow_psycopg_implementation_is_logged_once_with_the_fix(impl: str) -> None:
+    # The 'postgres' extra brings psycopg's C implementation (psycopg-binary).
+    script = (
+        "import logging; logging.basicConfig(format='%(levelname)s %(message)s');"
+        "from trio_gearman._server.store.postgres import PostgresStore;"
+        "PostgresStore('dbname=x'); PostgresStore('dbname=y')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PSYCOPG_IMPL": impl},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    warnings = [line for line in done.stderr.splitlines() if "pure-Python" in line]
+    if impl == "python":
+        assert len(warnings) == 1
+        assert warnings[0].startswith("WARNING psycopg runs its pure-Python implementation")
+        assert "pip install 'psycopg[binary]'" in warnings[0]
+    else:
+        assert warnings == []

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -42,6 +43,7 @@ from trio_gearman._server.tls import certificate_names
 from trio_gearman.testing import EmbeddedServer, open_test_server
 
 from .test_cli_server import expect_exit, trio_gearmand
+from .test_server_io import running_server, settle
 
 TOOLS = "import sys; from trio_gearman._cli.tools import main; sys.exit(main())"
 """``trio-gearman`` as ``python -c`` runs it."""
@@ -400,6 +402,33 @@ async def test_silent_peer_is_closed_at_the_handshake_timeout(
             await wait_closed_by_server(silent)
         assert trio.current_time() - start >= timeout * 0.9
     assert "no TLS handshake within 0.5 s" in caplog.text
+
+
+@pytest.mark.parametrize("limit", ["max_connections", "max_connections_per_address"])
+async def test_handshakes_in_progress_count_toward_the_connection_limits(
+    ca: trustme.CA, server_cert: trustme.LeafCert, caplog: pytest.LogCaptureFixture, limit: str
+) -> None:
+    # Peers that open a socket and never shake hands must not hold more sockets
+    # than the limits allow while they wait for the handshake timeout.
+    context = server_context(ca, server_cert, mtls=False)
+    options: dict[str, Any] = {"ssl_context": context, limit: 2}
+    async with running_server(**options) as server:
+        silent = [await anyio.connect_tcp("127.0.0.1", server.port) for _ in range(2)]
+        await settle(lambda: server.statistics().handshaking == 2)
+        assert server.statistics().connections == 0
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as extra:
+            with anyio.fail_after(5):
+                await wait_closed_by_server(extra)
+        assert server.statistics().refused == 1
+        assert "are open (the maximum)" in caplog.text
+        # A handshake that ends (here: the peer leaves) frees its place.
+        await silent.pop().aclose()
+        await settle(lambda: server.statistics().handshaking == 1)
+        async with await connect(server.port, client_context(ca)) as stream:
+            assert await exchange(stream, EchoReq(b"served")) == [EchoRes(b"served")]
+            assert server.statistics().handshaking == 1
+        for sock in silent:
+            await sock.aclose()
 
 
 def test_server_refuses_a_client_side_context() -> None:

@@ -253,6 +253,16 @@ def test_every_sleeper_is_woken_by_default() -> None:
     assert busy.received() == []
 
 
+def test_a_sleeper_that_woke_by_itself_gets_no_noop() -> None:
+    harness = Harness()
+    client = harness.connect()
+    worker = harness.worker(b"f")
+    worker.send(PreSleep())
+    assert worker.request(GrabJob()) == [NoJob()]  # awake again, still among the sleepers
+    _submit(client, b"f", b"x")
+    assert worker.received() == []
+
+
 def test_worker_wakeup_limits_noops_and_rotates_over_sleepers() -> None:
     harness = Harness(worker_wakeup=2)
     client = harness.connect()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+import pytest
+
 from trio_gearman._proto._packets import (
     GrabJob,
     Priority,
@@ -31,6 +33,26 @@ def bucket(seconds: float) -> int:
 
 def ended(stats: FunctionStats) -> dict[str, int]:
     return {name: count for name, count in zip(OUTCOMES, stats.ended, strict=True) if count}
+
+
+@pytest.mark.parametrize(
+    "seconds", [0.0, DURATION_BUCKETS[0], DURATION_BUCKETS[0] + 1e-9, *DURATION_BUCKETS[1:], 1e6]
+)
+def test_every_duration_lands_in_the_bucket_whose_bound_it_does_not_exceed(seconds: float) -> None:
+    # The first bucket is found by one comparison, the others by bisection: both
+    # must agree with Prometheus' "le" (less than or equal) bounds.
+    harness = Harness(metrics=True)
+    harness.now = 0.0  # so that each difference below is exactly ``seconds``
+    harness.connect().send(SubmitJob(b"f", b"", b"x", background=True))
+    harness.now += seconds
+    worker = harness.worker(b"f")
+    worker.send(GrabJob())
+    harness.now += seconds
+    worker.send(WorkComplete(handle(1), b""))
+    stats = stats_of(harness)
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    expected[next((i for i, le in enumerate(DURATION_BUCKETS) if seconds <= le), -1)] = 1
+    assert (stats.wait, stats.run) == (expected, expected)
 
 
 def test_without_metrics_nothing_is_kept() -> None:

@@ -1,13 +1,17 @@
 """A job server's life as a cluster member: claiming jobs, renewing leases, giving back.
 
 :class:`ClusterMember` runs beside the store's writer. Whenever the member's
-workers could take more jobs (:func:`~trio_gearman._proto.server.cluster.claim_demand`)
+workers could take more jobs (:class:`~trio_gearman._proto.server.cluster.ClaimPacer`)
 it claims them from the shared table and gives them to the state as stored jobs
 (``restore_job``), so that their end deletes their rows as on a single server.
 It looks when another member notifies that jobs were committed, when its own
 workers free up or register, and every ``poll`` seconds in any case. It renews
 the leases of the jobs it holds every third of the lease, and gives back the claims its workers can
-no longer run (they left) and, when it stops, every claim it still holds.
+no longer run (they left) and, when it stops, every claim it still holds. It
+keeps the state's view of the rest of the queue current for the admin commands
+(:meth:`~trio_gearman._proto.server.state.ServerState.set_cluster_view`). A
+draining server (:meth:`ClusterMember.drain`) claims nothing more and gives back
+at once the claimed jobs its workers have not started.
 
 Each database call runs in a worker thread, one at a time per connection.
 """
@@ -21,7 +25,7 @@ from typing import Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._proto.server.cluster import claim_demand
+from .._proto.server.cluster import ClaimPacer
 from .store.base import StoreError
 from .store.cluster import DEFAULT_POLL, ClusterClaims, ClusterListener, ClusterStore
 from .store.writer import StoreWriter
@@ -32,8 +36,12 @@ logger = logging.getLogger("trio_gearman.server.cluster")
 
 T = TypeVar("T")
 
-PER_WORKER: Final = 2
-"""Jobs a worker may have here at once: one running, one ready behind it."""
+PER_WORKER: Final = (2, 64)
+"""Jobs kept here per worker, at the least and at the most (:class:`ClaimPacer`)."""
+VIEW_EVERY: Final = 1.0
+"""Seconds at least between two reads of the admin view's counts."""
+VIEW_HANDLES: Final = 1000
+"""The most handles of other members' and waiting jobs that ``show jobs`` lists."""
 _LISTEN_SLICE: Final = 0.5  # seconds a wait for notifications blocks its thread at most
 _RETRY: Final = 1.0  # seconds before listening again after the database went away
 _CLOSE_TIMEOUT: Final = 5.0
@@ -70,11 +78,15 @@ class ClusterMember:
         # Functions the table had no more jobs of at the last claim: only a
         # notification or a poll looks for them again, not every local change.
         self._empty: set[bytes] = set()
+        self._pacer = ClaimPacer(*PER_WORKER)
         self._claims: ClusterClaims | None = None
+        self._viewer: ClusterClaims | None = None
         self._listener: ClusterListener | None = None
         self._claim_limiter = anyio.CapacityLimiter(1)
+        self._view_wanted = anyio.Event()
         self._failing = False
         self._notified = True
+        self._draining = False
         self.claimed = 0
         """Jobs claimed so far."""
 
@@ -83,13 +95,26 @@ class ClusterMember:
         if not self._wake.is_set():
             self._wake.set()
 
+    def drain(self) -> None:
+        """The server drains: claim nothing more, give back the claimed jobs not running.
+
+        The jobs its workers run are finished here; one whose worker leaves
+        meanwhile is given back too.
+        """
+        if not self._draining:
+            self._draining = True
+            logger.info("Draining: claiming no more jobs from the cluster")
+            self.poke()
+
     async def run(self) -> None:
         """Claim, renew and listen until cancelled."""
         self._claims = self.store.claims()
+        self._viewer = self.store.claims()
         self._listener = self.store.listener()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen)
             tg.start_soon(self._renew)
+            tg.start_soon(self._watch)
             await self._claim_loop()
 
     async def close(self) -> None:
@@ -111,6 +136,8 @@ class ClusterMember:
                         logger.info("Gave back %d claimed jobs to the cluster", count)
         if claims is not None:
             claims.close()
+        if self._viewer is not None:
+            self._viewer.close()
         if self._listener is not None:
             self._listener.close()
 
@@ -122,10 +149,13 @@ class ClusterMember:
             notified, self._notified = self._notified, False
             # A poke or a notification while this round runs starts another.
             self._wake = anyio.Event()
-            released = state.release_unserved()
+            draining = self._draining
+            released = state.release_unserved(served_too=draining)
             if released:
+                if draining:
+                    logger.info("Draining: giving back %d queued jobs", len(released))
                 await self._release(released)
-            wanted = claim_demand(state.functions, PER_WORKER)
+            wanted = [] if draining else self._pacer.demand(state.functions, anyio.current_time())
             if notified:
                 self._empty.clear()
             elif self._empty:
@@ -138,6 +168,7 @@ class ClusterMember:
                 if next_in is not None:
                     # A lease lapses or an epoch job comes due before the poll.
                     wait = min(wait, next_in + _LATER_MARGIN)
+            self._view_wanted.set()  # what was claimed is no longer the others'
             with anyio.move_on_after(wait) as waited:
                 await self._wake.wait()
             if waited.cancelled_caught:
@@ -171,12 +202,16 @@ class ClusterMember:
         got: dict[bytes, int] = {}
         for job in jobs:
             got[job.function] = got.get(job.function, 0) + 1
-            if state.get_job(job.handle) is not None:
-                continue  # claimed again after a lapse: it is here already
+            if state.claimed_early(job.handle):
+                # Claimed again after a lapse, or before this member's own commit
+                # of it was answered: it is here already.
+                continue
             state.restore_job(
                 job.handle, job.function, job.unique, job.data, job.priority, job.reducer, None, now
             )
         self.claimed += len(jobs)
+        for name, count in got.items():
+            self._pacer.got(name, count)
         full = True
         for name, count in wanted:
             if got.get(name, 0) < count:
@@ -257,7 +292,46 @@ class ClusterMember:
                 logger.info("Listening for new jobs again")
             if heard:
                 self._notified = True
+                self._view_wanted.set()
                 self.poke()
+
+    async def _watch(self) -> None:
+        """Keep the state's view of the shared queue current, for the admin commands.
+
+        It is read again after each claim round (which follows every change
+        here) and each notification (a commit or a give-back elsewhere), and
+        while the last one showed jobs (they may end, or be claimed, elsewhere
+        without a word), but at most once every :data:`VIEW_EVERY` seconds.
+        The admin commands answer from the last one at once, never waiting for
+        the database.
+        """
+        viewer = self._viewer
+        assert viewer is not None
+        limiter = anyio.CapacityLimiter(1)
+        failing = False
+        busy = False
+        while True:
+            if not busy:
+                await self._view_wanted.wait()
+            self._view_wanted = anyio.Event()
+            started = anyio.current_time()
+            try:
+                view = await anyio.to_thread.run_sync(viewer.view, VIEW_HANDLES, limiter=limiter)
+            except StoreError as exc:
+                if not failing:
+                    failing = True
+                    logger.warning(
+                        "Cannot read the cluster's queue for the admin commands: %s; they "
+                        "show what was read last",
+                        exc,
+                    )
+            else:
+                if failing:
+                    failing = False
+                    logger.info("Reading the cluster's queue for the admin commands works again")
+                self.state.set_cluster_view(view)
+                busy = bool(view.functions)
+            await anyio.sleep_until(started + VIEW_EVERY)
 
     async def _run(self, func: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._claim_limiter)

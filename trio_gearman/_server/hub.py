@@ -82,6 +82,8 @@ class ConnectionHub:
         )
         # Why connections are refused now (logged once per episode), and how many.
         self._refusing: dict[str, int] = {}
+        # TLS peers still shaking hands: they count toward the connection limits.
+        self.handshaking = 0
         # Connections that hold buffered bytes (a partial packet, blocked replies):
         # the sweep looks at these only (and at all of them for the idle timeout).
         self.buffered = 0
@@ -180,11 +182,44 @@ class ConnectionHub:
             task_group.start_soon(connection.run)
         return connection
 
+    def begin_handshake(self, sock: socket.socket, peer: str) -> bool:
+        """A TLS peer is about to shake hands: count it toward the connection limits.
+
+        A peer over :attr:`Limits.max_connections` or
+        :attr:`Limits.max_connections_per_address` (handshakes in progress
+        included) is closed at once, as :meth:`adopt` would, so that peers that
+        never finish their handshake cannot hold more sockets than the limits
+        allow. Call :meth:`end_handshake` when the handshake is over, whatever
+        its outcome, before :meth:`adopt`.
+
+        Returns:
+            ``False`` if the socket was refused (and closed).
+        """
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            self._refuse(sock, peer, *refusal)
+            return False
+        self.handshaking += 1
+        if self._per_address is not None:
+            self._per_address[peer] = self._per_address.get(peer, 0) + 1
+        return True
+
+    def end_handshake(self, peer: str) -> None:
+        """The handshake :meth:`begin_handshake` counted is over."""
+        self.handshaking -= 1
+        self._uncount(peer)
+
+    def _uncount(self, peer: str) -> None:
+        if self._per_address is not None:
+            left = self._per_address.pop(peer, 1) - 1
+            if left:
+                self._per_address[peer] = left
+
     def _refusal(self, peer: str) -> tuple[str, str] | None:
         """Why a new connection from ``peer`` is refused now (a key and a reason), or ``None``."""
         limits = self.limits
         maximum = limits.max_connections
-        if maximum is not None and len(self._connections) >= maximum:
+        if maximum is not None and len(self._connections) + self.handshaking >= maximum:
             return "", f"{maximum} connections are open (the maximum)"
         per_address = limits.max_connections_per_address
         if (
@@ -410,10 +445,7 @@ class ConnectionHub:
         self.buffered -= held
         self._released += held
         self._holding.discard(connection)
-        if self._per_address is not None:
-            left = self._per_address.pop(connection.peer, 1) - 1
-            if left:
-                self._per_address[connection.peer] = left
+        self._uncount(connection.peer)
         self.state.disconnect(connection.conn, anyio.current_time())
         return True
 

@@ -76,6 +76,8 @@ class ServerStatistics:
         bytes_buffered: bytes the connections hold in buffers now (packets being
             received, replies waiting for a peer that does not read).
         refused: connections closed at once since the start (over a connection limit).
+        handshaking: TLS peers shaking hands now (not yet among ``connections``;
+            they count toward the connection limits).
     """
 
     connections: int
@@ -87,6 +89,7 @@ class ServerStatistics:
     bytes_sent: int = 0
     bytes_buffered: int = 0
     refused: int = 0
+    handshaking: int = 0
 
 
 class GearmanServer:
@@ -269,6 +272,7 @@ class GearmanServer:
             bytes_sent=sent,
             bytes_buffered=self._hub.buffered,
             refused=self._hub.refused,
+            handshaking=self._hub.handshaking,
         )
 
     def store_statistics(self) -> StoreStatistics | None:
@@ -351,7 +355,9 @@ class GearmanServer:
     async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Stop accepting connections and wait until no job is running.
 
-        Existing connections are served on; call :meth:`aclose` afterwards.
+        Existing connections are served on; call :meth:`aclose` afterwards. A
+        cluster member also stops claiming jobs, and gives back at once the
+        claimed jobs its workers have not started.
 
         Args:
             timeout: seconds to wait at most; ``None`` waits as long as it takes.
@@ -359,6 +365,9 @@ class GearmanServer:
         Returns:
             ``True`` if no job is running, ``False`` if the timeout passed first.
         """
+        if self._member is not None:
+            # Other members' workers take the cluster's jobs from now on.
+            self._member.drain()
         await self.pause_listening()
         if self.state.jobs_running:
             self._drained = anyio.Event()
@@ -517,13 +526,24 @@ class GearmanServer:
         return False
 
     def _start_tls(self, sock: socket.socket, peer: str) -> None:
-        """Shake hands with a new TLS peer in a task of its own, then serve it."""
+        """Shake hands with a new TLS peer in a task of its own, then serve it.
+
+        The handshake counts toward the connection limits while it lasts.
+        """
         assert self._task_group is not None
-        self._task_group.start_soon(self._accept_tls, sock, peer)
+        if self._hub.begin_handshake(sock, peer):
+            try:
+                self._task_group.start_soon(self._accept_tls, sock, peer)
+            except BaseException:
+                self._hub.end_handshake(peer)
+                raise
 
     async def _accept_tls(self, sock: socket.socket, peer: str) -> None:
         assert self.ssl_context is not None
-        tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        try:
+            tls = await accept_tls(sock, self.ssl_context, peer, self.ssl_handshake_timeout)
+        finally:
+            self._hub.end_handshake(peer)
         if tls is not None:
             try:
                 self._hub.adopt(tls, peer)

@@ -20,6 +20,12 @@ Where we differ from gearmand:
 * A listing of more than one slice is produced a slice at a time (see
   :mod:`.listing`): the rows are a snapshot taken when the command arrives, each
   formatted when its slice is made.
+* On a cluster member with a :class:`~.cluster.ClusterView`, ``status``,
+  ``prioritystatus`` and ``show jobs`` list the cluster's background jobs too:
+  the view's counts are added to this member's (the jobs other members hold
+  count as running), its functions without a job or worker here are listed
+  after the others, and its handles after this member's jobs. ``workers`` and
+  ``show unique jobs`` stay this member's.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from .._admin import (
     status_line,
     workers_line,
 )
+from .cluster import ClusterCounts
 from .jobs import JobTable
 from .listing import Listing
 from .model import GONE, ConnectionState, Function, Job
@@ -159,28 +166,65 @@ class AdminHandler:
     def _live_function(self, function: Function) -> bool:
         return self._state.get_function(function.name) is function
 
-    def _status(self) -> Listing[Function]:
-        def line(f: Function) -> bytes | None:
-            if not self._live_function(f):
-                return None
-            return status_line(f.name, f.total, f.running, len(f.workers))
+    def _function_rows(self) -> tuple[list[Function | bytes], dict[bytes, ClusterCounts]]:
+        """The functions to list (a name: one known only from the cluster's view),
+        and the view's counts."""
+        rows: list[Function | bytes] = list(self._state.functions)
+        view = self._state.cluster_view
+        if view is None:
+            return rows, {}
+        counts = dict(view.functions)
+        rows += [name for name in counts if self._state.get_function(name) is None]
+        return rows, counts
 
-        return Listing(list(self._state.functions), line)
+    def _local(self, row: Function | bytes) -> tuple[bytes, Function | None] | None:
+        """The name of a listed function and what this server has of it now (``None``
+        for a function known only from the view); ``None`` for one that is gone."""
+        if isinstance(row, bytes):
+            # A function of the cluster's view that may have come here meanwhile.
+            return row, self._state.get_function(row)
+        if not self._live_function(row):
+            return None
+        return row.name, row
 
-    def _priority_status(self) -> Listing[Function]:
-        def line(f: Function) -> bytes | None:
-            if not self._live_function(f):
+    def _status(self) -> Listing[Function | bytes]:
+        rows, cluster = self._function_rows()
+        none = ClusterCounts()
+
+        def line(row: Function | bytes) -> bytes | None:
+            found = self._local(row)
+            if found is None:
                 return None
+            name, f = found
+            c = cluster.get(name, none)
+            if f is None:
+                return status_line(name, c.total, c.elsewhere, 0)
+            return status_line(name, f.total + c.total, f.running + c.elsewhere, len(f.workers))
+
+        return Listing(rows, line)
+
+    def _priority_status(self) -> Listing[Function | bytes]:
+        rows, cluster = self._function_rows()
+        none = ClusterCounts()
+
+        def line(row: Function | bytes) -> bytes | None:
+            found = self._local(row)
+            if found is None:
+                return None
+            name, f = found
+            high, normal, low = cluster.get(name, none).waiting
+            if f is None:
+                return priority_status_line(name, high, normal, low, 0)
             counts, held = f.counts, f.held
             return priority_status_line(
-                f.name,
-                counts[0] + held[0],
-                counts[1] + held[1] + f.future,  # epoch jobs, as gearmand counts them
-                counts[2] + held[2],
+                name,
+                counts[0] + held[0] + high,
+                counts[1] + held[1] + f.future + normal,  # epoch jobs, as gearmand counts them
+                counts[2] + held[2] + low,
                 len(f.workers),
             )
 
-        return Listing(list(self._state.functions), line)
+        return Listing(rows, line)
 
     def _workers(self) -> Listing[ConnectionState]:
         def line(c: ConnectionState) -> bytes | None:
@@ -191,14 +235,21 @@ class AdminHandler:
 
         return Listing(list(self._connections), line)
 
-    def _show_jobs(self) -> Listing[Job]:
-        def line(job: Job) -> bytes | None:
+    def _show_jobs(self) -> Listing[Job | bytes]:
+        def line(job: Job | bytes) -> bytes | None:
+            if isinstance(job, bytes):
+                return show_jobs_line(job, 0, False, True)  # a job of the cluster's queue
             if job.state == GONE:
                 return None
             queued = job.background and not job.cancelled
             return show_jobs_line(job.handle, job.retries, _ignored(job), queued)
 
-        return Listing(list(self._state.jobs), line)
+        state = self._state
+        rows: list[Job | bytes] = list(state.jobs)
+        view = state.cluster_view
+        if view is not None:
+            rows += [handle for handle in view.handles if state.get_job(handle) is None]
+        return Listing(rows, line)
 
     def _show_unique_jobs(self) -> Listing[Job]:
         def line(job: Job) -> bytes | None:

@@ -718,7 +718,8 @@ class ServerConfig:
             layer claims stored jobs for this server's workers and gives them
             back with :meth:`ServerState.restore_job
             <trio_gearman._proto.server.state.ServerState.restore_job>`. Background
-            submissions do not coalesce on unique keys here.
+            submissions do not coalesce on unique keys here: the store coalesces
+            them across the cluster, and says so when it commits them.
         max_function_name: the longest function name accepted, in bytes
             (``--max-function-name``); a longer one is refused with an ERROR.
     """

@@ -45,7 +45,7 @@ PERMISSION_DENIED``. The connection stays open, and each refusal is kept as a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from ..._exceptions import (
@@ -211,6 +211,8 @@ class ServerState(JobTable):
         self._max_unique = config.max_unique
         # A cluster member leaves committed background jobs to the store.
         self._cluster = config.cluster and config.durable
+        # Own submissions whose rows this member claimed before their commit was answered.
+        self._claimed_early: set[bytes] = set()
         self._max_function_name = config.max_function_name
         self._next_handle = 1
         # Durable servers reserve handle numbers in the store ahead of use.
@@ -677,6 +679,25 @@ class ServerState(JobTable):
             self._enqueue(job)
         return job
 
+    def claimed_early(self, handle: bytes) -> bool:
+        """A cluster member claimed the row of ``handle``: is it a job here already?
+
+        The member's claim can come back before its own commit of that job
+        is answered (:meth:`store_written`): the job, still waiting for the
+        answer, is then queued here once answered instead of being left to the
+        store. A job that runs here already (claimed again after its lease
+        lapsed) stays as it is.
+
+        Returns:
+            Whether a job with this handle is here (do not restore it then).
+        """
+        job = self._jobs.get(handle)
+        if job is None:
+            return False
+        if job.state == PENDING and self._cluster:
+            self._claimed_early.add(handle)
+        return True
+
     def _coalesce(self, conn: ConnectionState, job: Job, background: bool) -> None:
         if not background:
             if job.clients is None:
@@ -774,19 +795,34 @@ class ServerState(JobTable):
                 write.removed = [handle for handle in write.removed if handle not in both]
         return write
 
-    def store_written(self, write: StoreWrite, now: float) -> None:
+    def store_written(
+        self, write: StoreWrite, now: float, coalesced: Mapping[bytes, bytes] | None = None
+    ) -> None:
         """The store committed ``write``: acknowledge its jobs and queue them.
 
         Args:
             write: what :meth:`take_store_write` gave.
             now: the event loop's time, in seconds.
+            coalesced: what the store of a cluster answered: the handles of the
+                jobs of ``write`` it did not insert because a live job of the
+                cluster has their function and unique key, each with that job's
+                handle. Their submissions are acknowledged with it (as gearmand
+                answers a background submission that joins a job).
         """
         if write.handle_limit is not None:
             self._handle_limit = max(self._handle_limit, write.handle_limit)
             self._reserving = None
-        touched = self._settle(write, b"")
+        if coalesced:
+            self._count_coalesced(write, coalesced)
+        touched = self._settle(write, b"", coalesced)
+        early = self._claimed_early
         for job, due in zip(write.jobs, write.due, strict=True):
-            if job.state == PENDING and self._cluster:
+            if early and job.handle in early:
+                early.discard(job.handle)
+                claimed = True
+            else:
+                claimed = False
+            if job.state == PENDING and self._cluster and not claimed:
                 # Acknowledged; the row is the cluster's now, for any member to claim.
                 job.stored = False
                 self._forget(job)
@@ -812,6 +848,9 @@ class ServerState(JobTable):
         """
         if write.handle_limit is not None:
             self._reserving = None
+        early = self._claimed_early
+        if early:  # nothing was written: nobody claimed those rows
+            early.difference_update(job.handle for job in write.jobs)
         self._write.removed[:0] = write.removed
         touched = self._settle(write, reason)
         for job in write.jobs:
@@ -828,7 +867,17 @@ class ServerState(JobTable):
                     self._ended(job, JobOutcome.LOST)
         self._answer(touched, now)
 
-    def _settle(self, write: StoreWrite, error: bytes) -> list[ConnectionState]:
+    def _count_coalesced(self, write: StoreWrite, coalesced: Mapping[bytes, bytes]) -> None:
+        """For metrics: the jobs the cluster's store coalesced were no new jobs."""
+        for job in write.jobs:
+            stats = job.function.stats
+            if stats is not None and job.handle in coalesced:
+                stats.coalesced += 1
+                stats.submitted[job.priority + 3] -= 1
+
+    def _settle(
+        self, write: StoreWrite, error: bytes, coalesced: Mapping[bytes, bytes] | None = None
+    ) -> list[ConnectionState]:
         """Give the acks of ``write``'s jobs their reply; the connections they concern."""
         touched: list[ConnectionState] = []
         failed = _frame(Error(b"QUEUE_ERROR", error)) if error else b""
@@ -836,6 +885,8 @@ class ServerState(JobTable):
             acks = job.acks or ()
             job.acks = None
             handle = job.handle
+            if coalesced:
+                handle = coalesced.get(handle, handle)
             reply = failed or _pack(_RES_BYTES, _JOB_CREATED, len(handle)) + handle
             for ack in acks:
                 ack.reply = reply

@@ -15,7 +15,7 @@ commit: a crash in between runs the job again after the restart (at least once).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -77,7 +77,7 @@ class QueueStore(Protocol):
 
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
-    ) -> None:
+    ) -> Mapping[bytes, bytes] | None:
         """Write one transaction: delete ``removed``, then insert ``added`` (in order).
 
         Deleting first frees room in a store that is full.
@@ -88,6 +88,12 @@ class QueueStore(Protocol):
                 never one of ``added``.
             handle_limit: the new highest reserved handle number, or ``None`` to
                 keep the stored one. It only grows.
+
+        Returns:
+            ``None``, or for a store that coalesces background jobs on unique keys
+            itself (a cluster's): the handles of the jobs of ``added`` it did not
+            insert because a live job has their function and unique key, each
+            with that job's handle (their submissions are acknowledged with it).
 
         Raises:
             StoreError: nothing was written (the transaction was rolled back).

@@ -16,24 +16,34 @@ claims of its earlier life; they also tag the member's job handles
   lease lapsed (its member died) can be claimed again.
 * A finished job's row is deleted, as with the plain PostgreSQL queue, but only
   while no other member claimed it.
+* A background submission with a unique key coalesces onto the live row (queued
+  or claimed, by any member) of the same function and key: a unique index on
+  ``(function, key)`` (``<table>_<cluster>_uniq``) makes the insertion do
+  nothing, and the submission gets the existing job's handle
+  (:meth:`ClusterStore.commit` returns it). The key is the unique key, or for
+  the unique ``-`` the SHA-256 digest of the payload; an empty unique key
+  coalesces nothing.
 
-Three connections per member: the store's (group commits, on the writer's
-thread), the claims' (:class:`ClusterClaims`) and a listening one
+Four connections per member: the store's (group commits, on the writer's
+thread), the claims' (:class:`ClusterClaims`), one reading the counts of the
+admin view (another :class:`ClusterClaims`) and a listening one
 (:class:`ClusterListener`), each used by one thread at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from ..._proto.server.cluster import ClusterCounts, ClusterView
 from .base import StoreContents, StoredJob, StoreError
 from .postgres import (
     COLUMNS,
@@ -68,6 +78,14 @@ DEFAULT_POLL: Final = 5.0
 
 _CLUSTER_NAME: Final = re.compile(r"[a-z0-9_]{1,40}")
 _LONGEST_TABLE: Final = 57  # "<table>_claim" (the index) must fit in 63 bytes
+_LOOKUPS: Final = 5  # rounds of insert-then-look-up when a conflicting row ends meanwhile
+_DEADLOCK_RETRIES: Final = 3
+_COALESCE_KEY: Final = (
+    "(CASE WHEN {u}unique_key = '\\x2d'::bytea THEN '\\x00'::bytea || sha256({u}data)"
+    " ELSE {u}unique_key END)"
+)
+"""What a row's unique key coalesces on: the key, or for ``-`` the payload's digest
+after a NUL (which no unique key holds: the protocol separates arguments with it)."""
 _COLUMNS: Final = (
     *COLUMNS,
     ("claimed_by", "bigint"),
@@ -156,16 +174,22 @@ class ClusterStore(PostgresStore):
 
     def commit(
         self, added: Sequence[StoredJob], removed: Sequence[bytes], handle_limit: int | None
-    ) -> None:
+    ) -> Mapping[bytes, bytes]:
         """Delete the rows of ended jobs this member held, insert ``added``, notify.
 
+        A job of ``added`` whose function and unique key (for ``-``: payload)
+        match a live row gets no row of its own: it coalesced onto that job.
         ``handle_limit`` is not needed (the member's handle tag keeps handles
         unique) and is ignored.
+
+        Returns:
+            The handles of the jobs of ``added`` that coalesced, each with the
+            handle of the job it coalesced onto (empty when none did).
 
         Raises:
             StoreError: nothing was written.
         """
-        self.transaction(
+        return self.transaction(
             lambda conn: self._write_rows(conn, added, removed), "cannot write the queue to"
         )
 
@@ -190,6 +214,38 @@ class ClusterStore(PostgresStore):
             sql.Identifier(table + "_claim"),
         )
 
+    def _create_unique_index(self, conn: psycopg.Connection[TupleRow]) -> None:
+        """Create the index that coalesces unique keys, unless duplicates prevent it.
+
+        A table made by an earlier version has none, and may hold rows that
+        share a function and unique key: the server then goes on without
+        coalescing, and says so.
+        """
+        import psycopg
+        from psycopg import sql
+
+        table = self.names()[0]
+        index = sql.Identifier(self.table + "_uniq")
+        key = _COALESCE_KEY.format(u="")
+        try:
+            with conn.transaction():  # a savepoint: the join goes on if it fails
+                conn.execute(
+                    sql.SQL(
+                        "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (function, "
+                        + key
+                        + ") WHERE unique_key <> ''::bytea"
+                    ).format(index, table)
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            logger.error(
+                "Cannot create the unique index %s_uniq: the table %s holds jobs of the same"
+                " function and unique key (%s); background jobs do not coalesce on unique"
+                " keys in this cluster until those rows are gone and a server starts again",
+                self.table,
+                self.table,
+                str(exc).strip().splitlines()[-1],
+            )
+
     def _join(self, conn: psycopg.Connection[TupleRow]) -> int:
         table, meta, index = self.names()
         # Members starting together would race to create the tables.
@@ -208,6 +264,7 @@ class ClusterStore(PostgresStore):
                 index, table
             )
         )
+        self._create_unique_index(conn)
         conn.execute(
             self.compose(
                 "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value bigint NOT NULL)",
@@ -240,8 +297,9 @@ class ClusterStore(PostgresStore):
         conn: psycopg.Connection[TupleRow],
         added: Sequence[StoredJob],
         removed: Sequence[bytes],
-    ) -> None:
+    ) -> dict[bytes, bytes]:
         table = self.names()[0]
+        existing: dict[bytes, bytes] = {}
         with conn.cursor() as cursor:
             if removed:
                 # A row another member claimed (this member's lease lapsed) is its now.
@@ -253,14 +311,92 @@ class ClusterStore(PostgresStore):
                     ),
                     (list(removed), self.member),
                 )
-            if added:
+            if not added:
+                return existing
+            if any(job.unique for job in added):
+                existing = self._insert_coalescing(conn, added)
+            else:
+                # No unique key: nothing can coalesce, and COPY is the fastest way in.
                 with cursor.copy(
                     self.compose(f"COPY {{}} ({FIELDS}) FROM STDIN (FORMAT BINARY)", table)
                 ) as copy:
                     copy.set_types(COPY_TYPES)
                     for job in added:
                         copy.write_row(job)
+            if len(existing) < len(added):
                 cursor.execute(self.compose("NOTIFY {}", table))
+        return existing
+
+    def _insert_coalescing(
+        self, conn: psycopg.Connection[TupleRow], added: Sequence[StoredJob]
+    ) -> dict[bytes, bytes]:
+        """Insert ``added`` in order, in one statement, but not the rows whose unique
+        key a live row has: those coalesce onto it (their handle, with its handle).
+
+        Two members inserting the same keys in another order can deadlock: the one
+        PostgreSQL aborts tries again (a savepoint keeps the rest of the commit).
+        """
+        import psycopg
+
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                with conn.transaction():
+                    return self._insert_and_look_up(conn, added)
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                logger.info("Inserting jobs met another member's insertion; trying again")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert_and_look_up(
+        self, conn: psycopg.Connection[TupleRow], added: Sequence[StoredJob]
+    ) -> dict[bytes, bytes]:
+        table = self.names()[0]
+        insert = self.compose(
+            f"INSERT INTO {{}} ({FIELDS}) SELECT h, f, u, d, p, r, w FROM"
+            " unnest(%s::bytea[], %s::bytea[], %s::bytea[], %s::bytea[], %s::int2[],"
+            " %s::bytea[], %s::int8[]) WITH ORDINALITY AS n(h, f, u, d, p, r, w, o)"
+            " ORDER BY o ON CONFLICT DO NOTHING RETURNING handle",
+            table,
+        )
+        look_up = self.compose(
+            "SELECT d.h, t.handle FROM unnest(%s::bytea[], %s::bytea[], %s::bytea[])"
+            " AS d(h, f, k) JOIN {} AS t ON t.function = d.f"
+            " AND t.unique_key <> ''::bytea AND " + _COALESCE_KEY.format(u="t.") + " = d.k",
+            table,
+        )
+        existing: dict[bytes, bytes] = {}
+        todo = list(added)
+        with conn.cursor(binary=True) as cursor:
+            for _ in range(_LOOKUPS):
+                cursor.execute(insert, [list(column) for column in zip(*todo, strict=True)])
+                inserted = {bytes(row[0]) for row in cursor.fetchall()}
+                conflicted = [job for job in todo if job.handle not in inserted]
+                if not conflicted:
+                    return existing
+                cursor.execute(
+                    look_up,
+                    (
+                        [job.handle for job in conflicted],
+                        [job.function for job in conflicted],
+                        [_coalesce_key(job) for job in conflicted],
+                    ),
+                )
+                for handle, found in cursor.fetchall():
+                    existing[bytes(handle)] = bytes(found)
+                # A row that ended between the two statements: insert those again.
+                todo = [job for job in conflicted if job.handle not in existing]
+                if not todo:
+                    return existing
+        raise StoreError(
+            f"cannot insert {len(todo)} jobs into {self.table} at {self.location}:"
+            " the jobs they coalesce onto keep ending"
+        )
+
+
+def _coalesce_key(job: StoredJob) -> bytes:
+    """What ``job`` coalesces on in the store (as :data:`_COALESCE_KEY` computes it)."""
+    return b"\0" + hashlib.sha256(job.data).digest() if job.unique == b"-" else job.unique
 
 
 @attrs.frozen
@@ -352,6 +488,52 @@ class ClusterClaims:
             return Claimed(jobs, wait)
 
         return self._db.transaction(work, "cannot claim jobs in")
+
+    def view(self, limit: int) -> ClusterView:
+        """The jobs of the shared queue that this member does not hold.
+
+        Counts per function (waiting per priority, held by other members), and
+        the handles of the oldest ``limit`` of them. It reads the whole table
+        (a count per function and priority): call it about once a second at most.
+
+        Raises:
+            StoreError: the table cannot be read.
+        """
+        table = self._store.names()[0]
+        counts = self._db.compose(
+            "SELECT function, priority,"
+            " count(*) FILTER (WHERE claimed_by IS NULL OR lease_until < now()),"
+            " count(*) FILTER (WHERE claimed_by <> %s AND lease_until >= now())"
+            " FROM {} GROUP BY function, priority ORDER BY function",
+            table,
+        )
+        oldest = self._db.compose(
+            "SELECT handle FROM {} WHERE claimed_by IS NULL OR claimed_by <> %s"
+            " OR lease_until < now() ORDER BY seq LIMIT %s",
+            table,
+        )
+
+        def work(conn: psycopg.Connection[TupleRow]) -> ClusterView:
+            functions: dict[bytes, list[int]] = {}
+            with conn.cursor(binary=True) as cursor:
+                cursor.execute(counts, (self._member,))
+                for function, priority, waiting, elsewhere in cursor.fetchall():
+                    if not (waiting or elsewhere):
+                        continue  # all held by this member
+                    found = functions.setdefault(bytes(function), [0, 0, 0, 0])
+                    found[min(max(priority, 0), 2)] += waiting
+                    found[3] += elsewhere
+                cursor.execute(oldest, (self._member, limit))
+                handles = [bytes(row[0]) for row in cursor.fetchall()]
+            return ClusterView(
+                {
+                    name: ClusterCounts((high, normal, low), elsewhere)
+                    for name, (high, normal, low, elsewhere) in functions.items()
+                },
+                handles,
+            )
+
+        return self._db.transaction(work, "cannot read the queue's counts from")
 
     def renew(self, handles: Sequence[bytes]) -> int:
         """Extend the leases of this member's claims of ``handles``; how many there are.

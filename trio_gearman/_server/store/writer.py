@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, TypeVar
 
 import anyio
@@ -147,8 +147,8 @@ class StoreWriter:
                 gc.enable()
         write = state.take_store_write()
         if write is not None:
-            await self._commit(write)
-            state.store_written(write, anyio.current_time())
+            coalesced = await self._commit(write)
+            state.store_written(write, anyio.current_time(), coalesced)
         return replayed
 
     def wake(self) -> None:
@@ -179,7 +179,7 @@ class StoreWriter:
         state = self.state
         self.writing = write
         try:
-            await self._commit(write)
+            coalesced = await self._commit(write)
         except Exception as exc:
             if not isinstance(exc, StoreError):
                 logger.exception("The queue store %s raised", self.store.description)
@@ -205,17 +205,21 @@ class StoreWriter:
                 # the rest is acknowledged even if the server is stopping.
                 with anyio.CancelScope(shield=True):
                     await anyio.lowlevel.checkpoint()
-            state.store_written(part, anyio.current_time())
+            state.store_written(part, anyio.current_time(), coalesced)
             self._send_pending()
 
-    async def _commit(self, write: StoreWrite) -> None:
+    async def _commit(self, write: StoreWrite) -> Mapping[bytes, bytes] | None:
+        """Commit ``write``; what the store says coalesced (see ``QueueStore.commit``)."""
         started = time.perf_counter()
         try:
-            await self._run(self.store.commit, write.added, write.removed, write.handle_limit)
+            coalesced = await self._run(
+                self.store.commit, write.added, write.removed, write.handle_limit
+            )
         except BaseException:
             self.statistics.failures += 1
             raise
         self.statistics.committed(len(write.added), time.perf_counter() - started)
+        return coalesced
 
     async def _run(self, func: Callable[..., T], *args: object) -> T:
         # One thread at a time: a store is never called concurrently.
