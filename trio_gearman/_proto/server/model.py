@@ -226,7 +226,9 @@ class Ack:
         self.reply = reply
 
 
-DURATION_BUCKETS: Final = (
+# A tuple object, not a fixed-size one: compiled (mypyc), a fixed-size tuple of floats
+# is unboxed, which other modules cannot read at import time and bisect boxes per call.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,
@@ -246,7 +248,7 @@ DURATION_BUCKETS: Final = (
 )
 """Upper bounds, in seconds, of the buckets of :class:`FunctionStats`' histograms."""
 
-OUTCOMES: Final = ("completed", "failed", "exception", "cancelled", "lost")
+OUTCOMES: Final[tuple[str, ...]] = ("completed", "failed", "exception", "cancelled", "lost")
 """The order of :attr:`FunctionStats.ended`: the values of :class:`JobOutcome`."""
 
 
