@@ -179,7 +179,12 @@ class StoreWriter:
         state = self.state
         self.writing = write
         try:
-            coalesced = await self._commit(write)
+            # A transaction taken from the state is committed and answered even when
+            # the server stops meanwhile: cancelled half-way, its deletions would be
+            # lost (and a cluster member would give back the claims of jobs that
+            # ended, for another member to run again).
+            with anyio.CancelScope(shield=True):
+                coalesced = await self._commit(write)
         except Exception as exc:
             if not isinstance(exc, StoreError):
                 logger.exception("The queue store %s raised", self.store.description)
