@@ -7,12 +7,11 @@ from collections.abc import Iterator
 import anyio
 import pytest
 import trio
-from anyio.abc import SocketAttribute
 
 import trio_gearman._server.server as server_module
 from trio_gearman._proto._codec import Decoder, encode
 from trio_gearman._proto._packets import EchoReq, EchoRes, Magic, Noop
-from trio_gearman._server.connection import HAVE_EPOLL, RECEIVE_SIZE, ServerConnection
+from trio_gearman._server.connection import HAVE_EPOLL, ServerConnection
 
 from .test_server_io import Peer, running_server, settle
 
@@ -120,27 +119,3 @@ def test_an_idle_decoder_holds_no_event_queue() -> None:
     assert list(decoder) == [EchoReq(b"2")]
     # ...and once drained nothing is kept.
     assert decoder._ready is None
-
-
-async def test_a_pipelining_peer_does_not_hold_up_the_others(serving_mode: str) -> None:
-    # 4,000 requests in one read: the server hands them to the state a round's
-    # worth at a time, so another peer's request is answered before most of them.
-    count = 4000
-    reply_size = len(encode(EchoRes(b"f")))
-    async with running_server() as server:
-        flood = await Peer.connect(server)
-        other = await Peer.connect(server)
-        await settle(lambda: server.statistics().connections == 2)
-        flood_sock = flood.stream.extra(SocketAttribute.raw_socket)
-        other_sock = other.stream.extra(SocketAttribute.raw_socket)
-        burst = encode(EchoReq(b"f")) * count
-        assert len(burst) < RECEIVE_SIZE  # one read takes all of it
-        # Both in the kernel before the server runs again: no checkpoint in between.
-        assert flood_sock.send(burst) == len(burst)
-        other_sock.send(encode(EchoReq(b"other")))
-        with anyio.fail_after(10):
-            assert await other.packet() == EchoRes(b"other")
-        sent_to_flood = max(server.connections, key=lambda c: c.bytes_in).bytes_out
-        assert sent_to_flood < count * reply_size // 4
-        for _ in range(count):  # and the flood gets every reply, in order
-            assert await flood.packet() == EchoRes(b"f")

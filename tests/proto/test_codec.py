@@ -607,25 +607,3 @@ def test_append_packet_writes_what_encode_returns(message: Message) -> None:
     buffer = bytearray(b"before")
     encode_into(buffer, message)
     assert bytes(buffer) == b"before" + encode(message)
-
-
-def ready(decoder: Decoder) -> bool:
-    # Through a call: mypy would narrow the property after the first assert.
-    return decoder.ready
-
-
-def test_ready_tells_whether_events_wait_after_an_early_stop() -> None:
-    decoder = Decoder(expect=Magic.REQ)
-    assert not ready(decoder)
-    decoder.feed(encode(EchoReq(b"1")) + encode(EchoReq(b"2")) + b"\0REQ\0\0\0\x10")
-    assert not ready(decoder)  # fed, not decoded yet
-    events = iter(decoder)
-    assert next(events) == EchoReq(b"1")
-    del events  # the consumer stops early
-    assert ready(decoder)
-    assert list(decoder) == [EchoReq(b"2")]
-    assert not ready(decoder)  # the incomplete packet is not an event
-    decoder.feed(b"\xff\xff\xff\xff" * 2)  # a body size over the limit
-    with pytest.raises(ProtocolError):
-        list(decoder)
-    assert ready(decoder)  # the error is raised again by the next iteration

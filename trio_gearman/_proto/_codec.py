@@ -362,15 +362,6 @@ class Decoder:
         """How many received bytes wait for the rest of their packet or line."""
         return self._have if self._need else len(self._pending)
 
-    @property
-    def ready(self) -> bool:
-        """Whether decoded events (or a protocol error) wait for the next iteration.
-
-        True after a consumer stopped iterating early with events left; bytes
-        fed since the last iteration are not looked at.
-        """
-        return bool(self._ready) or self._error is not None
-
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes. Complete events come out when the decoder is iterated.
 

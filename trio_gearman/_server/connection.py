@@ -57,11 +57,6 @@ __all__ = [
 logger = logging.getLogger("trio_gearman.server")
 
 RECEIVE_SIZE: Final = 65536
-EVENT_BUDGET: Final = 64
-"""Events of one connection handed to the state per round at most. The rest of a
-read waits for the next round, after every other connection had its turn: a peer
-that pipelines thousands of requests in one read cannot hold up the others' replies
-for the time it takes to handle them all (the connection is not read meanwhile)."""
 """Bytes asked of the socket per read."""
 FLUSH_TIMEOUT: Final = 10.0
 """Seconds a closing connection may take to send its last replies."""
@@ -141,9 +136,6 @@ class ServerConnection:
             client certificate.
         blocked: replies wait for the socket to become writable (the peer is slow
             to read); a writer task sends them as the socket drains.
-        backlog: the last read held more than :data:`EVENT_BUDGET` events; the
-            rest is handed to the state in the next rounds (:meth:`dispatch`)
-            before the socket is read again.
         bytes_in: bytes received so far.
         bytes_out: bytes sent so far.
         held_in: bytes of an incomplete packet or line, waiting for the rest.
@@ -173,7 +165,6 @@ class ServerConnection:
         "_sock",
         "_writer_done",
         "_writer_scope",
-        "backlog",
         "blocked",
         "bytes_in",
         "bytes_out",
@@ -195,7 +186,6 @@ class ServerConnection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.blocked = False
-        self.backlog = False
         self._closed = False
         self._closed_event: anyio.Event | None = None
         self._ending = False
@@ -447,16 +437,8 @@ class ServerConnection:
         self._handle(data, now)
         return self.conn.closing
 
-    def dispatch(self, now: float) -> bool:
-        """Hand the state the next events of a read that had more than a round's worth
-        (:attr:`backlog`); ``True`` when the connection ends (as :meth:`read`)."""
-        if self._decoder is not None and not self._closed:
-            self._handle(b"", now)
-        return self.conn.closing
-
     def _handle(self, data: bytes, now: float) -> None:
-        """Decode ``data`` and hand the events to the state, at most :data:`EVENT_BUDGET`
-        of them (the rest is the :attr:`backlog`); close on a protocol error."""
+        """Decode ``data`` and hand each event to the state; close on a protocol error."""
         self.bytes_in += len(data)
         state = self._owner.state
         conn = self.conn
@@ -466,21 +448,11 @@ class ServerConnection:
                 expect=Magic.REQ, allow_text=True, max_packet_size=self._owner.max_packet_size
             )
         handle = state.receive
-        self.backlog = False
         try:
             decoder.feed(data)
-            budget = EVENT_BUDGET
             for event in decoder:
                 handle(conn, event, now)
                 if conn.closing:
-                    break
-                budget -= 1
-                if not budget:
-                    if decoder.ready and not conn.broken:
-                        self.backlog = True
-                        poller = self._poller
-                        if poller is not None:
-                            poller.later(self)
                     break
         except MemoryError:
             self._out_of_memory("decoding or handling its packets")
@@ -634,10 +606,6 @@ class ServerConnection:
             more = len(data) == RECEIVE_SIZE
             self._handle(data, current_time())
             after_batch()
-            while self.backlog and not conn.closing:
-                await checkpoint()  # the other connections' turn first
-                self._handle(b"", current_time())
-                after_batch()
             if conn.closing:
                 return True
             if conn.broken:
@@ -711,15 +679,12 @@ class ReadPoller:
         owner: the server side whose replies are sent after each batch.
     """
 
-    __slots__ = ("_backlog", "_by_fd", "_epoll", "_owner")
+    __slots__ = ("_by_fd", "_epoll", "_owner")
 
     def __init__(self, owner: ConnectionOwner) -> None:
         self._owner = owner
         self._epoll = select.epoll()
         self._by_fd: dict[int, ServerConnection] = {}
-        # Connections with events left from their last read (see EVENT_BUDGET):
-        # handled in the next round without reading them.
-        self._backlog: list[ServerConnection] = []
 
     def add(self, connection: ServerConnection) -> None:
         """Start reading ``connection``."""
@@ -727,12 +692,6 @@ class ReadPoller:
         self._epoll.register(fd, select.EPOLLIN)
         self._by_fd[fd] = connection
         connection._poller = self
-        if connection.backlog:
-            self._backlog.append(connection)
-
-    def later(self, connection: ServerConnection) -> None:
-        """``connection`` has events left for the next round (its ``backlog``)."""
-        self._backlog.append(connection)
 
     def resume(self, connection: ServerConnection) -> bool:
         """Read ``connection`` again after a pause; ``False`` if the poller has stopped."""
@@ -772,25 +731,16 @@ class ReadPoller:
             checkpoint = trio.lowlevel.checkpoint
             current_time = trio.current_time
         ending: list[ServerConnection] = []
-        backlog = self._backlog
         try:
             while True:
                 events = poll(0, _POLL_EVENTS)
-                if not events and not backlog:
+                if not events:
                     await wait(epoll_fd)
                     continue
                 now = current_time()
-                if backlog:
-                    again = backlog[:]
-                    backlog.clear()
-                    for waiting in again:
-                        # Gone from the poller (closed, or paused by a listing): skip.
-                        if waiting._poller is self and waiting.dispatch(now):
-                            ending.append(waiting)
                 for fd, _ in events:
                     connection = by_fd.get(fd)
-                    # A connection with a backlog is not read until it is handled.
-                    if connection is not None and not connection.backlog and connection.read(now):
+                    if connection is not None and connection.read(now):
                         ending.append(connection)
                 try:
                     after_batch()
