@@ -61,6 +61,7 @@ from server import (
     Placement,
     Results,
     Throughput,
+    add_run_options,
     describe,
     disturbance,
     hot_spots,
@@ -226,22 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULTS.bg_grabs,
         help="GRAB_JOB_UNIQ in flight per worker (default %(default)s)",
     )
-    add(
-        "--timeout",
-        type=float,
-        default=DEFAULTS.timeout,
-        help="seconds one measurement may take (default %(default)s)",
-    )
-    add(
-        "--max-other-load",
-        type=float,
-        default=DEFAULTS.max_other_load,
-        metavar="CORES",
-        help="take a measurement again when other work kept more than CORES cores busy "
-        "during it (default %(default)s)",
-    )
-    add("--retries", type=int, help="how many times at most (default 1; --quick 0)")
-    add("--json", type=Path, metavar="FILE", help="also write every measurement to FILE")
+    add_run_options(parser)
     add("--profile", type=Path, metavar="DIR", help="record each setup's first server with py-spy")
     args = parser.parse_args(argv)
     quick = args.quick

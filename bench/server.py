@@ -1000,6 +1000,32 @@ def _function(frame: str) -> str:
 # --- command line -------------------------------------------------------------------------------
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how measurements are taken, shared with ``bench/cluster.py``:
+    ``--timeout``, ``--max-other-load``, ``--retries`` and ``--json``."""
+    add = parser.add_argument
+    add(
+        "--timeout",
+        type=float,
+        default=DEFAULTS.timeout,
+        help="seconds one measurement may take (default %(default)s)",
+    )
+    add(
+        "--max-other-load",
+        type=float,
+        default=DEFAULTS.max_other_load,
+        metavar="CORES",
+        help="take a measurement again when other work kept more than CORES cores busy "
+        "during it (default %(default)s)",
+    )
+    add(
+        "--retries",
+        type=int,
+        help="how many times at most (default 1; --quick 0); the least disturbed is kept",
+    )
+    add("--json", type=Path, metavar="FILE", help="also write every measurement to FILE")
+
+
 def _names(known: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
@@ -1065,26 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULTS.fg_inflight,
         help="fg16: jobs in flight per client (default %(default)s)",
     )
-    add(
-        "--timeout",
-        type=float,
-        default=DEFAULTS.timeout,
-        help="seconds one measurement may take (default %(default)s)",
-    )
-    add(
-        "--max-other-load",
-        type=float,
-        default=DEFAULTS.max_other_load,
-        metavar="CORES",
-        help="take a bg/fg16/idle measurement again when other work kept more than CORES "
-        "cores busy during it (default %(default)s)",
-    )
-    add(
-        "--retries",
-        type=int,
-        help="how many times at most (default 1; --quick 0); the least disturbed is kept",
-    )
-    add("--json", type=Path, metavar="FILE", help="also write every measurement to FILE")
+    add_run_options(parser)
     add(
         "--profile",
         type=Path,
